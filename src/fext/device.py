@@ -1,0 +1,47 @@
+"""Device and precision selection from the configuration's ``device`` section."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def select_device(device: str, device_id: int = 0) -> torch.device:
+    """Return ``cuda:device_id`` for "GPU" when CUDA is available, else the CPU.
+
+    Asking for a GPU on a machine without one falls back to the CPU with one log line.
+    """
+    if device == "GPU":
+        if torch.cuda.is_available():
+            if device_id >= torch.cuda.device_count():
+                log.warning(
+                    "device.DEVICE_ID=%d but only %d GPU(s) are visible; using cuda:0",
+                    device_id, torch.cuda.device_count(),
+                )
+                device_id = 0
+            return torch.device("cuda", device_id)
+        log.info("No GPU available: running on the CPU (set device.DEVICE to \"CPU\" to silence this)")
+    return torch.device("cpu")
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype:
+    """The mixed-precision dtype for ``device``: bf16 where supported, else fp16."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``device`` when ``enabled`` (MIXED_PRECISION), else a no-op."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=autocast_dtype(device))
+
+
+def needs_grad_scaler(device: torch.device, enabled: bool) -> bool:
+    """fp16 autocast needs loss scaling; bf16 does not."""
+    return enabled and autocast_dtype(device) == torch.float16
