@@ -1,0 +1,283 @@
+"""The ``fext`` command line: a thin layer mapping subcommands to the Python API.
+
+``main(argv)`` returns the exit status, so tests call the CLI in-process. Expected mistakes
+(:class:`~fext.errors.FeXTError`) are printed as one message, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fext.config import Config, load_config
+from fext.errors import FeXTError
+from fext.workspace import Workspace, load_env_file
+
+log = logging.getLogger("fext")
+
+
+@dataclass
+class Context:
+    """What every command needs: the workspace, the configuration, and how to talk to the user."""
+
+    workspace: Workspace
+    overrides: list[str] = field(default_factory=list)
+    quiet: bool = False
+    interactive: bool = False
+    _config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        """The configuration file merged with ``--set`` overrides (loaded once, on first use)."""
+        if self._config is None:
+            path = self.workspace.config_file
+            if not path.exists():
+                from fext.workspace import init_workspace
+
+                init_workspace(self.workspace)
+                log.info("Wrote the default configuration to %s", path)
+            self._config = load_config(path, self.overrides)
+        return self._config
+
+    @property
+    def progress(self) -> bool:
+        """Progress bars are shown on a terminal unless --quiet."""
+        return not self.quiet and sys.stdout.isatty()
+
+
+def setup_logging(ws: Workspace, level: str = "INFO", quiet: bool = False) -> None:
+    """Log to the terminal (stderr) and to ``resources/logs/fext_<date>.log``."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.setLevel(logging.DEBUG)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING if quiet else getattr(logging, level.upper(), logging.INFO))
+    console.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(console)
+    rank = os.environ.get("RANK", "0")
+    if rank == "0":
+        try:
+            ws.logs.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(ws.logs / f"fext_{time.strftime('%Y%m%d')}.log", encoding="utf-8")
+        except OSError as e:
+            log.warning("Cannot write logs to %s (%s)", ws.logs, e.strerror)
+        else:
+            handler.setLevel(logging.DEBUG)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            root.addHandler(handler)
+    for noisy in ("matplotlib", "PIL", "torch._inductor", "torch._dynamo"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _cmd_init(ctx: Context, args: argparse.Namespace) -> int:
+    from fext.workspace import init_workspace
+
+    written = init_workspace(ctx.workspace, overwrite=args.force)
+    print(f"Workspace ready at {ctx.workspace.root}")
+    for path in written:
+        print(f"  wrote {path.relative_to(ctx.workspace.root)}")
+    if not written:
+        print(f"  {ctx.workspace.config_file.relative_to(ctx.workspace.root)} already exists (--force rewrites it)")
+    print(f"Put training images in {ctx.workspace.dataset} and run `fext train`.")
+    return 0
+
+
+def _cmd_config(ctx: Context, args: argparse.Namespace) -> int:
+    import json
+
+    from fext.config import config_to_dict
+
+    print(json.dumps(config_to_dict(ctx.config), indent=4))
+    return 0
+
+
+def _cmd_analyze(ctx: Context, args: argparse.Namespace) -> int:
+    from fext.analysis import analyze
+
+    analyze(ctx.config, ctx.workspace, dataset=args.dataset, progress=ctx.progress)
+    return 0
+
+
+def _cmd_train(ctx: Context, args: argparse.Namespace) -> int:
+    if args.nproc:
+        from fext.distributed import launch_torchrun
+
+        return launch_torchrun(args.nproc, sys.argv[1:])
+    from fext.checkpoints import resolve_checkpoint
+    from fext.training import train
+
+    resume = None
+    if args.resume is not None:
+        resume = resolve_checkpoint(ctx.workspace, args.resume or None, interactive=ctx.interactive)
+    train(ctx.config, ctx.workspace, resume=resume, dataset=args.dataset, progress=ctx.progress)
+    return 0
+
+
+def _cmd_checkpoints(ctx: Context, args: argparse.Namespace) -> int:
+    from fext.checkpoints import checkpoints_table
+
+    print(checkpoints_table(ctx.workspace))
+    return 0
+
+
+def _cmd_evaluate(ctx: Context, args: argparse.Namespace) -> int:
+    from fext.checkpoints import list_checkpoints, resolve_checkpoint
+    from fext.evaluation import evaluate
+
+    if args.all:
+        ckpts = [c.path for c in list_checkpoints(ctx.workspace) if c.ok]
+        if not ckpts:
+            raise FeXTError(f"No checkpoint in {ctx.workspace.checkpoints}; train one with `fext train`")
+    elif args.checkpoints:
+        ckpts = [resolve_checkpoint(ctx.workspace, c, interactive=False) for c in args.checkpoints]
+    else:
+        ckpts = [resolve_checkpoint(ctx.workspace, None, interactive=ctx.interactive)]
+    evaluate(ckpts, ctx.config, ctx.workspace, dataset=args.dataset, images=args.images, progress=ctx.progress)
+    return 0
+
+
+def _cmd_encode(ctx: Context, args: argparse.Namespace) -> int:
+    from fext.checkpoints import resolve_checkpoint
+    from fext.encoding import encode_folder
+
+    ckpt = resolve_checkpoint(ctx.workspace, args.checkpoint, interactive=ctx.interactive)
+    encode_folder(
+        ckpt,
+        args.input or ctx.workspace.extraction_images,
+        args.output,
+        config=ctx.config,
+        workspace=ctx.workspace,
+        batch_size=args.batch_size,
+        per_image=args.per_image,
+        overwrite=args.overwrite,
+        progress=ctx.progress,
+    )
+    return 0
+
+
+def _cmd_search(ctx: Context, args: argparse.Namespace) -> int:
+    from fext.search import print_results, search
+
+    results = search(args.embeddings, args.query, k=args.k, sheet=args.sheet, config=ctx.config)
+    print_results(results)
+    return 0
+
+
+def _cmd_setup(ctx: Context, args: argparse.Namespace) -> int:
+    from fext import maintenance
+
+    action = {"install": maintenance.install_editable, "update": maintenance.update_project,
+              "clean-logs": maintenance.clean_logs}[args.action]
+    print(action(ctx.workspace))
+    return 0
+
+
+def _cmd_menu(ctx: Context, args: argparse.Namespace) -> int:
+    from fext.menu import run_menu
+
+    return run_menu(ctx)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fext",
+        description="FeXT: train a convolutional autoencoder on your images and turn images into feature vectors.",
+        epilog="Run `fext` alone on a terminal for the navigation menu. Docs: README.md.",
+    )
+    parser.add_argument("--workspace", type=Path, help="workspace folder (default: $FEXT_WORKSPACE or the current directory)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a configuration value for this run, e.g. --set training.EPOCHS=5 (repeatable)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars, warnings and errors only")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default: $FEXT_LOG_LEVEL or INFO)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("init", help="create the workspace folders and the default configuration")
+    p.add_argument("--force", action="store_true", help="rewrite settings/configurations.json with the defaults")
+    p.set_defaults(func=_cmd_init)
+
+    p = sub.add_parser("config", help="print the resolved configuration (file + --set overrides)")
+    p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("analyze", help="1) analyze the image dataset: statistics, histogram, problems")
+    p.add_argument("--dataset", type=Path, help="image folder (default: resources/dataset)")
+    p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser("train", help="2) train from scratch, or from a checkpoint with --resume")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
+                   help="continue a checkpoint (name or path; omitted: the only one, or a choice) for ADDITIONAL_EPOCHS")
+    p.add_argument("--dataset", type=Path, help="image folder (default: resources/dataset)")
+    p.add_argument("--nproc", type=int, default=0, metavar="N", help="train on N processes of this machine with torchrun")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("checkpoints", help="list the checkpoints")
+    p.set_defaults(func=_cmd_checkpoints)
+
+    p = sub.add_parser("evaluate", help="2) evaluate checkpoints: metrics, pictures, PCA baseline, report")
+    p.add_argument("checkpoints", nargs="*", metavar="CKPT", help="checkpoint names or paths (omitted: the only one, or a choice)")
+    p.add_argument("--all", action="store_true", help="evaluate every checkpoint")
+    p.add_argument("--dataset", type=Path, help="evaluate on this image folder instead of the checkpoint's training images")
+    p.add_argument("--images", type=int, default=6, metavar="N", help="images per reconstruction figure (default 6)")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("encode", help="3) encode a folder of images into feature vectors (.npy)")
+    p.add_argument("checkpoint", nargs="?", metavar="CKPT", help="checkpoint name or path (omitted: the only one, or a choice)")
+    p.add_argument("--input", type=Path, help="image folder (default: resources/extraction/images)")
+    p.add_argument("--output", type=Path, help="output folder (default: resources/extraction/<checkpoint>)")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per batch (default 64)")
+    p.add_argument("--per-image", action="store_true", help="also write one .npy per image, mirroring the input tree")
+    p.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
+    p.set_defaults(func=_cmd_encode)
+
+    p = sub.add_parser("search", help="find the stored images most similar to a query image")
+    p.add_argument("embeddings", type=Path, metavar="EMBEDDINGS_DIR", help="a folder written by `fext encode`")
+    p.add_argument("--query", required=True, help="an image file, or a path already in the index")
+    p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument("--sheet", type=Path, help="write a contact sheet of the query and results to this PNG")
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("setup", help="4) setup and maintenance")
+    p.add_argument("action", choices=["install", "update", "clean-logs"],
+                   help="install: pip install -e the source checkout; update: git pull it; clean-logs: remove log files")
+    p.set_defaults(func=_cmd_setup)
+
+    p = sub.add_parser("menu", help="open the navigation menu")
+    p.set_defaults(func=_cmd_menu)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``fext`` command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ws = Workspace.resolve(args.workspace)
+    load_env_file(ws.env_file)
+    if args.workspace is None and os.environ.get("FEXT_WORKSPACE"):
+        ws = Workspace.resolve(None)  # the .env file may name the workspace
+        load_env_file(ws.env_file)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if args.command is None:
+        if not interactive:
+            parser.print_help()
+            return 0
+        args.func = _cmd_menu
+    setup_logging(ws, args.log_level or os.environ.get("FEXT_LOG_LEVEL", "INFO"), quiet=args.quiet)
+    ctx = Context(workspace=ws, overrides=args.overrides, quiet=args.quiet, interactive=interactive)
+    try:
+        return args.func(ctx, args)
+    except FeXTError as e:
+        log.debug("error", exc_info=True)
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""The run configuration: typed, frozen, validated once.
+
+Defaults (the dataclasses below) → ``settings/configurations.json`` → ``--set key.path=value``
+overrides are merged once by :func:`load_config`, validated once, and passed down as a frozen
+:class:`Config`. Attribute names are the JSON keys of the seed (``training.EPOCHS``, ...).
+Every problem is a :class:`~fext.errors.ConfigError` naming the key path and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fext.errors import ConfigError
+
+
+def _check(allowed: str, test: typing.Callable[[Any], bool]) -> dict:
+    """Field metadata: a predicate on the value and the words that describe what is allowed."""
+    return {"allowed": allowed, "test": test}
+
+
+def _key(default: Any, allowed: str | None = None, test: typing.Callable[[Any], bool] | None = None):
+    return field(default=default, metadata=_check(allowed, test) if test else {})
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    SAMPLE_SIZE: float = _key(1.0, "a fraction 0 < x <= 1", lambda v: 0 < v <= 1)
+    """Fraction of the dataset's images used, drawn with SEED."""
+    VALIDATION_SIZE: float = _key(0.1, "a fraction 0 <= x < 1", lambda v: 0 <= v < 1)
+    """Fraction of the images held out for validation."""
+    IMG_AUGMENT: bool = True
+    """Random flips, brightness and contrast on training batches."""
+    SPLIT_SEED: int = _key(76, "an integer >= 0", lambda v: v >= 0)
+    """Seed of the train/validation split (stable when images are added)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    PRESET: str = _key("base", 'one of "base", "small"', lambda v: v in ("base", "small"))
+    """Architecture preset: "base" (VGG16-like, ~20M parameters) or "small" (fast demos)."""
+    IMG_SIZE: int = _key(128, "a multiple of 64 between 64 and 1024", lambda v: 64 <= v <= 1024 and v % 64 == 0)
+    """Input width and height in pixels."""
+    JIT_COMPILE: bool = False
+    """Compile the model with torch.compile."""
+    JIT_BACKEND: str = _key(
+        "inductor", 'one of "inductor", "aot_eager", "eager", "cudagraphs"',
+        lambda v: v in ("inductor", "aot_eager", "eager", "cudagraphs"),
+    )
+    """torch.compile backend."""
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    DEVICE: str = _key("GPU", 'one of "GPU", "CPU"', lambda v: v in ("GPU", "CPU"))
+    """"GPU" uses cuda:DEVICE_ID, falling back to the CPU with a log line when there is none."""
+    DEVICE_ID: int = _key(0, "an integer >= 0", lambda v: v >= 0)
+    """Index of the GPU."""
+    MIXED_PRECISION: bool = False
+    """Autocast: bf16 where supported, else fp16 with a grad scaler."""
+    NUM_PROCESSORS: int = _key(4, "an integer >= 0 (0 decodes in the main process)", lambda v: v >= 0)
+    """Worker processes for image decoding."""
+
+
+@dataclass(frozen=True)
+class LRSchedulerConfig:
+    INITIAL_LR: float = _key(1e-4, "a number > 0", lambda v: v > 0)
+    """Learning rate during the constant phase."""
+    CONSTANT_STEPS: int = _key(40000, "an integer >= 0", lambda v: v >= 0)
+    """Batches at INITIAL_LR before the decay starts."""
+    DECAY_STEPS: int = _key(2000, "an integer >= 1", lambda v: v >= 1)
+    """Batches of linear decay down to the floor of 1e-8."""
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    EPOCHS: int = _key(20, "an integer >= 1", lambda v: v >= 1)
+    """Epochs of a run from scratch."""
+    ADDITIONAL_EPOCHS: int = _key(10, "an integer >= 1", lambda v: v >= 1)
+    """Epochs added by `fext train --resume`."""
+    BATCH_SIZE: int = _key(25, "an integer >= 1", lambda v: v >= 1)
+    """Images per batch (per process under torchrun)."""
+    USE_TENSORBOARD: bool = True
+    """Write TensorBoard logs into the checkpoint folder."""
+    SAVE_CHECKPOINTS: bool = False
+    """Keep one weights file per epoch (the last epoch is always saved)."""
+    LR_SCHEDULER: LRSchedulerConfig = field(default_factory=LRSchedulerConfig)
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Thresholds of `fext analyze`'s problem flags (see the README)."""
+
+    DARK_MEAN: float = _key(30.0, "a number in [0, 255]", lambda v: 0 <= v <= 255)
+    """Flag images whose mean grayscale value is below this."""
+    BRIGHT_MEAN: float = _key(225.0, "a number in [0, 255]", lambda v: 0 <= v <= 255)
+    """Flag images whose mean grayscale value is above this."""
+    LOW_ENTROPY: float = _key(3.0, "a number in [0, 8]", lambda v: 0 <= v <= 8)
+    """Flag images whose grayscale entropy (bits) is below this."""
+    BLUR_RATIO: float = _key(0.1, "a number > 0", lambda v: v > 0)
+    """Flag images whose Laplacian variance is below this fraction of the dataset median."""
+    NEAR_DUPLICATE_DISTANCE: int = _key(6, "an integer in [0, 64]", lambda v: 0 <= v <= 64)
+    """Maximum Hamming distance between 64-bit perceptual hashes of near duplicates."""
+    MIN_SIDE: int = _key(64, "an integer >= 1", lambda v: v >= 1)
+    """Flag images whose shorter side is below this many pixels."""
+    MAX_ASPECT_RATIO: float = _key(3.0, "a number >= 1", lambda v: v >= 1)
+    """Flag images whose long/short side ratio is above this."""
+    GRAYSCALE_TOLERANCE: float = _key(2.0, "a number >= 0", lambda v: v >= 0)
+    """Colour images whose channels differ by at most this on average are flagged as grayscale."""
+
+
+@dataclass(frozen=True)
+class Config:
+    SEED: int = _key(42, "an integer >= 0", lambda v: v >= 0)
+    """Global seed: sampling, initialisation, augmentation, dropout."""
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """The nested JSON-ready dict of a config (or of one of its sections)."""
+    return dataclasses.asdict(cfg)
+
+
+def _type_name(tp: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(path: str, tp: Any, value: Any) -> Any:
+    """Check ``value`` against the field type; ints are accepted where numbers are."""
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[tp]
+    if not ok:
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {json.dumps(value)}")
+    return float(value) if tp is float else value
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'configuration'}: expected an object of keys, got {json.dumps(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{prefix}{unknown[0]}: unknown key; allowed keys here are {', '.join(fields)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        path, tp = f"{prefix}{name}", hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, f"{path}.")
+            continue
+        value = _coerce(path, tp, value)
+        meta = fields[name].metadata
+        if meta and not meta["test"](value):
+            raise ConfigError(f"{path}: {json.dumps(value)} is not allowed; expected {meta['allowed']}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """Validate a (possibly partial) nested dict and fill the rest with defaults."""
+    return _build(Config, data)
+
+
+def _merge(base: dict, update: Mapping) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``key.path=value``; the value is JSON when it parses as JSON, else a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected key.path=value, e.g. --set training.EPOCHS=5")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def overrides_to_dict(overrides: Iterable[str | tuple[str, Any]]) -> dict:
+    """Turn ``["training.EPOCHS=5", ("SEED", 1)]`` into a nested dict."""
+    nested: dict = {}
+    for item in overrides:
+        key, value = parse_override(item) if isinstance(item, str) else item
+        *parents, leaf = key.split(".")
+        node = nested
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {p} is not a section")
+        node[leaf] = value
+    return nested
+
+
+def with_overrides(cfg: Config, overrides: Iterable[str | tuple[str, Any]] | Mapping[str, Any]) -> Config:
+    """A new validated config with ``overrides`` applied (``{"training.EPOCHS": 5}`` or ``["SEED=1"]``)."""
+    if isinstance(overrides, Mapping):
+        overrides = list(overrides.items())
+    return config_from_dict(_merge(config_to_dict(cfg), overrides_to_dict(overrides)))
+
+
+def read_config_file(path: Path) -> dict:
+    """Read a configuration file as a dict; malformed JSON is reported with its line and column."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the configuration file ({e.strerror}); run `fext init` to write one") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(
+            f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}; fix the file or delete it and run `fext init`"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object of configuration sections")
+    return data
+
+
+def load_config(path: Path | None = None, overrides: Iterable[str | tuple[str, Any]] = ()) -> Config:
+    """Defaults ← the file at ``path`` (when given and present) ← ``overrides``, validated once."""
+    data = read_config_file(path) if path is not None and Path(path).exists() else {}
+    try:
+        cfg = config_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return with_overrides(cfg, overrides)
+
+
+def default_config_text() -> str:
+    """The default configuration file, as `fext init` writes it."""
+    return json.dumps(config_to_dict(Config()), indent=4) + "\n"
+
+
+def describe_keys() -> list[tuple[str, str, str, str]]:
+    """(key path, default, allowed, meaning) for every key: used by the README and `fext config`."""
+    rows = []
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        docs = _field_docs(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                walk(tp, f"{prefix}{f.name}.")
+                continue
+            default = f.default
+            allowed = f.metadata.get("allowed") or _type_name(tp)
+            rows.append((f"{prefix}{f.name}", json.dumps(default), allowed, docs.get(f.name, "")))
+
+    walk(Config, "")
+    return rows
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """The docstrings written under each field (read from the source)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for a, b in zip(body, body[1:]):
+        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+            docs[a.target.id] = " ".join(str(b.value.value).split())
+    return docs
