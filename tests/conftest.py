@@ -1,0 +1,32 @@
+"""Shared fixtures: a workspace in a temporary folder, a subprocess runner for the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fext.workspace import Workspace
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    """An initialised, empty workspace."""
+    from fext.workspace import init_workspace
+
+    workspace = Workspace(tmp_path / "ws")
+    init_workspace(workspace)
+    return workspace
+
+
+def run_fext(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m fext ARGS` in a real subprocess; return the completed process (text output)."""
+    full_env = {k: v for k, v in os.environ.items() if k != "FEXT_WORKSPACE"}
+    full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "fext", *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+        timeout=timeout, stdin=subprocess.DEVNULL,
+    )
