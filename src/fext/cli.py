@@ -266,7 +266,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 0
         args.func = _cmd_menu
-    setup_logging(ws, args.log_level or os.environ.get("FEXT_LOG_LEVEL", "INFO"), quiet=args.quiet)
+    level = (args.log_level or os.environ.get("FEXT_LOG_LEVEL") or "INFO").strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        print(f"error: log level {level!r} (--log-level or FEXT_LOG_LEVEL) is not one of DEBUG, INFO, WARNING, ERROR",
+              file=sys.stderr)
+        return 2
+    setup_logging(ws, level, quiet=args.quiet)
     ctx = Context(workspace=ws, overrides=args.overrides, quiet=args.quiet, interactive=interactive)
     try:
         return args.func(ctx, args)

@@ -1,0 +1,132 @@
+"""The navigation menu of the seed (§5.1): ``fext`` alone on a terminal, or ``fext menu``.
+
+Every entry runs the same command handler as the command line (the entry's ``fext`` arguments
+are parsed by the CLI's own parser), so the menu and the commands cannot drift apart. An action
+that fails prints its message and the menu carries on; Ctrl-C during an action returns to the
+menu; end of input or Ctrl-C at a prompt leaves with status 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import TYPE_CHECKING, Union
+
+from fext.errors import FeXTError
+
+if TYPE_CHECKING:
+    from fext.cli import Context
+
+log = logging.getLogger(__name__)
+
+TITLE = "FeXT AutoEncoder: Extraction of Images Features"
+
+# A menu entry is (label, action): the ``fext`` arguments it runs, a sub-menu, or None (Back/Exit).
+Entry = tuple[str, Union[list[str], "Menu", None]]
+Menu = tuple[str, list[Entry]]
+
+TRAINING_MENU: Menu = ("Model training and evaluation", [
+    ("Train from scratch", ["train"]),
+    ("Train from checkpoint", ["train", "--resume"]),
+    ("Model evaluation", ["evaluate"]),
+    ("Back", None),
+])
+
+SETUP_MENU: Menu = ("Setup and Maintenance", [
+    ("Install project in editable mode", ["setup", "install"]),
+    ("Update project", ["setup", "update"]),
+    ("Remove logs", ["setup", "clean-logs"]),
+    ("Back", None),
+])
+
+MAIN_MENU: Menu = (TITLE, [
+    ("Analyze image dataset", ["analyze"]),
+    ("Model training and evaluation", TRAINING_MENU),
+    ("Encode images", ["encode"]),
+    ("Setup and Maintenance", SETUP_MENU),
+    ("Exit", None),
+])
+
+
+def ask_choice(n: int) -> int:
+    """Ask for a number in 1..n until one is given; EOFError/KeyboardInterrupt propagate."""
+    while True:
+        answer = input(f"Select an option (1-{n}): ").strip()
+        if answer.isdigit() and 1 <= int(answer) <= n:
+            return int(answer)
+        print(f"Invalid choice {answer!r}: enter a number from 1 to {n}.")
+
+
+def _format_seconds(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {int(seconds % 60)} s"
+
+
+def run_action(ctx: Context, label: str, argv: list[str]) -> bool:
+    """Run the command ``fext ARGV`` inside the menu; True when it succeeded.
+
+    Errors are shown and swallowed so the menu carries on; EOFError (input ended at a prompt
+    inside the action, e.g. the checkpoint choice) propagates so the menu can leave.
+    """
+    from fext.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    # Re-read configurations.json at each action: the user may edit it while the menu is open.
+    ctx._config = None
+    print(f"\n--- {label} (fext {' '.join(argv)}) ---", flush=True)
+    started = time.monotonic()
+    try:
+        status = args.func(ctx, args)
+    except FeXTError as e:
+        log.debug("%s failed", label, exc_info=True)
+        print(f"error: {e}", flush=True)
+        return False
+    except KeyboardInterrupt:
+        print(f"\n{label} interrupted; back to the menu.", flush=True)
+        return False
+    except EOFError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the menu must survive any bug in an action
+        log.error("%s failed unexpectedly: %s: %s (the traceback is in the log file in %s)",
+                  label, type(e).__name__, e, ctx.workspace.logs)
+        log.debug("Traceback of the failed menu action %r", label, exc_info=True)
+        return False
+    if status:
+        print(f"{label} finished with status {status}.", flush=True)
+        return False
+    print(f"{label}: done in {_format_seconds(time.monotonic() - started)}.", flush=True)
+    return True
+
+
+def _show(menu: Menu, workspace: str | None = None) -> None:
+    title, entries = menu
+    print(f"\n{'=' * len(title)}\n{title}\n{'=' * len(title)}")
+    if workspace:
+        print(f"Workspace: {workspace}")
+    for i, (label, _) in enumerate(entries, 1):
+        print(f"{i}) {label}")
+    print(flush=True)
+
+
+def _run_menu(ctx: Context, menu: Menu, top: bool) -> None:
+    """Show ``menu`` until Back (sub-menu) or Exit (main menu) is chosen."""
+    entries = menu[1]
+    while True:
+        _show(menu, str(ctx.workspace.root) if top else None)
+        label, action = entries[ask_choice(len(entries)) - 1]
+        if action is None:
+            return
+        if isinstance(action, tuple):
+            _run_menu(ctx, action, top=False)
+        else:
+            run_action(ctx, label, action)
+
+
+def run_menu(ctx: Context) -> int:
+    """Run the navigation menu until Exit, end of input or Ctrl-C at a prompt; return 0."""
+    try:
+        _run_menu(ctx, MAIN_MENU, top=True)
+    except (EOFError, KeyboardInterrupt):
+        print(flush=True)
+    print("Goodbye.", flush=True)
+    return 0
