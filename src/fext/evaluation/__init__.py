@@ -1,0 +1,33 @@
+"""Model evaluation (``fext evaluate``): how good a checkpoint is, in numbers and pictures.
+
+- :mod:`~fext.evaluation.runner`: :func:`evaluate` (several checkpoints, summary, comparison) and
+  :func:`evaluate_checkpoint` (metrics, figures, baseline and report of one).
+- :mod:`~fext.evaluation.baseline`: the PCA baseline (best linear compressor of the latent's size).
+- :mod:`~fext.evaluation.figures`: reconstruction sheets, worst images, latent PCA, curves, comparison.
+- :mod:`~fext.evaluation.summary`: ``checkpoints_summary.csv``.
+- :mod:`~fext.evaluation.pages`: ``report.html`` and ``comparison.html``.
+"""
+
+from fext.evaluation.baseline import PCABaseline, fit_pca
+from fext.evaluation.runner import (
+    MAX_TRAIN_IMAGES,
+    MAX_VALIDATION_IMAGES,
+    PCA_MAX_IMAGES,
+    evaluate,
+    evaluate_checkpoint,
+    write_comparison,
+)
+from fext.evaluation.summary import SUMMARY_COLUMNS, write_summary
+
+__all__ = [
+    "MAX_TRAIN_IMAGES",
+    "MAX_VALIDATION_IMAGES",
+    "PCA_MAX_IMAGES",
+    "PCABaseline",
+    "SUMMARY_COLUMNS",
+    "evaluate",
+    "evaluate_checkpoint",
+    "fit_pca",
+    "write_comparison",
+    "write_summary",
+]

@@ -1,0 +1,518 @@
+"""``fext evaluate``: metrics, pictures, the PCA baseline and the report of one or more checkpoints.
+
+For each checkpoint, :func:`evaluate_checkpoint`:
+
+1. loads the model and finds its images: its own training folder and train/validation split
+   (rebuilt from the saved configuration by :func:`fext.training.select_images`), or
+   ``--dataset DIR`` whose images all count as validation;
+2. decodes them through the decoded-image cache and runs the model in batches under
+   ``torch.inference_mode`` (device and mixed precision from the current configuration);
+3. computes MAE, cosine, PSNR and SSIM per image on both splits;
+4. fits the PCA baseline on training images and scores it on the same validation images;
+5. writes ``metrics.json``, ``per_image_metrics.csv``, the figures and ``report.html`` into
+   ``resources/validation/checkpoints/<name>/``.
+
+:func:`evaluate` does that for every checkpoint asked for, then rewrites
+``checkpoints_summary.csv`` (every checkpoint of the workspace) and, once two or more
+checkpoints have been evaluated, ``comparison.html``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import fext
+from fext import metrics as M
+from fext._io import atomic_open, save_figure, write_json, write_text
+from fext.checkpoints import CONFIG, HISTORY, WEIGHTS, read_checkpoint
+from fext.config import Config, config_from_dict
+from fext.data import CachedImages, find_images, prepare_images, to_float
+from fext.device import autocast, select_device
+from fext.errors import ConfigError, FeXTError
+from fext.evaluation import figures, pages
+from fext.evaluation.baseline import PCABaseline, fit_pca, project_2d_3d
+from fext.evaluation.summary import METRICS_FILE, load_metrics, workspace_checkpoints, write_summary
+from fext.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+MAX_TRAIN_IMAGES = 2000
+"""Training images evaluated per checkpoint at most: a sample drawn with SEED (enough for a mean ± 2 %)."""
+MAX_VALIDATION_IMAGES = 10000
+"""Validation (or ``--dataset``) images evaluated at most, also a sample drawn with SEED."""
+PCA_MAX_IMAGES = 2000
+"""Training images the PCA baseline is fitted on at most."""
+PCA_MAX_BYTES = 1 << 30
+"""Memory of the (n, 3·S·S) float32 matrix the PCA is fitted on: lowers n for large images."""
+
+METRIC_FUNCTIONS = {"mae": M.mae, "cosine": M.cosine, "psnr": M.psnr, "ssim": M.ssim}
+"""Per-image metrics by the names used in metrics.json and per_image_metrics.csv (mae = the loss)."""
+
+REPORT_FILE = "report.html"
+PER_IMAGE_FILE = "per_image_metrics.csv"
+COMPARISON_FILE = "comparison.html"
+COMPARISON_FIGURE = "comparison.png"
+
+
+@dataclass
+class SplitImages:
+    """One split of a checkpoint's images: all its paths, the sample evaluated, and the results."""
+
+    name: str
+    paths: list[Path]
+    sample: list[Path] = field(default_factory=list)
+    cached: CachedImages | None = None
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    latents: np.ndarray | None = None
+    shown: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    """Rows of ``cached`` drawn for the reconstruction figure."""
+    kept: dict[int, np.ndarray] = field(default_factory=dict)
+    """Reconstructions (S, S, 3) of the shown rows and of the worst ones, kept from the scoring pass."""
+
+    @property
+    def evaluated(self) -> int:
+        return len(self.cached) if self.cached is not None else 0
+
+    @property
+    def failures(self) -> list[tuple[Path, str]]:
+        return list(self.cached.failures) if self.cached is not None else []
+
+
+def evaluate(
+    ckpts: Sequence[Path],
+    cfg: Config,
+    ws: Workspace,
+    *,
+    dataset: Path | None = None,
+    images: int = 6,
+    progress: bool = True,
+) -> list[Path]:
+    """Evaluate each checkpoint folder of ``ckpts``; return their output folders.
+
+    ``dataset``: evaluate on every image of this folder instead of each checkpoint's own
+    validation split. ``images``: images per reconstruction figure. The summary CSV is rewritten
+    even when an evaluation fails; with several checkpoints, one that fails is reported and the
+    others are still evaluated (a :class:`FeXTError` listing the failures is raised at the end).
+    """
+    ws.ensure()
+    if images < 1:
+        raise FeXTError(f"--images must be at least 1 (got {images}): it is the number of images per figure")
+    if not ckpts:
+        raise FeXTError(f"No checkpoint to evaluate; train one with `fext train` or name one (see `fext checkpoints`)")
+    if dataset is not None and not Path(dataset).is_dir():
+        raise FeXTError(f"--dataset {dataset}: no such folder. Pass a folder of images.")
+    device = select_device(cfg.device.DEVICE, cfg.device.DEVICE_ID)
+    done: list[Path] = []
+    failed: list[str] = []
+    try:
+        for ckpt in ckpts:
+            try:
+                done.append(evaluate_checkpoint(Path(ckpt), cfg, ws, device=device, dataset=dataset,
+                                                images=images, progress=progress))
+            except FeXTError as e:
+                if len(ckpts) == 1:
+                    raise
+                log.error("Could not evaluate %s: %s", Path(ckpt).name, e)
+                failed.append(f"{Path(ckpt).name}: {e}")
+    finally:
+        write_summary(ws, extra=[Path(c) for c in ckpts])
+    comparison = write_comparison(ws, extra=[Path(c) for c in ckpts])
+    if comparison:
+        log.info("Comparison of the evaluated checkpoints: %s", comparison)
+    if failed:
+        raise FeXTError(f"{len(failed)} of {len(ckpts)} checkpoints could not be evaluated:\n  " + "\n  ".join(failed))
+    return done
+
+
+def evaluate_checkpoint(
+    ckpt: Path,
+    cfg: Config,
+    ws: Workspace,
+    *,
+    device: torch.device | None = None,
+    dataset: Path | None = None,
+    images: int = 6,
+    progress: bool = True,
+) -> Path:
+    """Evaluate one checkpoint folder and write its outputs; return ``validation/checkpoints/<name>``."""
+    from fext.model import FeXTAutoEncoder
+
+    start = time.perf_counter()
+    ckpt = Path(ckpt).absolute()
+    if not ckpt.is_dir():
+        raise FeXTError(f"Checkpoint folder {ckpt} not found; list the checkpoints with `fext checkpoints`")
+    if not (ckpt / WEIGHTS).is_file():
+        raise FeXTError(
+            f"{ckpt} has no {WEIGHTS}: it is not a usable checkpoint (a run stopped before its first save?). "
+            "Evaluate another one (see `fext checkpoints`)."
+        )
+    info = read_checkpoint(ckpt)
+    if not info.ok:
+        raise FeXTError(f"Cannot read checkpoint {ckpt}: {info.error}. Evaluate another one (see `fext checkpoints`).")
+    device = device or select_device(cfg.device.DEVICE, cfg.device.DEVICE_ID)
+    model = FeXTAutoEncoder.from_pretrained(ckpt).to(device).eval()
+    arch = model.arch
+    train, validation, root, source = _select_splits(ckpt, info.config, cfg, dataset)
+    out = ws.validation_checkpoints / ckpt.name
+    out.mkdir(parents=True, exist_ok=True)
+    log.info("Evaluating %s on %s (%d train, %d validation images) -> %s",
+             ckpt.name, root, len(train.paths), len(validation.paths), out)
+
+    workers = cfg.device.NUM_PROCESSORS
+    caps = {"train": MAX_TRAIN_IMAGES, "validation": MAX_VALIDATION_IMAGES}
+    rng = np.random.default_rng(cfg.SEED)
+    for split in (train, validation):
+        if not split.paths:
+            continue
+        split.sample = _seeded_sample(split.paths, caps[split.name], cfg.SEED)
+        if len(split.sample) < len(split.paths):
+            log.info("Evaluating a sample of %d of the %d %s images (drawn with SEED=%d)",
+                     len(split.sample), len(split.paths), split.name, cfg.SEED)
+        split.cached = prepare_images(split.sample, arch.img_size, ws.cache, workers, progress=progress,
+                                      desc=f"Decoding {split.name} images")
+        split.shown = np.sort(rng.choice(split.evaluated, size=_figure_count(images, split), replace=False))
+        _score_model(model, split, device, cfg.device.MIXED_PRECISION, cfg.training.BATCH_SIZE, images, progress)
+    held_out = validation if validation.evaluated else train
+    if held_out is train:
+        log.warning("No validation image (VALIDATION_SIZE is 0): the PCA baseline, the worst reconstructions "
+                    "and the latent plot use training images.")
+
+    pca, pca_note = _fit_baseline(train if train.evaluated else held_out, held_out, arch.feature_dim, device, progress)
+    pca_scores = _score_pca(pca, held_out.cached, cfg.training.BATCH_SIZE, device)
+
+    history = info.history or {}
+    _write_figures(out, arch, train, validation, held_out, pca, images, cfg, root, history, ckpt.name)
+
+    result = {
+        "checkpoint": ckpt.name,
+        "checkpoint_path": str(ckpt),
+        "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "fext_version": fext.__version__,
+        "device": str(device),
+        "mixed_precision": cfg.device.MIXED_PRECISION,
+        "preset": arch.preset,
+        "image_size": arch.img_size,
+        "latent_dim": arch.feature_dim,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "epochs": history.get("total_epochs") or len(history.get("epochs") or []) or None,
+        "dataset": {"root": str(root), "source": source},
+        "splits": {s.name: _split_facts(s, caps[s.name]) for s in (train, validation)},
+        "model": {s.name: _stats(s.scores) if s.evaluated else None for s in (train, validation)},
+        "baseline_pca": {
+            "components": pca.k,
+            "requested": pca.requested,
+            "fitted_on": pca.fitted_on,
+            "explained_variance": pca.explained_variance_ratio,
+            "evaluated_on": held_out.name,
+            held_out.name: _stats(pca_scores),
+            "note": pca_note,
+        },
+        "model_beats_pca": {
+            m: bool(held_out.scores[m].mean() < pca_scores[m].mean()) if m == "mae"
+            else bool(held_out.scores[m].mean() > pca_scores[m].mean())
+            for m in METRIC_FUNCTIONS
+        },
+        "failed": [{"path": str(p), "reason": r} for s in (train, validation) for p, r in s.failures],
+        "psnr_cap_db": M.PSNR_CAP,
+        "seconds": time.perf_counter() - start,
+    }
+    write_json(out / METRICS_FILE, result)
+    _write_per_image(out / PER_IMAGE_FILE, train, validation, held_out, pca_scores)
+    write_text(out / REPORT_FILE, pages.checkpoint_report(out, result, info.config or {}))
+    _log_result(result, held_out.name, out)
+    return out
+
+
+def _select_splits(
+    ckpt: Path, config: dict[str, Any] | None, cfg: Config, dataset: Path | None
+) -> tuple[SplitImages, SplitImages, Path, str]:
+    """(train, validation, root, source) for a checkpoint, from its recorded data or ``dataset``."""
+    from fext.training import select_images
+
+    config = config or {}
+    recorded = config.get("dataset") or {}
+    try:
+        ckpt_cfg = config_from_dict(config.get("configuration") or {})
+    except ConfigError as e:
+        raise FeXTError(f"{ckpt / CONFIG}: the saved configuration is invalid ({e}); the checkpoint is damaged") from None
+    root = Path(recorded["root"]) if recorded.get("root") else None
+
+    if dataset is not None:
+        dataset = Path(dataset).expanduser().absolute()
+        evaluated = find_images(dataset)
+        if not evaluated:
+            raise FeXTError(f"--dataset {dataset}: no image found in it. Pass a folder that holds images.")
+        train: list[Path] = []
+        if root is not None and root.is_dir() and root.resolve() != dataset.resolve():
+            try:
+                train = select_images(ckpt_cfg, root)[0]
+            except FeXTError:
+                train = []
+        if not train:
+            log.info("The checkpoint's training images are not available: no train metrics, and the PCA baseline "
+                     "is fitted on the --dataset images themselves")
+        return SplitImages("train", train), SplitImages("validation", evaluated), dataset, "--dataset"
+
+    hint = f"evaluate on another folder with `fext evaluate {ckpt.name} --dataset DIR`"
+    if root is None:
+        raise FeXTError(f"{ckpt / CONFIG} does not record where the training images are; {hint}")
+    if not root.is_dir():
+        raise FeXTError(f"The training images of {ckpt.name} are gone: {root} does not exist (moved or deleted?); {hint}")
+    try:
+        train, validation = select_images(ckpt_cfg, root)
+    except FeXTError as e:
+        raise FeXTError(f"The training images of {ckpt.name} cannot be found: {e} To use other images, {hint}") from None
+    expected = {recorded.get("train", 0) + recorded.get("validation", 0),
+                recorded.get("train", 0) + recorded.get("validation", 0) + recorded.get("failed", 0)}
+    if recorded and len(train) + len(validation) not in expected:
+        log.warning("%s now holds %d images for this checkpoint where training used %d train + %d validation: "
+                    "the folder changed since, so the split is not exactly the training one",
+                    root, len(train) + len(validation), recorded.get("train", 0), recorded.get("validation", 0))
+    return SplitImages("train", train), SplitImages("validation", validation), root, "training split"
+
+
+def _seeded_sample(paths: list[Path], cap: int, seed: int) -> list[Path]:
+    """At most ``cap`` of ``paths``, drawn with ``seed``, in their original order."""
+    if len(paths) <= cap:
+        return list(paths)
+    keep = sorted(random.Random(seed).sample(range(len(paths)), cap))
+    return [paths[i] for i in keep]
+
+
+def _score_model(
+    model: torch.nn.Module,
+    split: SplitImages,
+    device: torch.device,
+    mixed: bool,
+    batch_size: int,
+    worst: int,
+    progress: bool,
+) -> None:
+    """One pass of the model over ``split.cached``: fills ``scores`` (n,) per metric, ``latents`` (n, D),
+    and ``kept``, the reconstructions of the ``shown`` rows and of the ``worst`` highest-MAE rows
+    (so the figures need no second pass)."""
+    cached = split.cached
+    n = len(cached)
+    scores = {m: np.empty(n, dtype=np.float64) for m in METRIC_FUNCTIONS}
+    latents: np.ndarray | None = None
+    shown = set(split.shown.tolist())
+    worst_kept: dict[int, np.ndarray] = {}
+    with torch.inference_mode(), tqdm(total=n, desc=f"Evaluating {split.name}", unit="img", disable=not progress) as bar:
+        for lo in range(0, n, batch_size):
+            rows = np.arange(lo, min(n, lo + batch_size))
+            x = to_float(cached.batch(rows).to(device, non_blocking=True))  # (B, 3, S, S)
+            with autocast(device, mixed):
+                out = model(x)
+            recon = out["reconstruction"].float()  # (B, 3, S, S)
+            for m, fn in METRIC_FUNCTIONS.items():
+                scores[m][rows] = fn(x, recon).cpu().numpy()
+            z = out["latent"].float().flatten(1).cpu().numpy()  # (B, D)
+            if latents is None:
+                latents = np.empty((n, z.shape[1]), dtype=np.float32)
+            latents[rows] = z
+            # Keep this batch's candidates for the worst images, then drop all but the ``worst`` highest MAE.
+            floor = min(scores["mae"][r] for r in worst_kept) if len(worst_kept) >= worst else -np.inf
+            wanted = [i for i, r in enumerate(rows) if r in shown or scores["mae"][r] > floor]
+            if wanted:
+                for i, image in zip(wanted, _hwc(recon[wanted])):
+                    r = int(rows[i])
+                    if r in shown:
+                        split.kept[r] = image
+                    if scores["mae"][r] > floor:
+                        worst_kept[r] = image
+                for r in sorted(worst_kept, key=lambda r: scores["mae"][r])[: max(0, len(worst_kept) - worst)]:
+                    del worst_kept[r]
+            bar.update(len(rows))
+    split.kept.update(worst_kept)
+    split.scores, split.latents = scores, latents
+
+
+def _originals(cached: CachedImages, rows: np.ndarray) -> np.ndarray:
+    """Images at ``rows`` as (N, S, S, 3) float arrays in [0, 1]."""
+    return cached.batch(rows).numpy().astype(np.float32) / 255.0
+
+
+def _hwc(x: torch.Tensor) -> np.ndarray:
+    return x.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _fit_baseline(fit_split: SplitImages, held_out: SplitImages, latent_dim: int, device: torch.device,
+                  progress: bool) -> tuple[PCABaseline, str]:
+    """PCA with ``latent_dim`` components (or fewer) fitted on up to PCA_MAX_IMAGES of ``fit_split``."""
+    cached = fit_split.cached
+    d = 3 * cached.img_size**2
+    n = min(len(cached), PCA_MAX_IMAGES, max(2, PCA_MAX_BYTES // (4 * d)))
+    # The evaluated sample is already drawn with SEED: its first n images are a seeded sample too.
+    x = torch.empty(n, d, dtype=torch.float32)
+    for lo in range(0, n, 256):
+        hi = min(n, lo + 256)
+        x[lo:hi] = to_float(cached.batch(np.arange(lo, hi))).flatten(1)
+    t0 = time.perf_counter()
+    pca = fit_pca(x, latent_dim, device=device)
+    log.info("PCA baseline: %d components fitted on %d %s images in %.1f s (%.1f%% of their variance)",
+             pca.k, n, fit_split.name, time.perf_counter() - t0, 100 * pca.explained_variance_ratio)
+    notes = []
+    if fit_split is held_out:
+        notes.append(f"The PCA was fitted on the {held_out.name} images it is scored on (no separate training "
+                     "images were available), which flatters the baseline.")
+    if pca.k < latent_dim:
+        notes.append(f"The PCA has {pca.k} components, fewer than the model's {latent_dim} latent numbers: "
+                     f"it was fitted on {n} images, and n images span at most n - 1 dimensions.")
+    return pca, " ".join(notes)
+
+
+def _score_pca(pca: PCABaseline, cached: CachedImages, batch_size: int, device: torch.device) -> dict[str, np.ndarray]:
+    """Per-image metrics (n,) of the PCA reconstructions of ``cached``."""
+    n = len(cached)
+    scores = {m: np.empty(n, dtype=np.float64) for m in METRIC_FUNCTIONS}
+    step = max(batch_size, 64)
+    for lo in range(0, n, step):
+        rows = np.arange(lo, min(n, lo + step))
+        x = to_float(cached.batch(rows))
+        recon = pca.reconstruct(x)
+        for m, fn in METRIC_FUNCTIONS.items():
+            scores[m][rows] = fn(x, recon).numpy()
+    return scores
+
+
+def _figure_count(images: int, split: SplitImages) -> int:
+    """``images``, or fewer when the split holds fewer (said in a log line)."""
+    if split.evaluated < images:
+        log.info("Only %d %s image(s) available: its figures show %d instead of %d",
+                 split.evaluated, split.name, split.evaluated, images)
+    return min(images, split.evaluated)
+
+
+def _write_figures(
+    out: Path, arch: Any, train: SplitImages, validation: SplitImages, held_out: SplitImages,
+    pca: PCABaseline, n: int, cfg: Config, root: Path, history: dict[str, Any], name: str,
+) -> None:
+    """Every figure of the evaluation into ``out`` (PNG), from the scores and kept reconstructions."""
+    for split in (train, validation):
+        target = out / f"{split.name}_reconstructions.png"
+        if not split.evaluated:
+            target.unlink(missing_ok=True)
+            continue
+        rows = split.shown
+        originals, recons = _originals(split.cached, rows), np.stack([split.kept[int(r)] for r in rows])
+        baseline = None
+        if split is held_out:
+            baseline = _hwc(pca.reconstruct(torch.from_numpy(originals).permute(0, 3, 1, 2)))
+        fig = figures.reconstruction_sheet(
+            f"{name}: {split.name} images ({len(rows)} drawn with SEED={cfg.SEED})",
+            figures.names_of([split.cached.paths[i] for i in rows], root),
+            originals, recons, split.scores["psnr"][rows], split.scores["ssim"][rows],
+            baseline=baseline, baseline_label=f"PCA baseline ({pca.k} components)",
+        )
+        save_figure(fig, target, dpi=100)
+
+    worst = np.argsort(-held_out.scores["mae"], kind="stable")[: min(n, held_out.evaluated)]
+    originals, recons = _originals(held_out.cached, worst), np.stack([held_out.kept[int(r)] for r in worst])
+    fig = figures.worst_sheet(
+        f"{name}: the {len(worst)} {held_out.name} images reconstructed worst (highest MAE)",
+        figures.names_of([held_out.cached.paths[i] for i in worst], root),
+        originals, recons, held_out.scores["mae"][worst], held_out.scores["psnr"][worst],
+    )
+    save_figure(fig, out / "worst_reconstructions.png", dpi=100)
+
+    coords, ratios = project_2d_3d(torch.from_numpy(held_out.latents))
+    fig = figures.latent_pca_figure(
+        f"{name}: {held_out.evaluated} {held_out.name} embeddings ({arch.feature_dim} numbers each) "
+        "on their principal components",
+        coords.numpy(), ratios, held_out.scores["mae"], "reconstruction MAE", marked=list(worst),
+    )
+    save_figure(fig, out / "latent_pca.png", dpi=100)
+
+    curves = figures.training_curves_figure(f"{name}: training history", history) if history else None
+    if curves is not None:
+        save_figure(curves, out / "training_curves.png", dpi=100)
+    else:
+        (out / "training_curves.png").unlink(missing_ok=True)
+        log.info("No %s with epochs in the checkpoint: no training curves", HISTORY)
+
+
+def _stats(scores: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Mean, std, min, median and max of each per-image metric."""
+    return {
+        m: {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()),
+            "median": float(np.median(v)), "max": float(v.max())}
+        for m, v in scores.items()
+    }
+
+
+def _split_facts(split: SplitImages, cap: int) -> dict[str, Any] | None:
+    if not split.paths:
+        return None
+    return {"images": len(split.paths), "evaluated": split.evaluated, "failed": len(split.failures), "cap": cap}
+
+
+def _write_per_image(path: Path, train: SplitImages, validation: SplitImages, held_out: SplitImages,
+                     pca_scores: dict[str, np.ndarray]) -> None:
+    """One row per evaluated image: split, path, the model's metrics and, on held-out images, PCA's."""
+    names = list(METRIC_FUNCTIONS)
+    with atomic_open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["split", "path", *names, *[f"pca_{m}" for m in names]])
+        for split in (train, validation):
+            if not split.evaluated:
+                continue
+            for i, p in enumerate(split.cached.paths):
+                pca = [f"{pca_scores[m][i]:.6g}" for m in names] if split is held_out else [""] * len(names)
+                writer.writerow([split.name, str(p), *[f"{split.scores[m][i]:.6g}" for m in names], *pca])
+
+
+def _log_result(result: dict[str, Any], split: str, out: Path) -> None:
+    model = result["model"][split]
+    base = result["baseline_pca"][split]
+    log.info(
+        "%s %s: MAE %.4f  PSNR %.2f dB  SSIM %.4f  cosine %.4f | PCA(%d): MAE %.4f  PSNR %.2f dB  SSIM %.4f",
+        result["checkpoint"], split, model["mae"]["mean"], model["psnr"]["mean"], model["ssim"]["mean"],
+        model["cosine"]["mean"], result["baseline_pca"]["components"], base["mae"]["mean"], base["psnr"]["mean"],
+        base["ssim"]["mean"],
+    )
+    log.info("Report: %s", out / REPORT_FILE)
+
+
+def write_comparison(ws: Workspace, extra: Sequence[Path] = ()) -> Path | None:
+    """``comparison.html`` (and its chart) over every evaluated checkpoint; None when fewer than two."""
+    entries = []
+    for info in workspace_checkpoints(ws, extra):
+        metrics = load_metrics(ws, info.name) if info.ok else None
+        if metrics and (metrics.get("baseline_pca") or {}).get("evaluated_on"):
+            entries.append(metrics)
+    if len(entries) < 2:
+        return None
+    model: dict[str, tuple[list[float], list[float]]] = {}
+    baseline: dict[str, tuple[list[float], list[float]]] = {}
+    for metric in ("psnr", "ssim"):
+        for target, source in ((model, "model"), (baseline, "baseline_pca")):
+            means, stds = [], []
+            for m in entries:
+                split = m["baseline_pca"]["evaluated_on"]
+                node = m[source][split] if source == "baseline_pca" else (m["model"].get(split) or {})
+                s = node.get(metric) or {"mean": float("nan"), "std": 0.0}
+                means.append(s["mean"])
+                stds.append(s["std"])
+            target[metric] = (means, stds)
+    figure_path = ws.validation_checkpoints / COMPARISON_FIGURE
+    save_figure(figures.comparison_figure([m["checkpoint"] for m in entries], model, baseline), figure_path, dpi=100)
+    path = ws.validation_checkpoints / COMPARISON_FILE
+    write_text(path, pages.comparison_report(entries, figure_path))
+    return path
+
+
+def read_metrics(out: Path) -> dict[str, Any]:
+    """The ``metrics.json`` written by :func:`evaluate_checkpoint` into ``out``."""
+    return json.loads((out / METRICS_FILE).read_text(encoding="utf-8"))

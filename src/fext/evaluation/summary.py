@@ -1,0 +1,149 @@
+"""``checkpoints_summary.csv``: one row per checkpoint, its training settings beside its results.
+
+The columns are the seed's (checkpoint name, sample size, validation size, seed, precision bits,
+epochs, learning rate, batch size, split seed, image augment, JIT compile, JIT backend, device,
+device ID, number of processors, TensorBoard) plus the preset, image size, parameter count, the
+last epoch's train and validation loss, and, once a checkpoint has been evaluated, its validation
+PSNR/SSIM beside the PCA baseline's. A checkpoint that cannot be read still gets a row, with the
+reason in ``status``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from fext._io import atomic_open
+from fext.checkpoints import WEIGHTS, CheckpointInfo, list_checkpoints, read_checkpoint
+from fext.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "checkpoints_summary.csv"
+METRICS_FILE = "metrics.json"
+
+SUMMARY_COLUMNS = [
+    "checkpoint_name", "status", "sample_size", "validation_size", "seed", "precision_bits", "epochs",
+    "learning_rate", "batch_size", "split_seed", "image_augment", "jit_compile", "jit_backend", "device",
+    "device_id", "number_of_processors", "tensorboard", "preset", "image_size", "parameters",
+    "last_train_loss", "last_validation_loss", "created",
+    "eval_validation_mae", "eval_validation_psnr", "eval_validation_ssim",
+    "pca_validation_psnr", "pca_validation_ssim", "evaluated",
+]
+
+
+def count_parameters(checkpoint: Path) -> int | None:
+    """Number of weights in ``model.safetensors``, read from its header (no tensor is loaded)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(checkpoint / WEIGHTS), framework="pt") as f:
+            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    except Exception:  # noqa: BLE001 - a damaged file only leaves the cell empty
+        return None
+
+
+def load_metrics(ws: Workspace, name: str) -> dict[str, Any] | None:
+    """The ``metrics.json`` of an evaluated checkpoint, or None."""
+    try:
+        return json.loads((ws.validation_checkpoints / name / METRICS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _stat(metrics: dict[str, Any] | None, *keys: str) -> float | None:
+    node: Any = metrics
+    for k in keys:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(k)
+    return node if isinstance(node, (int, float)) else None
+
+
+def summary_row(info: CheckpointInfo, metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """The CSV row of one checkpoint (empty cells for what is unknown)."""
+    row: dict[str, Any] = {"checkpoint_name": info.name}
+    if not info.ok:
+        row["status"] = f"unreadable: {info.error}"
+        return row
+    conf = (info.config or {}).get("configuration") or {}
+    data, model, dev = conf.get("dataset", {}), conf.get("model", {}), conf.get("device", {})
+    train = conf.get("training", {})
+    arch = (info.config or {}).get("architecture") or {}
+    history = info.history or {}
+    epochs = history.get("total_epochs") or len(history.get("epochs") or []) or train.get("EPOCHS")
+    row.update({
+        "status": "ok" if conf else "ok (no configuration recorded)",
+        "sample_size": data.get("SAMPLE_SIZE"),
+        "validation_size": data.get("VALIDATION_SIZE"),
+        "seed": conf.get("SEED"),
+        "precision_bits": (16 if dev.get("MIXED_PRECISION") else 32) if dev else None,
+        "epochs": epochs,
+        "learning_rate": (train.get("LR_SCHEDULER") or {}).get("INITIAL_LR"),
+        "batch_size": train.get("BATCH_SIZE"),
+        "split_seed": data.get("SPLIT_SEED"),
+        "image_augment": data.get("IMG_AUGMENT"),
+        "jit_compile": model.get("JIT_COMPILE"),
+        "jit_backend": model.get("JIT_BACKEND"),
+        "device": dev.get("DEVICE"),
+        "device_id": dev.get("DEVICE_ID"),
+        "number_of_processors": dev.get("NUM_PROCESSORS"),
+        "tensorboard": train.get("USE_TENSORBOARD"),
+        "preset": arch.get("preset", model.get("PRESET")),
+        "image_size": arch.get("img_size", model.get("IMG_SIZE")),
+        "parameters": count_parameters(info.path),
+        "last_train_loss": info.last("train"),
+        "last_validation_loss": info.last("validation"),
+        "created": (info.config or {}).get("created"),
+    })
+    if metrics:
+        split = (metrics.get("baseline_pca") or {}).get("evaluated_on", "validation")
+        row.update({
+            "eval_validation_mae": _stat(metrics, "model", split, "mae", "mean"),
+            "eval_validation_psnr": _stat(metrics, "model", split, "psnr", "mean"),
+            "eval_validation_ssim": _stat(metrics, "model", split, "ssim", "mean"),
+            "pca_validation_psnr": _stat(metrics, "baseline_pca", split, "psnr", "mean"),
+            "pca_validation_ssim": _stat(metrics, "baseline_pca", split, "ssim", "mean"),
+            "evaluated": metrics.get("evaluated"),
+        })
+    return row
+
+
+def workspace_checkpoints(ws: Workspace, extra: Iterable[Path] = ()) -> list[CheckpointInfo]:
+    """Every checkpoint of the workspace, plus ``extra`` folders that live elsewhere."""
+    infos = list_checkpoints(ws)
+    known = {c.path.resolve() for c in infos}
+    for path in extra:
+        path = Path(path)
+        if path.resolve() not in known:
+            infos.append(read_checkpoint(path))
+            known.add(path.resolve())
+    return infos
+
+
+def write_summary(ws: Workspace, extra: Iterable[Path] = ()) -> Path:
+    """Rewrite ``checkpoints_summary.csv`` (one row per checkpoint) and return its path."""
+    path = ws.validation_checkpoints / SUMMARY_FILE
+    rows = [summary_row(c, load_metrics(ws, c.name) if c.ok else None) for c in workspace_checkpoints(ws, extra)]
+    with atomic_open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _cell(row.get(k)) for k in SUMMARY_COLUMNS})
+    log.info("Checkpoint summary (%d checkpoints): %s", len(rows), path)
+    return path
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
