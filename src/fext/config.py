@@ -101,17 +101,18 @@ class AnalysisConfig:
     BRIGHT_MEAN: float = _key(225.0, "a number in [0, 255]", lambda v: 0 <= v <= 255)
     """Flag images whose mean grayscale value is above this."""
     LOW_ENTROPY: float = _key(3.0, "a number in [0, 8]", lambda v: 0 <= v <= 8)
-    """Flag images whose grayscale entropy (bits) is below this."""
+    """Flag images whose grayscale entropy (bits, 0 to 8) is below this: flat or posterised images."""
     BLUR_RATIO: float = _key(0.1, "a number > 0", lambda v: v > 0)
-    """Flag images whose Laplacian variance is below this fraction of the dataset median."""
+    """Flag images whose variance of the Laplacian is below this fraction of the dataset's median (blurry)."""
     NEAR_DUPLICATE_DISTANCE: int = _key(6, "an integer in [0, 64]", lambda v: 0 <= v <= 64)
-    """Maximum Hamming distance between 64-bit perceptual hashes of near duplicates."""
+    """Near duplicates: at most this many of the 64 bits of two images' difference hashes (dHash) differ."""
     MIN_SIDE: int = _key(64, "an integer >= 1", lambda v: v >= 1)
     """Flag images whose shorter side is below this many pixels."""
     MAX_ASPECT_RATIO: float = _key(3.0, "a number >= 1", lambda v: v >= 1)
     """Flag images whose long/short side ratio is above this."""
     GRAYSCALE_TOLERANCE: float = _key(2.0, "a number >= 0", lambda v: v >= 0)
-    """Colour images whose channels differ by at most this on average are flagged as grayscale."""
+    """Images stored as colour whose channels differ by at most this on average (max of mean |R-G|, mean |G-B|)
+    are flagged as grayscale stored as RGB."""
 
 
 @dataclass(frozen=True)
