@@ -258,7 +258,7 @@ def test_moved_images_point_to_dataset_and_dataset_works(evaluated, tmp_path, ca
     result = json.loads((ws.validation_checkpoints / moved.name / "metrics.json").read_text())
     assert result["dataset"]["source"] == "--dataset" and result["splits"]["validation"]["evaluated"] == 5
     assert result["splits"]["train"] is None and result["model"]["train"] is None
-    assert "fitted on the validation images" in result["baseline_pca"]["note"]
+    assert "fitted on the same validation images" in result["baseline_pca"]["note"]
     assert not (ws.validation_checkpoints / moved.name / "train_reconstructions.png").exists()
     names = [r["checkpoint_name"] for r in csv.DictReader((ws.validation_checkpoints / "checkpoints_summary.csv").open())]
     assert moved.name in names and broken.name in names

@@ -12,7 +12,7 @@ decomposition, in float64 so that small components keep their accuracy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -41,6 +41,10 @@ class PCABaseline:
     @property
     def k(self) -> int:
         return self.components.shape[0]
+
+    def to(self, device: torch.device) -> PCABaseline:
+        """The same PCA with its tensors on ``device``."""
+        return replace(self, mean=self.mean.to(device), components=self.components.to(device))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Flattened images (B, d) -> coefficients (B, k)."""

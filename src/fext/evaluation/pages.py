@@ -142,7 +142,7 @@ def checkpoint_report(out_dir: Path, metrics: dict[str, Any], checkpoint_config:
         html_table(["training data", "value"], _flatten(checkpoint_config.get("dataset") or {})),
     ]))
     sections.append(("Metric definitions", html_list(METRIC_DEFINITIONS)))
-    files = sorted(p.name for p in out_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = sorted({p.name for p in out_dir.iterdir() if p.is_file() and not p.name.startswith(".")} | {"report.html"})
     sections.append(("Files in this folder", html_list(files)))
     return html_page(f"FeXT evaluation: {metrics['checkpoint']}", sections)
 

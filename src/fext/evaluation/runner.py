@@ -186,8 +186,8 @@ def evaluate_checkpoint(
         _score_model(model, split, device, cfg.device.MIXED_PRECISION, cfg.training.BATCH_SIZE, images, progress)
     held_out = validation if validation.evaluated else train
     if held_out is train:
-        log.warning("No validation image (VALIDATION_SIZE is 0): the PCA baseline, the worst reconstructions "
-                    "and the latent plot use training images.")
+        log.warning("No validation image (VALIDATION_SIZE is 0, or too few images to split): the PCA baseline, "
+                    "the worst reconstructions and the latent plot use training images.")
 
     pca, pca_note = _fit_baseline(train if train.evaluated else held_out, held_out, arch.feature_dim, device, progress)
     pca_scores = _score_pca(pca, held_out.cached, cfg.training.BATCH_SIZE, device)
@@ -365,8 +365,8 @@ def _fit_baseline(fit_split: SplitImages, held_out: SplitImages, latent_dim: int
              pca.k, n, fit_split.name, time.perf_counter() - t0, 100 * pca.explained_variance_ratio)
     notes = []
     if fit_split is held_out:
-        notes.append(f"The PCA was fitted on the {held_out.name} images it is scored on (no separate training "
-                     "images were available), which flatters the baseline.")
+        notes.append(f"The PCA was fitted on the same {held_out.name} images it is scored on (there was no "
+                     "separate set to fit or to score on), which flatters the baseline.")
     if pca.k < latent_dim:
         notes.append(f"The PCA has {pca.k} components, fewer than the model's {latent_dim} latent numbers: "
                      f"it was fitted on {n} images, and n images span at most n - 1 dimensions.")
@@ -378,12 +378,14 @@ def _score_pca(pca: PCABaseline, cached: CachedImages, batch_size: int, device: 
     n = len(cached)
     scores = {m: np.empty(n, dtype=np.float64) for m in METRIC_FUNCTIONS}
     step = max(batch_size, 64)
-    for lo in range(0, n, step):
-        rows = np.arange(lo, min(n, lo + step))
-        x = to_float(cached.batch(rows))
-        recon = pca.reconstruct(x)
-        for m, fn in METRIC_FUNCTIONS.items():
-            scores[m][rows] = fn(x, recon).numpy()
+    on_device = pca.to(device)
+    with torch.inference_mode():
+        for lo in range(0, n, step):
+            rows = np.arange(lo, min(n, lo + step))
+            x = to_float(cached.batch(rows).to(device))  # (B, 3, S, S)
+            recon = on_device.reconstruct(x)
+            for m, fn in METRIC_FUNCTIONS.items():
+                scores[m][rows] = fn(x, recon).cpu().numpy()
     return scores
 
 
