@@ -28,6 +28,7 @@ from fext.data import load_image, to_float
 from fext.errors import FeXTError
 from fext.evaluation import SUMMARY_COLUMNS, evaluate, fit_pca
 from fext.model import FeXTAutoEncoder
+from fext.report import html_image, html_page, html_table
 from fext.training import select_images
 from fext.workspace import Workspace
 
@@ -136,6 +137,14 @@ def test_pca_matches_svd_and_improves_with_components():
     assert pca.explained_variance_ratio == pytest.approx(float((s[:5] ** 2).sum() / (s**2).sum()), rel=1e-6)
     errors = [(fit_pca(x, k).reconstruct(x.view(30, 3, 16, 16)) - x.view(30, 3, 16, 16)).pow(2).mean() for k in (2, 8, 29)]
     assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-8
+
+
+def test_report_helpers_escape_text_and_embed_only_data_uris():
+    page = html_page("<b>title</b>", [("a & b", html_table(["<th>"], [["<script>alert(1)</script>", 0.123456]]))])
+    assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;b&gt;title" in page
+    assert "0.1235" in page
+    with pytest.raises(ValueError):
+        html_image("https://example.com/figure.png")
 
 
 def test_evaluate_writes_every_output(evaluated):

@@ -4,8 +4,8 @@
   :func:`evaluate_checkpoint` (metrics, figures, baseline and report of one).
 - :mod:`~fext.evaluation.baseline`: the PCA baseline (best linear compressor of the latent's size).
 - :mod:`~fext.evaluation.figures`: reconstruction sheets, worst images, latent PCA, curves, comparison.
-- :mod:`~fext.evaluation.summary`: ``checkpoints_summary.csv``.
-- :mod:`~fext.evaluation.pages`: ``report.html`` and ``comparison.html``.
+- :mod:`~fext.evaluation.summary`: ``checkpoints_summary.csv`` and ``comparison.html`` across checkpoints.
+- :mod:`~fext.evaluation.pages`: the HTML of ``report.html`` and ``comparison.html``.
 """
 
 from fext.evaluation.baseline import PCABaseline, fit_pca
@@ -15,9 +15,8 @@ from fext.evaluation.runner import (
     PCA_MAX_IMAGES,
     evaluate,
     evaluate_checkpoint,
-    write_comparison,
 )
-from fext.evaluation.summary import SUMMARY_COLUMNS, write_summary
+from fext.evaluation.summary import SUMMARY_COLUMNS, write_comparison, write_summary
 
 __all__ = [
     "MAX_TRAIN_IMAGES",

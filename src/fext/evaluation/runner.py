@@ -20,7 +20,6 @@ checkpoints have been evaluated, ``comparison.html``.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import random
 import time
@@ -43,7 +42,7 @@ from fext.device import autocast, select_device
 from fext.errors import ConfigError, FeXTError
 from fext.evaluation import figures, pages
 from fext.evaluation.baseline import PCABaseline, fit_pca, project_2d_3d
-from fext.evaluation.summary import METRICS_FILE, load_metrics, workspace_checkpoints, write_summary
+from fext.evaluation.summary import METRICS_FILE, write_comparison, write_summary
 from fext.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -62,8 +61,6 @@ METRIC_FUNCTIONS = {"mae": M.mae, "cosine": M.cosine, "psnr": M.psnr, "ssim": M.
 
 REPORT_FILE = "report.html"
 PER_IMAGE_FILE = "per_image_metrics.csv"
-COMPARISON_FILE = "comparison.html"
-COMPARISON_FIGURE = "comparison.png"
 
 
 @dataclass
@@ -485,36 +482,3 @@ def _log_result(result: dict[str, Any], split: str, out: Path) -> None:
         base["ssim"]["mean"],
     )
     log.info("Report: %s", out / REPORT_FILE)
-
-
-def write_comparison(ws: Workspace, extra: Sequence[Path] = ()) -> Path | None:
-    """``comparison.html`` (and its chart) over every evaluated checkpoint; None when fewer than two."""
-    entries = []
-    for info in workspace_checkpoints(ws, extra):
-        metrics = load_metrics(ws, info.name) if info.ok else None
-        if metrics and (metrics.get("baseline_pca") or {}).get("evaluated_on"):
-            entries.append(metrics)
-    if len(entries) < 2:
-        return None
-    model: dict[str, tuple[list[float], list[float]]] = {}
-    baseline: dict[str, tuple[list[float], list[float]]] = {}
-    for metric in ("psnr", "ssim"):
-        for target, source in ((model, "model"), (baseline, "baseline_pca")):
-            means, stds = [], []
-            for m in entries:
-                split = m["baseline_pca"]["evaluated_on"]
-                node = m[source][split] if source == "baseline_pca" else (m["model"].get(split) or {})
-                s = node.get(metric) or {"mean": float("nan"), "std": 0.0}
-                means.append(s["mean"])
-                stds.append(s["std"])
-            target[metric] = (means, stds)
-    figure_path = ws.validation_checkpoints / COMPARISON_FIGURE
-    save_figure(figures.comparison_figure([m["checkpoint"] for m in entries], model, baseline), figure_path, dpi=100)
-    path = ws.validation_checkpoints / COMPARISON_FILE
-    write_text(path, pages.comparison_report(entries, figure_path))
-    return path
-
-
-def read_metrics(out: Path) -> dict[str, Any]:
-    """The ``metrics.json`` written by :func:`evaluate_checkpoint` into ``out``."""
-    return json.loads((out / METRICS_FILE).read_text(encoding="utf-8"))

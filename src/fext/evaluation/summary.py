@@ -1,11 +1,13 @@
-"""``checkpoints_summary.csv``: one row per checkpoint, its training settings beside its results.
+"""Across checkpoints: ``checkpoints_summary.csv`` and ``comparison.html``.
+
+``checkpoints_summary.csv`` has one row per checkpoint, its training settings beside its results.
 
 The columns are the seed's (checkpoint name, sample size, validation size, seed, precision bits,
 epochs, learning rate, batch size, split seed, image augment, JIT compile, JIT backend, device,
 device ID, number of processors, TensorBoard) plus the preset, image size, parameter count, the
 last epoch's train and validation loss, and, once a checkpoint has been evaluated, its validation
 PSNR/SSIM beside the PCA baseline's. A checkpoint that cannot be read still gets a row, with the
-reason in ``status``.
+reason in ``status``. ``comparison.html`` puts every evaluated checkpoint side by side.
 """
 
 from __future__ import annotations
@@ -14,18 +16,21 @@ import csv
 import json
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fext._io import atomic_open
+from fext._io import atomic_open, save_figure, write_text
 from fext.checkpoints import WEIGHTS, CheckpointInfo, list_checkpoints, read_checkpoint
+from fext.evaluation import figures, pages
 from fext.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "checkpoints_summary.csv"
 METRICS_FILE = "metrics.json"
+COMPARISON_FILE = "comparison.html"
+COMPARISON_FIGURE = "comparison.png"
 
 SUMMARY_COLUMNS = [
     "checkpoint_name", "status", "sample_size", "validation_size", "seed", "precision_bits", "epochs",
@@ -147,3 +152,31 @@ def _cell(value: Any) -> Any:
     if isinstance(value, float):
         return f"{value:.6g}"
     return value
+
+
+def write_comparison(ws: Workspace, extra: Sequence[Path] = ()) -> Path | None:
+    """``comparison.html`` (and its chart) over every evaluated checkpoint; None when fewer than two."""
+    entries = []
+    for info in workspace_checkpoints(ws, extra):
+        metrics = load_metrics(ws, info.name) if info.ok else None
+        if metrics and (metrics.get("baseline_pca") or {}).get("evaluated_on"):
+            entries.append(metrics)
+    if len(entries) < 2:
+        return None
+    model: dict[str, tuple[list[float], list[float]]] = {}
+    baseline: dict[str, tuple[list[float], list[float]]] = {}
+    for metric in ("psnr", "ssim"):
+        for target, source in ((model, "model"), (baseline, "baseline_pca")):
+            means, stds = [], []
+            for m in entries:
+                split = m["baseline_pca"]["evaluated_on"]
+                node = m[source][split] if source == "baseline_pca" else (m["model"].get(split) or {})
+                s = node.get(metric) or {"mean": float("nan"), "std": 0.0}
+                means.append(s["mean"])
+                stds.append(s["std"])
+            target[metric] = (means, stds)
+    figure_path = ws.validation_checkpoints / COMPARISON_FIGURE
+    save_figure(figures.comparison_figure([m["checkpoint"] for m in entries], model, baseline), figure_path, dpi=100)
+    path = ws.validation_checkpoints / COMPARISON_FILE
+    write_text(path, pages.comparison_report(entries, figure_path))
+    return path
