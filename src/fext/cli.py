@@ -110,12 +110,17 @@ def _cmd_train(ctx: Context, args: argparse.Namespace) -> int:
 
         return launch_torchrun(args.nproc, sys.argv[1:])
     from fext.checkpoints import resolve_checkpoint
-    from fext.training import train
+    from fext.training import TrainingInterrupted, train
 
     resume = None
     if args.resume is not None:
         resume = resolve_checkpoint(ctx.workspace, args.resume or None, interactive=ctx.interactive)
-    train(ctx.config, ctx.workspace, resume=resume, dataset=args.dataset, progress=ctx.progress)
+    try:
+        folder = train(ctx.config, ctx.workspace, resume=resume, dataset=args.dataset, progress=ctx.progress)
+    except TrainingInterrupted as e:
+        print(e, file=sys.stderr)
+        return e.exit_code
+    print(f"Checkpoint: {folder}")
     return 0
 
 

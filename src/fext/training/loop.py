@@ -1,0 +1,211 @@
+"""The training loop in plain PyTorch: one epoch of updates, one pass of validation, the loss.
+
+``train_one_epoch`` and ``evaluate`` are read top to bottom, their steps numbered. They work on
+the decoded-image cache (uint8 rows, gathered per batch, no decoding) and stop cleanly at a batch
+boundary when :class:`GracefulStop` has caught Ctrl-C, so the state saved afterwards is exact.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from fext.config import Config
+from fext.data import CachedImages, augment_batch, to_float
+from fext.device import autocast
+from fext.metrics import cosine, mae, psnr
+from fext.training.schedule import lr_at, set_lr
+from fext.training.state import Progress
+
+log = logging.getLogger(__name__)
+
+Forward = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
+def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The training loss: mean absolute error over every pixel of the batch, in float32."""
+    return F.l1_loss(reconstruction.float(), target.float())
+
+
+class NonFiniteLoss(Exception):
+    """The loss of a batch was nan or inf (raised before the update, so the weights are still good)."""
+
+    def __init__(self, value: float, epoch: int, batch: int, step: int) -> None:
+        super().__init__(f"non-finite loss {value} at epoch {epoch}, batch {batch}, step {step}")
+        self.value, self.epoch, self.batch, self.step = value, epoch, batch, step
+
+
+class GracefulStop:
+    """Turns the first Ctrl-C (SIGINT) or SIGTERM into a request to stop after the running batch.
+
+    The loop polls ``requested`` between batches, so an update is never cut in half and the saved
+    state is exact. A second Ctrl-C raises KeyboardInterrupt at once. Handlers are only installed
+    in the main thread and are restored on exit.
+    """
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signum
+        log.warning("Stopping after the running batch to save a resumable checkpoint (Ctrl-C again to abort without saving).")
+
+
+@dataclass
+class EpochResult:
+    """Mean train metrics of an epoch (per image), its training time, and whether it was cut short."""
+
+    metrics: dict[str, float]
+    images: int
+    seconds: float
+    lr: float
+    interrupted: bool
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled order of the ``n`` training images in ``epoch`` (1-based).
+
+    A pure function of (seed, epoch), so a run resumed inside an epoch sees the same order.
+    """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+def train_one_epoch(
+    forward: Forward,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    images: CachedImages,
+    train_rows: torch.Tensor,
+    cfg: Config,
+    device: torch.device,
+    progress: Progress,
+    augment: torch.Generator,
+    stop: GracefulStop,
+    show_bar: bool = True,
+) -> EpochResult:
+    """Train epoch ``progress.epoch + 1`` from batch ``progress.batch`` on (0, or where a run stopped).
+
+    ``forward`` is the (possibly compiled) model; ``train_rows`` the cache rows of the training
+    images. Updates ``progress.step``, ``progress.batch`` and ``progress.partial`` (running sums)
+    after every batch, so an interruption leaves them describing the state exactly.
+    Raises :class:`NonFiniteLoss` before the update of a batch whose loss is nan or inf.
+    """
+    epoch, batch_size = progress.epoch + 1, cfg.training.BATCH_SIZE
+    order = train_rows[epoch_order(len(train_rows), cfg.SEED, epoch)]
+    n_batches = math.ceil(len(order) / batch_size)
+    sums = {k: progress.partial.get(k, 0.0) for k in ("loss", "cosine", "psnr", "images", "seconds")}
+    model.train()
+    bar = tqdm(total=n_batches, initial=progress.batch, desc=f"Epoch {epoch}", unit="batch",
+               leave=False, disable=not show_bar, dynamic_ncols=True)
+    start = time.perf_counter() - sums["seconds"]
+    try:
+        for b in range(progress.batch, n_batches):
+            if stop.requested is not None:
+                break
+            # 1. Learning rate of this update, from the global step (the schedule survives resumes).
+            lr = lr_at(progress.step, cfg.training.LR_SCHEDULER)
+            set_lr(optimizer, lr)
+            # 2. Gather the batch from the cache; convert on the device (a uint8 copy is 4x smaller).
+            x = images.batch(order[b * batch_size : (b + 1) * batch_size])  # (B, S, S, 3) uint8
+            x = to_float(x.to(device, non_blocking=True))  # (B, 3, S, S) float in [0, 1], channels_last
+            # 3. Augment the training batch with the seeded generator (flips, brightness, contrast).
+            if cfg.dataset.IMG_AUGMENT:
+                x = augment_batch(x, augment)
+            # 4. Forward under autocast; the loss is computed in float32.
+            with autocast(device, cfg.device.MIXED_PRECISION):
+                reconstruction = forward(x)["reconstruction"]
+            loss = reconstruction_loss(reconstruction, x)
+            # 5. Refuse a non-finite loss before it reaches the weights.
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise NonFiniteLoss(loss_value, epoch, b + 1, progress.step + 1)
+            # 6. Backward and update (the scaler is a pass-through unless fp16 autocast needs it).
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            # 7. Running per-image sums of the train metrics, and the position in the run.
+            with torch.no_grad():
+                r = reconstruction.detach().float()
+                sums["loss"] += loss_value * len(x)
+                sums["cosine"] += cosine(r, x).sum().item()
+                sums["psnr"] += psnr(r, x).sum().item()
+            sums["images"] += len(x)
+            sums["seconds"] = time.perf_counter() - start
+            progress.step += 1
+            progress.batch = b + 1
+            progress.partial = dict(sums)
+            bar.update(1)
+            bar.set_postfix(loss=f"{sums['loss'] / sums['images']:.4f}", img_s=f"{sums['images'] / sums['seconds']:.1f}")
+    finally:
+        bar.close()
+    n = max(sums["images"], 1)
+    return EpochResult(
+        metrics={k: sums[k] / n for k in ("loss", "cosine", "psnr")},
+        images=int(sums["images"]),
+        seconds=sums["seconds"],
+        lr=lr_at(max(progress.step - 1, 0), cfg.training.LR_SCHEDULER),  # of the last update
+        interrupted=progress.batch < n_batches,
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    forward: Forward,
+    model: torch.nn.Module,
+    images: CachedImages,
+    rows: torch.Tensor,
+    cfg: Config,
+    device: torch.device,
+    stop: GracefulStop | None = None,
+    show_bar: bool = True,
+) -> dict[str, float] | None:
+    """Mean per-image loss (MAE), cosine similarity and PSNR of the images at cache ``rows``.
+
+    No augmentation, dropout off. Returns None when there is no image, or when a stop was
+    requested before the pass finished.
+    """
+    if len(rows) == 0:
+        return None
+    model.eval()
+    batch_size = cfg.training.BATCH_SIZE
+    sums = {"loss": 0.0, "cosine": 0.0, "psnr": 0.0}
+    try:
+        for start in tqdm(range(0, len(rows), batch_size), desc="Validation", unit="batch", leave=False,
+                          disable=not show_bar, dynamic_ncols=True):
+            if stop is not None and stop.requested is not None:
+                return None
+            x = to_float(images.batch(rows[start : start + batch_size]).to(device, non_blocking=True))
+            with autocast(device, cfg.device.MIXED_PRECISION):
+                r = forward(x)["reconstruction"]
+            r = r.float()
+            sums["loss"] += mae(r, x).sum().item()
+            sums["cosine"] += cosine(r, x).sum().item()
+            sums["psnr"] += psnr(r, x).sum().item()
+    finally:
+        model.train()
+    return {k: v / len(rows) for k, v in sums.items()}

@@ -1,0 +1,365 @@
+"""A training run from start to finish: images, model, optimizer, the epochs, and the checkpoint.
+
+:func:`train` starts a run (``fext train``) or continues one (``fext train --resume``);
+:func:`fit` runs its epochs and saves after each; :func:`select_images` is the run's image list,
+which evaluation reuses to find a checkpoint's split.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import fext
+from fext.checkpoints import CONFIG, HISTORY, TRAINER_STATE, WEIGHTS, new_checkpoint_dir
+from fext.config import Config, config_from_dict, config_to_dict
+from fext.data import CachedImages, discover_split, prepare_images
+from fext.device import autocast_dtype, needs_grad_scaler, select_device
+from fext.errors import FeXTError
+from fext.model import FeXTAutoEncoder, architecture_from_config, describe, load_state_file, load_weights, save_state_file
+from fext.training import outputs
+from fext.training.loop import GracefulStop, NonFiniteLoss, evaluate, train_one_epoch
+from fext.training.state import Progress, load_trainer_state, progress_from_state, restore_rng, save_trainer_state, seed_everything
+from fext.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+PLOT = "training_history.png"
+SUMMARY = "summary.txt"
+TENSORBOARD = "tensorboard"
+
+
+class TrainingInterrupted(FeXTError):
+    """Ctrl-C or SIGTERM stopped the run after a resumable checkpoint was saved (exit status 130)."""
+
+    exit_code = 130
+
+
+def select_images(cfg: Config, root: Path) -> tuple[list[Path], list[Path]]:
+    """The (train, validation) images of a run on ``root``: found, sampled with SEED, split with SPLIT_SEED.
+
+    A split too small to hold both sides (one image) puts everything in train. Raises
+    :class:`FeXTError` for a missing or empty folder.
+    """
+    d = cfg.dataset
+    split = discover_split(Path(root), d.SAMPLE_SIZE, cfg.SEED, d.VALIDATION_SIZE, d.SPLIT_SEED)
+    if not split.train:
+        return split.validation, []
+    return split.train, split.validation
+
+
+def resumed_config(saved: dict[str, Any], current: Config) -> Config:
+    """The checkpoint's configuration, with ADDITIONAL_EPOCHS and the device section from ``current``."""
+    data = dict(saved)
+    data["training"] = {**data.get("training", {}), "ADDITIONAL_EPOCHS": current.training.ADDITIONAL_EPOCHS}
+    data["device"] = config_to_dict(current.device)
+    return config_from_dict(data)
+
+
+@dataclass
+class Run:
+    """What :func:`fit` works with: the model and its optimizer, the images, where to save."""
+
+    cfg: Config
+    folder: Path
+    device: torch.device
+    model: FeXTAutoEncoder
+    forward: Any
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    augment: torch.Generator
+    images: CachedImages
+    train_rows: torch.Tensor
+    val_rows: torch.Tensor
+    extra: dict[str, Any]
+    progress: Progress
+    saved: str | None
+    """What the checkpoint on disk holds ("epoch 3", "epoch 3 + 12 batches"), None before the first save."""
+
+
+def train(
+    cfg: Config,
+    ws: Workspace,
+    *,
+    resume: Path | None = None,
+    dataset: Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train a model from scratch, or continue the checkpoint ``resume``; return the checkpoint folder.
+
+    From scratch: the images of ``dataset`` (default ``resources/dataset``), EPOCHS epochs, a new
+    ``resources/checkpoints/FeXT_<timestamp>/``. Resumed: the checkpoint's own configuration
+    (ADDITIONAL_EPOCHS and the device section from ``cfg``), its images and split, optimizer,
+    schedule step, grad scaler and random generators, ADDITIONAL_EPOCHS more epochs (finishing an
+    interrupted epoch counts as one), written into the same folder.
+
+    Raises :class:`TrainingInterrupted` after saving when Ctrl-C or SIGTERM stops the run, and
+    :class:`FeXTError` for a non-finite loss (the last saved checkpoint is kept) or unusable images.
+    """
+    ws.ensure()
+    fresh = resume is None
+    if fresh:
+        saved_info, state, root = None, None, Path(dataset or ws.dataset)
+    else:
+        folder = Path(resume)
+        cfg, saved_info, state = _open_checkpoint(folder, cfg)
+        root = Path(dataset or saved_info.get("dataset", {}).get("root") or ws.dataset)
+    device = select_device(cfg.device.DEVICE, cfg.device.DEVICE_ID)
+    seed_everything(cfg.SEED)
+
+    # Images: find, sample and split; decode into the cache once (later epochs and runs decode nothing).
+    train_paths, val_paths = select_images(cfg, root)
+    images = prepare_images(train_paths + val_paths, cfg.model.IMG_SIZE, ws.cache, cfg.device.NUM_PROCESSORS,
+                            progress=progress, desc="Decoding images")
+    train_rows, val_rows = _rows(images, train_paths, val_paths, root, cfg)
+    dataset_info = {"root": str(Path(root).absolute()), "train": len(train_rows), "validation": len(val_rows),
+                    "failed": len(images.failures)}
+    if saved_info and saved_info.get("dataset", {}).get("train") not in (None, len(train_rows)):
+        log.warning("The images changed since the checkpoint was made: %d training images now, %d then.",
+                    len(train_rows), saved_info["dataset"]["train"])
+
+    # Model, optimizer, grad scaler, generators, position: fresh (seeded) or from the checkpoint.
+    if fresh:
+        model = FeXTAutoEncoder.from_preset(cfg.model.PRESET, cfg.model.IMG_SIZE)
+    else:
+        model = FeXTAutoEncoder(architecture_from_config(folder / CONFIG))
+        load_weights(model, state["model"] if state else load_state_file(folder / WEIGHTS))
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.training.LR_SCHEDULER.INITIAL_LR,
+                                 fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(device, cfg.device.MIXED_PRECISION))
+    augment = torch.Generator().manual_seed(cfg.SEED + 1)
+    if fresh:
+        run_progress = Progress()
+    else:
+        batches_per_epoch = -(-len(train_rows) // cfg.training.BATCH_SIZE)
+        run_progress = _restore(folder, state, optimizer, scaler, augment, batches_per_epoch)
+    forward = torch.compile(model, backend=cfg.model.JIT_BACKEND) if cfg.model.JIT_COMPILE else model
+
+    # The checkpoint folder: config.json's extra keys, summary.txt.
+    if fresh:
+        folder = new_checkpoint_dir(ws)
+        folder.mkdir(parents=True)
+    extra = {"configuration": config_to_dict(cfg), "dataset": dataset_info,
+             "created": (saved_info or {}).get("created") or time.strftime("%Y-%m-%dT%H:%M:%S"),
+             "fext_version": fext.__version__}
+    _write_summary(folder, fresh, cfg, model, device, extra, images, run_progress)
+
+    epochs = run_progress.epoch + (cfg.training.EPOCHS if fresh else cfg.training.ADDITIONAL_EPOCHS)
+    log.info("Training %s (%s preset, %d px) on %d images, %d for validation, epochs %d to %d on %s; checkpoint %s",
+             "from scratch" if fresh else f"from {folder.name}", cfg.model.PRESET, cfg.model.IMG_SIZE,
+             len(train_rows), len(val_rows), run_progress.epoch + 1, epochs, device, folder)
+    run = Run(cfg, folder, device, model, forward, optimizer, scaler, augment, images, train_rows, val_rows,
+              extra, run_progress, saved=None if fresh else _describe_position(run_progress))
+    try:
+        fit(run, epochs, show_bar=progress)
+    except BaseException:
+        if fresh and run.saved is None:
+            # Nothing resumable was written: leave no half-made checkpoint folder behind.
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    log.info("Done: %s", folder)
+    return folder
+
+
+def _open_checkpoint(folder: Path, current: Config) -> tuple[Config, dict[str, Any], dict[str, Any] | None]:
+    """(the configuration to resume with, config.json, trainer_state.pt or None) of a checkpoint folder."""
+    for stale in folder.glob(".*.tmp"):  # left by a process killed while writing a file
+        stale.unlink(missing_ok=True)
+    saved_info = _read_json(folder / CONFIG)
+    if not isinstance(saved_info.get("configuration"), dict):
+        raise FeXTError(f"{folder / CONFIG} holds no training configuration (the model was not saved by "
+                        "`fext train`), so it cannot be resumed; train a new model with `fext train`.")
+    state = None
+    if (folder / TRAINER_STATE).is_file():
+        state = load_trainer_state(folder / TRAINER_STATE)
+    else:
+        log.warning("%s has no %s: resuming from its weights with a fresh optimizer.", folder.name, TRAINER_STATE)
+    return resumed_config(saved_info["configuration"], current), saved_info, state
+
+
+def _restore(
+    folder: Path,
+    state: dict[str, Any] | None,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    augment: torch.Generator,
+    batches_per_epoch: int,
+) -> Progress:
+    """Load the optimizer, scaler and generator states; return where the run stands.
+
+    Without a trainer state the history gives the epochs done, and the schedule step is
+    estimated from them.
+    """
+    if state is None:
+        history = (_read_json(folder / HISTORY) if (folder / HISTORY).is_file() else {}).get("epochs", [])
+        return Progress(epoch=len(history), step=len(history) * batches_per_epoch, history=history)
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler.is_enabled() and state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    skipped = restore_rng(state["rng"], augment)
+    if skipped:
+        log.warning("Not restored on this machine: %s (reseeded).", ", ".join(skipped))
+    return progress_from_state(state)
+
+
+def _write_summary(
+    folder: Path, fresh: bool, cfg: Config, model: FeXTAutoEncoder, device: torch.device,
+    extra: dict[str, Any], images: CachedImages, p: Progress,
+) -> None:
+    """summary.txt: written by a new run, a line appended by each resume."""
+    environment = (f"fext {fext.__version__}, torch {torch.__version__}, device {device}, mixed precision "
+                   f"{autocast_dtype(device) if cfg.device.MIXED_PRECISION else 'off'}, "
+                   f"torch.compile {cfg.model.JIT_BACKEND if cfg.model.JIT_COMPILE else 'off'}")
+    data = extra["dataset"]
+    if fresh:
+        failures = [(str(path), reason) for path, reason in images.failures]
+        outputs.write_summary(folder / SUMMARY, outputs.summary_text(
+            folder.name, describe(model), data, failures, extra["configuration"],
+            f"created {extra['created']}, {environment}"))
+    else:
+        outputs.append_summary(folder / SUMMARY, (
+            f"Resumed {time.strftime('%Y-%m-%dT%H:%M:%S')} at {_describe_position(p)} (step {p.step}) for "
+            f"{cfg.training.ADDITIONAL_EPOCHS} more epochs; {environment}; {data['train']} train, "
+            f"{data['validation']} validation images, {data['failed']} unreadable"))
+
+
+def fit(run: Run, epochs: int, show_bar: bool = True) -> None:
+    """Train until ``epochs`` epochs are complete, validating and saving after each one.
+
+    Ctrl-C / SIGTERM: the running batch finishes, the state is saved and
+    :class:`TrainingInterrupted` is raised. A non-finite loss raises :class:`FeXTError`; the
+    checkpoint on disk (the last completed epoch) is kept.
+    """
+    p, cfg = run.progress, run.cfg
+    tensorboard = outputs.TensorBoardLog(run.folder / TENSORBOARD, cfg.training.USE_TENSORBOARD, first_epoch=p.epoch + 1)
+    try:
+        with GracefulStop() as stop:
+            while p.epoch < epochs:
+                # 1. One epoch of updates (from where an interrupted epoch stopped).
+                result = train_one_epoch(run.forward, run.model, run.optimizer, run.scaler, run.images,
+                                         run.train_rows, cfg, run.device, p, run.augment, stop, show_bar)
+                # 2. Validation, when the epoch's updates are all done.
+                validation, validation_started = None, time.perf_counter()
+                if not result.interrupted and stop.requested is None:
+                    validation = evaluate(run.forward, run.model, run.images, run.val_rows, cfg, run.device,
+                                          stop, show_bar)
+                complete = not result.interrupted and (validation is not None or len(run.val_rows) == 0)
+                # 3. A completed epoch joins the history and is saved (a kill now loses nothing).
+                if complete:
+                    entry = {
+                        "epoch": p.epoch + 1, "train": result.metrics, "validation": validation, "lr": result.lr,
+                        "seconds": round(result.seconds + time.perf_counter() - validation_started, 3),
+                        "images_per_second": round(result.images / max(result.seconds, 1e-9), 2), "steps": p.step,
+                    }
+                    p.history.append(entry)
+                    p.epoch, p.batch, p.partial = p.epoch + 1, 0, {}
+                    _save(run, tensorboard, entry)
+                    _log_epoch(entry, epochs)
+                # 4. Ctrl-C: save where the run stands (inside an epoch if need be) and stop.
+                if stop.requested is not None and (not complete or p.epoch < epochs):
+                    if not complete:
+                        _save(run, tensorboard, None)
+                    where = f"after epoch {p.epoch}" if complete else f"at epoch {p.epoch + 1} step {p.batch}"
+                    raise TrainingInterrupted(
+                        f"Interrupted {where}; saved {run.saved} in {run.folder}; "
+                        f"resume with `fext train --resume {run.folder.name}`"
+                    )
+    except NonFiniteLoss as e:
+        advice = "lower training.LR_SCHEDULER.INITIAL_LR"
+        if cfg.device.MIXED_PRECISION:
+            advice += " or disable device.MIXED_PRECISION"
+        kept = (f"the last good checkpoint ({run.saved}) is kept in {run.folder}" if run.saved
+                else "no epoch had completed, so no checkpoint was kept")
+        raise FeXTError(
+            f"Loss became non-finite ({e.value}) at epoch {e.epoch}, step {e.batch} (global step {e.step}); {kept}; {advice}"
+        ) from None
+    except Exception as e:
+        if cfg.model.JIT_COMPILE and _is_compile_error(e):
+            raise FeXTError(
+                f"torch.compile with backend {cfg.model.JIT_BACKEND!r} failed ({str(e).strip().splitlines()[0]}); "
+                'set model.JIT_COMPILE to false or model.JIT_BACKEND to "aot_eager"'
+            ) from None
+        raise
+    finally:
+        tensorboard.close()
+
+
+def _save(run: Run, tensorboard: outputs.TensorBoardLog, entry: dict[str, Any] | None) -> None:
+    """Save the run: after a completed epoch (``entry``), or where an interrupted one stands.
+
+    trainer_state.pt goes first: it alone is what a resume reads, so a kill between the writes
+    below leaves at worst user-facing files one save behind it, never a state that mixes saves.
+    """
+    p, folder = run.progress, run.folder
+    save_trainer_state(folder / TRAINER_STATE, p, run.model, run.optimizer, run.scaler, run.augment)
+    run.model.save_pretrained(folder, extra=run.extra)
+    if entry is not None and run.cfg.training.SAVE_CHECKPOINTS:
+        save_state_file(run.model.state_dict(), folder / f"epoch_{entry['epoch']:03d}.safetensors")
+    outputs.write_history(folder / HISTORY, p.history)
+    if p.history:
+        outputs.plot_history(folder / PLOT, p.history, f"{folder.name}: {run.cfg.model.PRESET} preset, "
+                             f"{run.cfg.model.IMG_SIZE} px, {len(run.train_rows)} training images")
+    if entry is not None:
+        tensorboard.log_epoch(entry)
+    run.saved = _describe_position(p)
+
+
+def _is_compile_error(e: Exception) -> bool:
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    return isinstance(e, BackendCompilerFailed)
+
+
+def _describe_position(p: Progress) -> str:
+    batches = f"{p.batch} batch" + ("es" if p.batch > 1 else "")
+    return f"epoch {p.epoch}" + (f" + {batches} of epoch {p.epoch + 1}" if p.batch else "")
+
+
+def _log_epoch(entry: dict[str, Any], epochs: int) -> None:
+    t, v = entry["train"], entry["validation"]
+    text = f"Epoch {entry['epoch']}/{epochs}: train loss {t['loss']:.4f} cosine {t['cosine']:.4f} psnr {t['psnr']:.2f}"
+    if v:
+        text += f" | validation loss {v['loss']:.4f} cosine {v['cosine']:.4f} psnr {v['psnr']:.2f}"
+    log.info("%s | lr %.2e | %.1f s, %.1f img/s", text, entry["lr"], entry["seconds"], entry["images_per_second"])
+
+
+def _rows(
+    images: CachedImages, train_paths: list[Path], val_paths: list[Path], root: Path, cfg: Config
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cache rows of the readable train and validation images; say how validation ends up empty."""
+    position = {str(p): i for i, p in enumerate(images.paths)}
+    train_rows = [position[str(p)] for p in train_paths if str(p) in position]
+    val_rows = [position[str(p)] for p in val_paths if str(p) in position]
+    if not train_rows:
+        raise FeXTError(
+            f"None of the {len(train_paths)} training images in {root} could be read (see the warnings above); "
+            "replace or remove the broken files."
+        )
+    if cfg.dataset.VALIDATION_SIZE == 0:
+        log.info("dataset.VALIDATION_SIZE is 0: training without validation.")
+    elif not val_paths:
+        log.warning("The validation split is empty (%d image(s) is too few for dataset.VALIDATION_SIZE=%g): "
+                    "training without validation. Add images to get validation metrics.",
+                    len(train_paths), cfg.dataset.VALIDATION_SIZE)
+    elif not val_rows:
+        log.warning("None of the %d validation images could be read: training without validation.", len(val_paths))
+    return torch.tensor(train_rows, dtype=torch.int64), torch.tensor(val_rows, dtype=torch.int64)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise FeXTError(f"Cannot read {path} ({e}); is {path.parent} a FeXT checkpoint?") from None
+    if not isinstance(data, dict):
+        raise FeXTError(f"{path} is not a FeXT checkpoint file; is {path.parent} a FeXT checkpoint?")
+    return data

@@ -1,0 +1,91 @@
+"""Checkpoint folders: the `fext checkpoints` table, broken folders, and choosing a checkpoint by name."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fext.checkpoints import checkpoints_table, list_checkpoints, resolve_checkpoint
+from fext.cli import main
+from fext.errors import FeXTError
+from fext.model import FeXTAutoEncoder
+from fext.workspace import Workspace
+
+
+def fake_checkpoint(ws: Workspace, name: str, epochs: int = 2, val_loss: float | None = 0.25) -> None:
+    """A checkpoint folder as `fext train` writes it (weights, config.json, history.json), without training."""
+    folder = ws.checkpoints / name
+    model = FeXTAutoEncoder.from_preset("small", 64)
+    model.save_pretrained(folder, extra={
+        "configuration": {"model": {"PRESET": "small", "IMG_SIZE": 64}},
+        "dataset": {"root": str(ws.dataset), "train": 9, "validation": 3, "failed": 1},
+        "created": "2026-01-02T03:04:05", "fext_version": "0.1.0",
+    })
+    history = [{"epoch": e, "train": {"loss": 0.5 / e, "cosine": 0.9, "psnr": 20.0},
+                "validation": None if val_loss is None else {"loss": val_loss, "cosine": 0.9, "psnr": 20.0},
+                "lr": 1e-4, "seconds": 1.0, "images_per_second": 9.0} for e in range(1, epochs + 1)]
+    (folder / "history.json").write_text(json.dumps({"total_epochs": epochs, "epochs": history}))
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Workspace:
+    ws = Workspace(tmp_path)
+    ws.ensure()
+    torch.manual_seed(0)
+    return ws
+
+
+def test_the_table_lists_every_checkpoint_and_broken_folders_without_crashing(workspace, capsys):
+    fake_checkpoint(workspace, "FeXT_20260101T000000", epochs=2)
+    fake_checkpoint(workspace, "FeXT_20260102T000000", epochs=1, val_loss=None)
+    (workspace.checkpoints / "FeXT_20260103T000000").mkdir()  # killed before its first save
+    broken = workspace.checkpoints / "FeXT_20260104T000000"
+    fake_checkpoint(workspace, broken.name)
+    (broken / "config.json").write_text("{not json")
+
+    table = checkpoints_table(workspace).splitlines()
+    assert table[0].split() == ["name", "preset", "size", "epochs", "images", "train", "loss", "val", "loss", "created"]
+    rows = {line.split()[0]: line for line in table[2:]}
+    assert rows["FeXT_20260101T000000"].split() == [
+        "FeXT_20260101T000000", "small", "64", "2", "12", "0.2500", "0.2500", "2026-01-02T03:04:05"]
+    assert rows["FeXT_20260102T000000"].split()[3:7] == ["1", "12", "0.5000", "-"]
+    assert "unreadable: no model.safetensors" in rows["FeXT_20260103T000000"]
+    assert "unreadable (JSONDecodeError" in rows[broken.name]
+
+    assert main(["--workspace", str(workspace.root), "checkpoints"]) == 0
+    assert "FeXT_20260101T000000" in capsys.readouterr().out
+
+
+def test_an_empty_workspace_says_how_to_make_a_checkpoint(workspace):
+    assert checkpoints_table(workspace) == f"No checkpoint in {workspace.checkpoints}; train one with `fext train`."
+
+
+def test_resolving_a_checkpoint_by_name_path_or_as_the_only_one(workspace):
+    with pytest.raises(FeXTError, match="No checkpoint in .*train one with `fext train`"):
+        resolve_checkpoint(workspace, None)
+    fake_checkpoint(workspace, "FeXT_20260101T000000")
+    (workspace.checkpoints / "FeXT_20260103T000000").mkdir()  # unusable folders are never chosen
+    only = workspace.checkpoints / "FeXT_20260101T000000"
+    assert resolve_checkpoint(workspace, None) == only
+    assert resolve_checkpoint(workspace, "FeXT_20260101T000000") == only.resolve()
+    assert resolve_checkpoint(workspace, str(only)) == only.resolve()
+    with pytest.raises(FeXTError, match="Checkpoint FeXT_nope not found .*available: FeXT_20260101T000000"):
+        resolve_checkpoint(workspace, "FeXT_nope")
+    with pytest.raises(FeXTError, match="model.safetensors is missing"):
+        resolve_checkpoint(workspace, "FeXT_20260103T000000")
+
+    fake_checkpoint(workspace, "FeXT_20260102T000000")
+    with pytest.raises(FeXTError, match="Several checkpoints") as info:
+        resolve_checkpoint(workspace, None, interactive=False)
+    assert "FeXT_20260101T000000" in str(info.value) and "FeXT_20260102T000000" in str(info.value)
+    assert [c.name for c in list_checkpoints(workspace) if c.ok] == ["FeXT_20260101T000000", "FeXT_20260102T000000"]
+
+
+def test_resume_without_a_name_among_several_checkpoints_lists_them(workspace, capsys):
+    fake_checkpoint(workspace, "FeXT_20260101T000000")
+    fake_checkpoint(workspace, "FeXT_20260102T000000")
+    assert main(["--workspace", str(workspace.root), "train", "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "Several checkpoints" in err and "FeXT_20260102T000000" in err
