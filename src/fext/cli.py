@@ -153,7 +153,7 @@ def _cmd_encode(ctx: Context, args: argparse.Namespace) -> int:
     from fext.encoding import encode_folder
 
     ckpt = resolve_checkpoint(ctx.workspace, args.checkpoint, interactive=ctx.interactive)
-    encode_folder(
+    out = encode_folder(
         ckpt,
         args.input or ctx.workspace.extraction_images,
         args.output,
@@ -164,13 +164,17 @@ def _cmd_encode(ctx: Context, args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=ctx.progress,
     )
+    print(f"Embeddings: {out}")
     return 0
 
 
 def _cmd_search(ctx: Context, args: argparse.Namespace) -> int:
     from fext.search import print_results, search
 
-    results = search(args.embeddings, args.query, k=args.k, sheet=args.sheet, config=ctx.config)
+    embeddings = args.embeddings
+    if not embeddings.exists() and (ctx.workspace.extraction / embeddings).is_dir():
+        embeddings = ctx.workspace.extraction / embeddings  # a checkpoint name: its default output folder
+    results = search(embeddings, args.query, k=args.k, sheet=args.sheet, config=ctx.config, checkpoint=args.checkpoint)
     print_results(results)
     return 0
 
@@ -241,10 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_encode)
 
     p = sub.add_parser("search", help="find the stored images most similar to a query image")
-    p.add_argument("embeddings", type=Path, metavar="EMBEDDINGS_DIR", help="a folder written by `fext encode`")
+    p.add_argument("embeddings", type=Path, metavar="EMBEDDINGS_DIR",
+                   help="a folder written by `fext encode` (or a checkpoint name: resources/extraction/<name>)")
     p.add_argument("--query", required=True, help="an image file, or a path already in the index")
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     p.add_argument("--sheet", type=Path, help="write a contact sheet of the query and results to this PNG")
+    p.add_argument("--checkpoint", type=Path, metavar="CKPT",
+                   help="where the checkpoint that wrote the embeddings is now, if it moved (default: metadata.json)")
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("setup", help="4) setup and maintenance")
