@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import logging
 import random
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -107,7 +108,7 @@ def evaluate(
     if images < 1:
         raise FeXTError(f"--images must be at least 1 (got {images}): it is the number of images per figure")
     if not ckpts:
-        raise FeXTError(f"No checkpoint to evaluate; train one with `fext train` or name one (see `fext checkpoints`)")
+        raise FeXTError("No checkpoint to evaluate; train one with `fext train` or name one (see `fext checkpoints`)")
     if dataset is not None and not Path(dataset).is_dir():
         raise FeXTError(f"--dataset {dataset}: no such folder. Pass a folder of images.")
     device = select_device(cfg.device.DEVICE, cfg.device.DEVICE_ID)
@@ -186,7 +187,7 @@ def evaluate_checkpoint(
         log.warning("No validation image (VALIDATION_SIZE is 0, or too few images to split): the PCA baseline, "
                     "the worst reconstructions and the latent plot use training images.")
 
-    pca, pca_note = _fit_baseline(train if train.evaluated else held_out, held_out, arch.feature_dim, device, progress)
+    pca, pca_note = _fit_baseline(train if train.evaluated else held_out, held_out, arch.feature_dim, device)
     pca_scores = _score_pca(pca, held_out.cached, cfg.training.BATCH_SIZE, device)
 
     history = info.history or {}
@@ -306,7 +307,8 @@ def _score_model(
     latents: np.ndarray | None = None
     shown = set(split.shown.tolist())
     worst_kept: dict[int, np.ndarray] = {}
-    with torch.inference_mode(), tqdm(total=n, desc=f"Evaluating {split.name}", unit="img", disable=not progress) as bar:
+    show = progress and sys.stdout.isatty()
+    with torch.inference_mode(), tqdm(total=n, desc=f"Evaluating {split.name}", unit="img", disable=not show) as bar:
         for lo in range(0, n, batch_size):
             rows = np.arange(lo, min(n, lo + batch_size))
             x = to_float(cached.batch(rows).to(device, non_blocking=True))  # (B, 3, S, S)
@@ -345,8 +347,8 @@ def _hwc(x: torch.Tensor) -> np.ndarray:
     return x.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def _fit_baseline(fit_split: SplitImages, held_out: SplitImages, latent_dim: int, device: torch.device,
-                  progress: bool) -> tuple[PCABaseline, str]:
+def _fit_baseline(fit_split: SplitImages, held_out: SplitImages, latent_dim: int,
+                  device: torch.device) -> tuple[PCABaseline, str]:
     """PCA with ``latent_dim`` components (or fewer) fitted on up to PCA_MAX_IMAGES of ``fit_split``."""
     cached = fit_split.cached
     d = 3 * cached.img_size**2
