@@ -1,0 +1,159 @@
+"""Building blocks of the FeXT autoencoder: channel layer norm, residual 2×2 conv stacks, bottleneck, decoder stages.
+
+Every block takes and returns (B, C, H, W) tensors and works in either memory format; the model keeps
+its weights and activations channels_last because that is faster on CPUs and GPUs (see ``fext.model``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """Layer normalisation over the channel dim of (B, C, H, W), independently at every position (ConvNeXt style).
+
+    Permuting to (B, H, W, C) is free for a channels_last tensor and lets ``F.layer_norm`` run its fused
+    kernel; on a 2-core CPU (B=25, C=64, 128 px, forward+backward) that takes 76 ms against 800 ms for the
+    same normalisation written as mean/var tensor ops. The output is channels_last whatever the input.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__(channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)  # (B, C, H, W)
+
+
+class _PadRightBottom(torch.autograd.Function):
+    """Zero-pad (B, C, H, W) to (B, C, H+1, W+1) on the right and bottom, keeping the memory format.
+
+    ``F.pad`` zero-fills the whole output before copying the input in, and its backward copies the
+    gradient slice; writing the input once, zeroing only the new row and column, and returning the
+    gradient slice as a view measured 5-8% faster per residual unit (base stage 1, CPU, forward+backward).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        out = torch.empty((b, c, h + 1, w + 1), dtype=x.dtype, device=x.device, memory_format=fmt)
+        out[:, :, h].zero_()
+        out[:, :, :, w].zero_()
+        out[:, :, :h, :w].copy_(x)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad[:, :, :-1, :-1]
+
+
+def pad_right_bottom(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H+1, W+1), zeros added on the right and bottom: "same" padding for a 2×2 kernel."""
+    return _PadRightBottom.apply(x)
+
+
+class ResidualConvUnit(nn.Module):
+    """``shortcut(x) + GELU(LayerNorm(conv2x2(x)))`` at unchanged resolution.
+
+    The 2×2 stride-1 convolution keeps H and W ("same" padding): an even kernel needs one extra row and
+    column, added on the right and bottom like Keras does. Explicit padding measured faster than
+    ``padding="same"`` for channels_last, which pads through a slower path. The shortcut is the
+    identity, or a 1×1 convolution when the channel count changes.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=2)
+        self.norm = LayerNorm2d(out_channels)
+        self.shortcut = (
+            nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, kernel_size=1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(pad_right_bottom(x))  # (B, C_out, H, W)
+        h = F.gelu(self.norm(h))
+        # GELU keeps its input for backward, not its output, so adding in place is safe and skips an allocation.
+        return h.add_(self.shortcut(x))
+
+
+class ResidualConvStack(nn.Module):
+    """``depth`` residual 2×2 conv units then 2×2 max pooling: (B, C_in, H, W) -> (B, C_out, H/2, W/2)."""
+
+    def __init__(self, in_channels: int, out_channels: int, depth: int) -> None:
+        super().__init__()
+        self.units = nn.Sequential(
+            *(ResidualConvUnit(in_channels if i == 0 else out_channels, out_channels) for i in range(depth))
+        )
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.units(x))
+
+
+class DecoderStage(nn.Module):
+    """2× upsampling by a 2×2 stride-2 transposed convolution, then ``depth`` residual 2×2 conv units.
+
+    (B, C_in, H, W) -> (B, C_out, 2H, 2W); the mirror of a :class:`ResidualConvStack`.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, depth: int) -> None:
+        super().__init__()
+        self.upsample = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
+        self.units = nn.Sequential(*(ResidualConvUnit(out_channels, out_channels) for _ in range(depth)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.units(self.upsample(x))
+
+
+class _DenseNormAct(nn.Sequential):
+    """Per-position dense layer (1×1 conv), layer norm, GELU, dropout."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size=1),
+            LayerNorm2d(out_channels),
+            nn.GELU(),
+            nn.Dropout(dropout),
+        )
+
+
+class CompressionStack(nn.Sequential):
+    """Encoder map to latent map, position by position: (B, C, h, w) -> (B, L, h, w).
+
+    A normalised dense layer with dropout, then a plain dense projection, so the latent (the image's
+    feature vector) is unconstrained in scale and sign.
+    """
+
+    def __init__(self, channels: int, latent_channels: int, dropout: float) -> None:
+        super().__init__(
+            _DenseNormAct(channels, channels, dropout),
+            nn.Conv2d(channels, latent_channels, kernel_size=1),
+        )
+
+
+class DecompressionStack(nn.Sequential):
+    """Latent map back to a decoder input map, the mirror of :class:`CompressionStack`: (B, L, h, w) -> (B, C, h, w)."""
+
+    def __init__(self, latent_channels: int, channels: int, dropout: float) -> None:
+        super().__init__(
+            _DenseNormAct(latent_channels, channels, dropout),
+            _DenseNormAct(channels, channels, 0.0),
+        )
+
+
+def clamp_unit(x: torch.Tensor) -> torch.Tensor:
+    """Clamp to [0, 1] in the forward pass; pass the gradient through unchanged (straight-through).
+
+    A plain clamp gives zero gradient to every pixel predicted outside [0, 1], so a pixel that overshoots
+    early in training could never be pulled back. With the straight-through gradient and an L1 loss the
+    gradient of an overshooting pixel always points back into the range (and is zero when the target
+    sits on the bound it overshot), so outputs never drift away. The forward value is exactly
+    ``x.clamp(0, 1)``, as the design asks: no sigmoid.
+    """
+    return x + (x.clamp(0.0, 1.0) - x).detach()
