@@ -350,3 +350,14 @@ def test_a_checkpoint_without_trainer_state_resumes_from_its_weights(tmp_path, c
     assert "has no trainer_state.pt: resuming from its weights with a fresh optimizer" in caplog.text
     assert [e["steps"] for e in history(folder)["epochs"]] == [2, 4, 6]
     assert trainer_state(folder)["epoch"] == 3 and not same_weights(weights(folder), before)
+
+
+def test_resume_after_the_images_moved_needs_their_new_folder(tmp_path):
+    ws = new_workspace(tmp_path)
+    folder = train(tiny_config(**{"training.EPOCHS": 1}), ws, progress=False)
+    moved = ws.dataset.rename(tmp_path / "moved")
+    with pytest.raises(FeXTError, match=f"No image found in .* if its images moved, run `fext train --resume {folder.name} --dataset NEW_FOLDER`"):
+        train(tiny_config(**{"training.ADDITIONAL_EPOCHS": 1}), ws, resume=folder, progress=False)
+    train(tiny_config(**{"training.ADDITIONAL_EPOCHS": 1}), ws, resume=folder, dataset=moved, progress=False)
+    assert history(folder)["total_epochs"] == 2
+    assert json.loads((folder / "config.json").read_text())["dataset"]["root"] == str(moved)

@@ -114,7 +114,13 @@ def train(
     seed_everything(cfg.SEED)
 
     # Images: find, sample and split; decode into the cache once (later epochs and runs decode nothing).
-    train_paths, val_paths = select_images(cfg, root)
+    try:
+        train_paths, val_paths = select_images(cfg, root)
+    except FeXTError as e:
+        if fresh:
+            raise
+        raise FeXTError(f"{e} {folder.name} was trained on {root}: if its images moved, run "
+                        f"`fext train --resume {folder.name} --dataset NEW_FOLDER`.") from None
     images = prepare_images(train_paths + val_paths, cfg.model.IMG_SIZE, ws.cache, cfg.device.NUM_PROCESSORS,
                             progress=progress, desc="Decoding images")
     train_rows, val_rows = _rows(images, train_paths, val_paths, root, cfg)
