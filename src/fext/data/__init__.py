@@ -1,0 +1,40 @@
+"""The image data pipeline: discovery, decoding, the decoded-image cache, augmentation, batches.
+
+``discovery`` finds, samples and splits the images of a folder; ``decode`` turns one file
+into RGB pixels; ``cache`` keeps decoded training images on disk; ``augment`` randomises
+training batches; ``loader`` yields batches from the cache or straight from files.
+"""
+
+from fext.data.augment import augment_batch
+from fext.data.cache import CachedImages, open_readonly, prepare_images
+from fext.data.decode import ImageDecodeError, image_size, load_image, open_rgb
+from fext.data.discovery import (
+    IMAGE_EXTENSIONS,
+    Split,
+    discover_split,
+    find_images,
+    sample_images,
+    split_images,
+)
+from fext.data.loader import DecodedBatch, decode_batches, iterate_batches, to_float
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "CachedImages",
+    "DecodedBatch",
+    "ImageDecodeError",
+    "Split",
+    "augment_batch",
+    "decode_batches",
+    "discover_split",
+    "find_images",
+    "image_size",
+    "iterate_batches",
+    "load_image",
+    "open_readonly",
+    "open_rgb",
+    "prepare_images",
+    "sample_images",
+    "split_images",
+    "to_float",
+]

@@ -1,0 +1,428 @@
+"""The decoded-image cache: every training image decoded once, kept as uint8 pixels on disk.
+
+Layout, one folder per image size under the caller's ``cache_dir``::
+
+    images_<S>px/
+      index.json          {"format", "img_size", "data_file", "count", "images", "failures"}
+      pixels-<id>.u8      slots of S*S*3 bytes, memory-mapped as a (count, S, S, 3) uint8 array
+      lock                held (flock) by the one process that builds
+
+An image is keyed by its absolute path, file size and mtime_ns: the same key is a cache hit
+(a second epoch or a second run decodes nothing); a changed file gets a new key and is
+decoded again. Unreadable files are remembered too, with their reason, so a second run does
+not retry a corrupt file (only reasons that depend on the content are remembered; "permission
+denied" or the decompression-bomb guard, whose limit a user may raise, are tried again).
+
+Crash safety: the data file is append-only. New pixels go to slots past ``count``, which no
+index on disk refers to; the pixels are flushed (msync) before the index that names them is
+atomically replaced, so a killed build loses at most the images decoded since its last
+commit and never maps a key to wrong pixels. Slots of changed or deleted files are left in
+place; when they outnumber the live ones the live pixels are copied to a new data file (the
+old one is deleted after the new index is written; readers that still map it keep working).
+
+Concurrency: builders take an exclusive lock, so two processes never write at once and the
+second one finds the first one's work done. Readers (:func:`open_readonly`, for DDP ranks
+other than 0) take no lock: they only read slots below the ``count`` of the index they
+loaded, which nobody rewrites.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from fext import _io
+from fext.data.loader import decode_batches
+from fext.errors import FeXTError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one builder at a time is then the user's care
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+_FORMAT = 1
+_INDEX = "index.json"
+_COMMIT_SECONDS = 30.0
+_DECODE_BATCH = 32
+_COMPACT_MIN_DEAD = 1024  # never compact for fewer stale slots than this (nor fewer than live ones)
+# Failures that depend only on the file's bytes: remembered, not retried until the file changes.
+_PERMANENT_REASONS = (
+    "empty file",
+    "not an image",
+    "truncated or corrupt image data",
+    "unsupported image mode",
+)
+
+
+class CachedImages:
+    """Images decoded to uint8 (S, S, 3) in the cache, aligned with ``paths``.
+
+    ``paths``: the readable images, in the order they were given; ``failures``: (path, reason)
+    of the unreadable ones. ``batch(indices)`` gathers rows fast; ``array`` is the (N, S, S, 3)
+    view of all rows.
+    """
+
+    def __init__(
+        self,
+        paths: list[Path],
+        slots: np.ndarray,
+        failures: list[tuple[Path, str]],
+        data_file: Path,
+        count: int,
+        img_size: int,
+    ) -> None:
+        self.paths = paths
+        self.slots = slots
+        self.failures = failures
+        self.img_size = img_size
+        self.data_file = data_file
+        self._count = count
+        self._data = _map(data_file, "r", count, img_size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickle the location, not the pixels (for worker processes and spawned ranks).
+        args = (self.paths, self.slots, self.failures, self.data_file, self._count, self.img_size)
+        return (CachedImages, args)
+
+    @property
+    def array(self) -> np.ndarray:
+        """(N, S, S, 3) uint8, row i = ``paths[i]``.
+
+        A zero-copy memory-mapped view when the images sit in consecutive slots (a cache built
+        in one go); otherwise a gathered copy in RAM of N * S * S * 3 bytes.
+        """
+        slots = self.slots
+        if len(slots) and np.array_equal(slots, np.arange(slots[0], slots[0] + len(slots))):
+            return self._data[slots[0] : slots[0] + len(slots)]
+        return np.asarray(self._data[slots])
+
+    def batch(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 (B, S, S, 3) tensor of the images at positions ``indices`` of ``paths``.
+
+        One NumPy gather from the memory map (a copy; single-threaded on purpose, see
+        :func:`fext.data.loader.to_float`).
+        """
+        rows = self.slots[np.asarray(indices, dtype=np.int64)]
+        return torch.from_numpy(np.take(self._data, rows, axis=0).view(np.ndarray))
+
+
+def _map(path: Path, mode: str, count: int, img_size: int) -> np.memmap:
+    return np.memmap(path, dtype=np.uint8, mode=mode, shape=(count, img_size, img_size, 3))
+
+
+def cache_folder(cache_dir: Path, img_size: int) -> Path:
+    """The folder of the cache of ``img_size`` images under ``cache_dir``."""
+    return Path(cache_dir) / f"images_{img_size}px"
+
+
+def prepare_images(
+    paths: list[Path],
+    img_size: int,
+    cache_dir: Path,
+    workers: int,
+    progress: bool = True,
+    desc: str = "Decoding",
+) -> CachedImages:
+    """Make sure every image of ``paths`` is in the cache, decoding the missing ones.
+
+    Decoding runs in ``workers`` processes (0: in this process) with a progress bar (rate and
+    time left; off when ``progress`` is False or stdout is not a terminal). Each unreadable
+    file is logged as one warning and listed in ``failures``. Raises
+    :class:`~fext.errors.FeXTError` when no image at all is readable.
+    """
+    paths = [Path(p).absolute() for p in paths]
+    folder = cache_folder(cache_dir, img_size)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(folder):
+        index = _load_index(folder, img_size)
+        changed = index is None
+        if index is None:
+            index = _new_index(folder, img_size)
+        keys = [_file_key(p) for p in paths]
+        changed |= _forget_changed(index, paths, keys) > 0
+        _compact_if_worth_it(folder, index)
+        missing = _missing(index, paths, keys)
+        if missing:
+            _decode_into(folder, index, missing, workers, progress, desc)
+        elif changed:
+            _commit(folder, index)
+        _remove_orphans(folder, index)
+    return _assemble(folder, index, paths, keys, log_failures=True)
+
+
+def open_readonly(
+    paths: list[Path], img_size: int, cache_dir: Path, log_failures: bool = False
+) -> CachedImages:
+    """Open the cache built by :func:`prepare_images` for ``paths`` without writing anything.
+
+    For processes that must not build (DDP ranks other than 0, after a barrier). Raises
+    :class:`~fext.errors.FeXTError` when an image is not in the cache.
+    """
+    paths = [Path(p).absolute() for p in paths]
+    folder = cache_folder(cache_dir, img_size)
+    keys = [_file_key(p) for p in paths]
+    for attempt in range(3):
+        index = _load_index(folder, img_size)
+        if index is None:
+            raise FeXTError(f"No decoded-image cache in {folder}: build it first (prepare_images).")
+        missing = _missing(index, paths, keys)
+        if missing:
+            raise FeXTError(
+                f"{len(missing)} image(s) are not in the decoded-image cache {folder} "
+                f"(first: {missing[0][0]}): build it first (prepare_images)."
+            )
+        try:
+            return _assemble(folder, index, paths, keys, log_failures=log_failures)
+        except FileNotFoundError:
+            # A builder compacted the cache between our index read and the mapping: read again.
+            time.sleep(0.1 * (attempt + 1))
+    raise FeXTError(f"The decoded-image cache in {folder} keeps changing; try again when no build runs.")
+
+
+def _file_key(path: Path) -> tuple[int, int] | str:
+    """(size, mtime_ns), or the reason the file cannot be looked at."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return "file not found"
+    except OSError as exc:
+        return f"cannot read file ({exc.strerror or exc})"
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _new_index(folder: Path, img_size: int) -> dict[str, Any]:
+    data_file = f"pixels-{secrets.token_hex(4)}.u8"
+    (folder / data_file).touch()
+    return {
+        "format": _FORMAT,
+        "img_size": img_size,
+        "data_file": data_file,
+        "count": 0,
+        "images": {},  # absolute path -> [size, mtime_ns, slot]
+        "failures": {},  # absolute path -> [size, mtime_ns, reason, permanent]
+    }
+
+
+def _load_index(folder: Path, img_size: int) -> dict[str, Any] | None:
+    """The committed index, or None when absent, unreadable or not matching its data file."""
+    try:
+        index = json.loads((folder / _INDEX).read_text(encoding="utf-8"))
+        data_size = (folder / index["data_file"]).stat().st_size
+        valid = (
+            index["format"] == _FORMAT
+            and index["img_size"] == img_size
+            and data_size >= index["count"] * img_size * img_size * 3
+        )
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        log.info("Ignoring the unreadable decoded-image cache index in %s; it will be rebuilt.", folder)
+        return None
+    return index if valid else None
+
+
+def _commit(folder: Path, index: dict[str, Any]) -> None:
+    _io.write_json(folder / _INDEX, index)
+
+
+def _forget_changed(index: dict[str, Any], paths: list[Path], keys: list[Any]) -> int:
+    """Drop entries whose file changed or vanished, and failures worth another try; count them."""
+    current = {str(p): k for p, k in zip(paths, keys)}
+    dropped = 0
+    for table in ("images", "failures"):
+        entries = index[table]
+        for name in list(entries):
+            key = current[name] if name in current else _file_key(Path(name))
+            entry = entries[name]
+            permanent = table == "images" or entry[3]
+            if isinstance(key, str) or entry[0] != key[0] or entry[1] != key[1] or not permanent:
+                del entries[name]
+                dropped += 1
+    return dropped
+
+
+def _lookup(index: dict[str, Any], name: str, key: tuple[int, int]) -> tuple[str, list[Any]] | None:
+    """(table, entry) recorded for ``name`` with exactly ``key``: table "images" or "failures"."""
+    for table in ("images", "failures"):
+        entry = index[table].get(name)
+        if entry is not None and entry[0] == key[0] and entry[1] == key[1]:
+            return table, entry
+    return None
+
+
+def _missing(index: dict[str, Any], paths: list[Path], keys: list[Any]) -> list[tuple[Path, tuple[int, int]]]:
+    """(path, key) of the files that can be looked at and have no entry for their current key."""
+    missing, seen = [], set()
+    for path, key in zip(paths, keys):
+        name = str(path)
+        if isinstance(key, str) or name in seen:
+            continue
+        seen.add(name)
+        if _lookup(index, name, key) is None:
+            missing.append((path, key))
+    return missing
+
+
+def _decode_into(
+    folder: Path,
+    index: dict[str, Any],
+    missing: list[tuple[Path, tuple[int, int]]],
+    workers: int,
+    progress: bool,
+    desc: str,
+) -> None:
+    """Decode ``missing`` into new slots past ``count``, committing every ``_COMMIT_SECONDS``.
+
+    Entries get the key read *before* decoding: a file rewritten meanwhile then no longer
+    matches its entry and is decoded again next time, instead of keeping stale pixels.
+    """
+    img_size = index["img_size"]
+    data_path = folder / index["data_file"]
+    capacity = index["count"] + len(missing)
+    slot_bytes = img_size * img_size * 3
+    if data_path.stat().st_size < capacity * slot_bytes:
+        os.truncate(data_path, capacity * slot_bytes)  # sparse: no disk used until written
+    data = _map(data_path, "r+", capacity, img_size)
+    missing_paths = [path for path, _ in missing]
+    show = progress and sys.stdout.isatty()
+    last_commit = time.monotonic()
+    with _maybe_redirect(show), tqdm(total=len(missing), desc=desc, unit="img", disable=not show) as bar:
+        for batch in decode_batches(missing_paths, img_size, _DECODE_BATCH, workers, log_failures=False):
+            start = index["count"]
+            data[start : start + len(batch.positions)] = batch.images.numpy()
+            for slot, position in enumerate(batch.positions, start):
+                path, key = missing[position]
+                index["images"][str(path)] = [*key, slot]
+            index["count"] = start + len(batch.positions)
+            for position, reason in batch.failures:
+                path, key = missing[position]
+                index["failures"][str(path)] = [*key, reason, reason.startswith(_PERMANENT_REASONS)]
+            bar.update(len(batch.positions) + len(batch.failures))
+            if time.monotonic() - last_commit > _COMMIT_SECONDS:
+                data.flush()
+                _commit(folder, index)
+                last_commit = time.monotonic()
+    data.flush()
+    del data
+    _commit(folder, index)
+
+
+def _compact_if_worth_it(folder: Path, index: dict[str, Any]) -> None:
+    """Copy the live slots to a new data file when dead slots outnumber them (and are many)."""
+    live = len(index["images"])
+    dead = index["count"] - live
+    if dead <= max(live, _COMPACT_MIN_DEAD):
+        return
+    img_size = index["img_size"]
+    old = _map(folder / index["data_file"], "r", index["count"], img_size)
+    fresh = _new_index(folder, img_size)
+    names = sorted(index["images"], key=lambda name: index["images"][name][2])
+    if names:
+        os.truncate(folder / fresh["data_file"], len(names) * img_size * img_size * 3)
+        new = _map(folder / fresh["data_file"], "r+", len(names), img_size)
+        for slot, name in enumerate(names):
+            size, mtime_ns, old_slot = index["images"][name]
+            new[slot] = old[old_slot]
+            fresh["images"][name] = [size, mtime_ns, slot]
+        new.flush()
+        del new
+    fresh["count"] = len(names)
+    fresh["failures"] = index["failures"]
+    del old
+    _commit(folder, fresh)
+    log.info("Compacted the decoded-image cache in %s (%d stale images dropped).", folder, dead)
+    index.clear()
+    index.update(fresh)
+
+
+def _remove_orphans(folder: Path, index: dict[str, Any]) -> None:
+    """Delete data files no committed index names (left by compaction or a killed first build)."""
+    for path in folder.glob("pixels-*.u8"):
+        if path.name != index["data_file"]:
+            path.unlink(missing_ok=True)
+
+
+def _assemble(
+    folder: Path, index: dict[str, Any], paths: list[Path], keys: list[Any], log_failures: bool
+) -> CachedImages:
+    readable, slots, failures = [], [], []
+    for path, key in zip(paths, keys):
+        name = str(path)
+        if isinstance(key, str):
+            failures.append((path, key))
+            continue
+        found = _lookup(index, name, key)
+        if found is None:
+            failures.append((path, "not decoded"))
+        elif found[0] == "images":
+            slots.append(found[1][2])
+            readable.append(path)
+        else:
+            failures.append((path, found[1][2]))
+    if log_failures:
+        for path, reason in failures:
+            log.warning("Skipping %s: %s", path, reason)
+    if not readable:
+        raise FeXTError(_no_readable_message(paths, failures))
+    slot_array = np.asarray(slots, dtype=np.int64)
+    data_file = folder / index["data_file"]
+    return CachedImages(readable, slot_array, failures, data_file, index["count"], index["img_size"])
+
+
+def _no_readable_message(paths: list[Path], failures: list[tuple[Path, str]]) -> str:
+    if not paths:
+        return "No image to load: the list of images is empty. Put images in the dataset folder."
+    try:
+        where = Path(os.path.commonpath([str(p.parent) for p in paths]))
+    except ValueError:
+        where = paths[0].parent
+    first_path, first_reason = failures[0]
+    return (
+        f"No readable image in {where}: {len(failures)} files could not be decoded "
+        f"(first: {first_path}: {first_reason}). Check that the folder holds real image files."
+    )
+
+
+@contextlib.contextmanager
+def _exclusive_lock(folder: Path) -> Iterator[None]:
+    if fcntl is None:
+        yield
+        return
+    with open(folder / "lock", "a+b") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("Waiting for another process that is building the decoded-image cache in %s.", folder)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _maybe_redirect(active: bool) -> Iterator[None]:
+    # Warnings printed while a bar is drawn would break it: route them through tqdm.write.
+    if active:
+        with logging_redirect_tqdm():
+            yield
+    else:
+        yield
