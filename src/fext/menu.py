@@ -9,7 +9,6 @@ menu; end of input or Ctrl-C at a prompt leaves with status 0.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from typing import TYPE_CHECKING, Union
 
@@ -23,13 +22,16 @@ log = logging.getLogger(__name__)
 TITLE = "FeXT AutoEncoder: Extraction of Images Features"
 
 # A menu entry is (label, action): the ``fext`` arguments it runs, a sub-menu, or None (Back/Exit).
+# CHECKPOINT in the arguments is replaced by the checkpoint the user picks (the only one is used and
+# said), so that a repeated run (see OFFERED_FLAGS) does not ask again.
+CHECKPOINT = "<checkpoint>"
 Entry = tuple[str, Union[list[str], "Menu", None]]
 Menu = tuple[str, list[Entry]]
 
 TRAINING_MENU: Menu = ("Model training and evaluation", [
     ("Train from scratch", ["train"]),
-    ("Train from checkpoint", ["train", "--resume"]),
-    ("Model evaluation", ["evaluate"]),
+    ("Train from checkpoint", ["train", "--resume", CHECKPOINT]),
+    ("Model evaluation", ["evaluate", CHECKPOINT]),
     ("Back", None),
 ])
 
@@ -43,10 +45,26 @@ SETUP_MENU: Menu = ("Setup and Maintenance", [
 MAIN_MENU: Menu = (TITLE, [
     ("Analyze image dataset", ["analyze"]),
     ("Model training and evaluation", TRAINING_MENU),
-    ("Encode images", ["encode"]),
+    ("Encode images", ["encode", CHECKPOINT]),
     ("Setup and Maintenance", SETUP_MENU),
     ("Exit", None),
 ])
+
+
+# A command whose error message suggests one of its flags: the menu offers to run it again with it,
+# since a menu user cannot type flags (e.g. encode refuses to mix checkpoints without --overwrite).
+OFFERED_FLAGS = {"encode": ("--overwrite", "Encode all the images again, replacing the earlier results?")}
+
+
+def ask_yes_no(question: str) -> bool:
+    """Ask a yes/no question (default no); EOFError/KeyboardInterrupt propagate."""
+    while True:
+        answer = input(f"{question} [y/N]: ").strip().lower()
+        if answer in ("", "n", "no"):
+            return False
+        if answer in ("y", "yes"):
+            return True
+        print(f"Invalid answer {answer!r}: enter y or n.")
 
 
 def ask_choice(n: int) -> int:
@@ -68,18 +86,25 @@ def run_action(ctx: Context, label: str, argv: list[str]) -> bool:
     Errors are shown and swallowed so the menu carries on; EOFError (input ended at a prompt
     inside the action, e.g. the checkpoint choice) propagates so the menu can leave.
     """
+    from fext.checkpoints import resolve_checkpoint
     from fext.cli import build_parser
 
-    args = build_parser().parse_args(argv)
     # Re-read configurations.json at each action: the user may edit it while the menu is open.
     ctx._config = None
-    print(f"\n--- {label} (fext {' '.join(argv)}) ---", flush=True)
+    print(f"\n--- {label} (fext {' '.join(a for a in argv if a != CHECKPOINT)}) ---", flush=True)
     started = time.monotonic()
     try:
+        if CHECKPOINT in argv:
+            chosen = str(resolve_checkpoint(ctx.workspace, None, interactive=ctx.interactive))
+            argv = [chosen if a == CHECKPOINT else a for a in argv]
+        args = build_parser().parse_args(argv)
         status = args.func(ctx, args)
     except FeXTError as e:
         log.debug("%s failed", label, exc_info=True)
         print(f"error: {e}", flush=True)
+        flag, question = OFFERED_FLAGS.get(argv[0], (None, None))
+        if flag and flag in str(e) and flag not in argv and ask_yes_no(question):
+            return run_action(ctx, label, [*argv, flag])
         return False
     except KeyboardInterrupt:
         print(f"\n{label} interrupted; back to the menu.", flush=True)
@@ -91,8 +116,11 @@ def run_action(ctx: Context, label: str, argv: list[str]) -> bool:
                   label, type(e).__name__, e, ctx.workspace.logs)
         log.debug("Traceback of the failed menu action %r", label, exc_info=True)
         return False
+    if status == 130:  # the handler caught Ctrl-C itself (training saves a resumable checkpoint first)
+        print(f"{label} interrupted; back to the menu.", flush=True)
+        return False
     if status:
-        print(f"{label} finished with status {status}.", flush=True)
+        print(f"{label} stopped with status {status}.", flush=True)
         return False
     print(f"{label}: done in {_format_seconds(time.monotonic() - started)}.", flush=True)
     return True

@@ -1,0 +1,61 @@
+"""`make demo` end to end, shortened to one epoch at 64 px: every stage's outputs exist and make sense."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from fext import demo
+from fext.workspace import Workspace
+
+
+def test_demo_runs_every_stage_and_says_where_things_are(tmp_path):
+    root = tmp_path / "demo"
+    env = {k: v for k, v in os.environ.items() if k not in ("FEXT_WORKSPACE", "FEXT_LOG_LEVEL")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "fext.demo", "--epochs", "1", "--img-size", "64", "--workspace", str(root)],
+        capture_output=True, text=True, env=env, timeout=600, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    ws = Workspace(root)
+    photos = sorted(p.name for p in demo.sample_images())
+    assert len(photos) >= 10
+    assert sorted(p.name for p in ws.dataset.iterdir()) == photos
+    assert sorted(p.name for p in ws.extraction_images.iterdir()) == photos
+
+    # The configuration the demo wrote is the one training recorded.
+    written = json.loads(ws.config_file.read_text())
+    assert written["model"]["PRESET"] == "small" and written["model"]["IMG_SIZE"] == 64
+    assert written["training"]["EPOCHS"] == 1 and written["training"]["USE_TENSORBOARD"] is True
+    (checkpoint,) = list(ws.checkpoints.iterdir())
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert config["configuration"] == written
+    assert config["dataset"]["validation"] >= 1
+    assert json.loads((checkpoint / "history.json").read_text())["total_epochs"] == 1
+    assert (checkpoint / "tensorboard").is_dir()
+
+    embeddings = np.load(ws.extraction / checkpoint.name / "embeddings.npy")
+    assert embeddings.shape[0] == len(photos) and np.isfinite(embeddings).all()
+    assert (root / "search_results.png").stat().st_size > 0
+    # The query is one of the encoded photos, so it is its own best match.
+    ranks = [line.split() for line in out.splitlines() if line.strip().startswith("1 ")]
+    assert ranks and ranks[0][-1] == photos[0], out
+
+    reports = [ws.validation_dataset / "report.html", ws.validation_checkpoints / checkpoint.name / "report.html"]
+    summary = out[out.index("Demo finished"):]
+    for report in reports:
+        assert report.is_file() and str(report) in summary
+    for step in ("[1/5] Analyze", "[2/5] Train", "[3/5] Model evaluation", "[4/5] Encode", "[5/5] Search"):
+        assert step in out
+    assert f"FeXT demo workspace: {root}" in out and f"Everything is in {root}" in summary
+
+
+def test_demo_refuses_a_folder_in_use(tmp_path):
+    (tmp_path / "something.txt").write_text("mine\n")
+    assert demo.main(["--workspace", str(tmp_path), "--epochs", "1"]) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["something.txt"]
