@@ -21,7 +21,7 @@ def test_template_documents_every_variable(tmp_path):
     assert run_fext("--workspace", str(tmp_path), "init").returncode == 0
     template = Workspace(tmp_path).env_template.read_text()
     assert template == ENV_TEMPLATE
-    for name in ("FEXT_WORKSPACE", "FEXT_LOG_LEVEL", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS"):
+    for name in ("FEXT_WORKSPACE", "FEXT_LOG_LEVEL", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "FEXT_DIST_TIMEOUT"):
         assert f"# {name}=" in template
     assert parse_env_file(Workspace(tmp_path).env_template) == {}  # everything commented out
 

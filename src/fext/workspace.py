@@ -29,6 +29,9 @@ ENV_TEMPLATE = """\
 
 # CPU threads used by PyTorch's operators.
 # OMP_NUM_THREADS=2
+
+# Seconds a process of `fext train --nproc N` waits for the others before failing (default 1800).
+# FEXT_DIST_TIMEOUT=1800
 """
 
 
