@@ -146,6 +146,9 @@ def train(
     else:
         batches_per_epoch = -(-len(train_rows) // cfg.training.BATCH_SIZE)
         run_progress = _restore(folder, state, optimizer, scaler, augment, batches_per_epoch)
+    if cfg.device.MIXED_PRECISION and device.type == "cpu" and not _cpu_has_native_bf16():
+        log.warning("device.MIXED_PRECISION: this CPU has no bf16 instructions (AVX512-BF16 or AMX), so bf16 "
+                    "autocast is emulated and usually slower than float32; consider device.MIXED_PRECISION false.")
     forward = torch.compile(model, backend=cfg.model.JIT_BACKEND) if cfg.model.JIT_COMPILE else model
 
     # The checkpoint folder: config.json's extra keys, summary.txt.
@@ -315,6 +318,14 @@ def _save(run: Run, tensorboard: outputs.TensorBoardLog, entry: dict[str, Any] |
     if entry is not None:
         tensorboard.log_epoch(entry)
     run.saved = _describe_position(p)
+
+
+def _cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: the instructions that make bf16 autocast faster than float32 on a CPU."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if not all(callable(p) for p in probes):
+        return True  # cannot tell: say nothing
+    return any(p() for p in probes)
 
 
 def _is_compile_error(e: Exception) -> bool:
