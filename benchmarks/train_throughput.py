@@ -96,6 +96,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
           f"batch {args.batch_size}, {args.img_size} px, {args.steps} timed steps after {args.warmup} warm-up")
     print(f"matmul {args.matmul_size}x{args.matmul_size}: fp32 {peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s")
+    if device.type == "cpu":
+        flags = {name: getattr(torch.cpu, f"_is_{name}_supported", lambda: None)() for name in ("avx512_bf16", "amx_tile")}
+        print("CPU bf16 instructions: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in flags.items())
+              + ("" if any(flags.values()) else " (bf16 is emulated here: the 2x target is for CPUs with bf16 support)"))
     print()
     header = f"{'preset':<7} {'precision':<10} {'img/s':>9} {'GFLOP/s':>9} {'% of matmul':>12} {'x fp32':>7}"
     print(header)
