@@ -9,8 +9,8 @@ time grows with the compressed size). Then prints images/second for:
   without and with reduced-size JPEG decoding (``Image.draft``);
 - ``decode_batches`` with 2 worker processes (the whole 2-core machine);
 - building the decoded-image cache (``prepare_images``, 2 workers);
-- warm cache: shuffled batches of 25 (``iterate_batches`` + ``to_float``), main process,
-  with 1 thread and with torch's default thread count.
+- warm cache: shuffled batches of 25 (``iterate_batches`` + ``to_float``), main process
+  (both steps are single-threaded NumPy on CPU).
 
 Each single-process row shows wall-clock and CPU-time rates: on a shared machine the CPU-time
 rate is the better estimate of what one idle core does.
@@ -107,13 +107,9 @@ def measure(paths: list[Path], cache_dir: Path, size: int, batch_size: int, repe
             for batch in iterate_batches(cached, range(len(cached)), batch_size, True, generator):
                 to_float(batch)
 
-    for count in sorted({1, threads}):
-        torch.set_num_threads(count)
-        warm_epochs()
-        rates[f"warm cache, batches of {batch_size} + to_float, {count} thr"] = best_rates(
-            epochs * len(cached), warm_epochs, repeats
-        )
-    torch.set_num_threads(threads)
+    warm_epochs()
+    warm = best_rates(epochs * len(cached), warm_epochs, repeats)
+    rates[f"warm cache, batches of {batch_size} + to_float"] = warm
     return rates
 
 

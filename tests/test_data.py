@@ -368,7 +368,9 @@ def test_augmentation_rates_range_and_determinism() -> None:
     ramp_h = torch.linspace(0, 0.1, h).view(1, 1, h, 1)
     x = (0.4 + ramp_w + ramp_h).expand(4000, 3, h, w).contiguous()
 
+    original = x.clone()
     out = augment.augment_batch(x, torch.Generator().manual_seed(0))
+    assert torch.equal(x, original)
 
     h_flipped = out[:, 0, 0, 0] > out[:, 0, 0, -1]
     v_flipped = out[:, 0, 0, 0] > out[:, 0, -1, 0]

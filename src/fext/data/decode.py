@@ -6,11 +6,14 @@ RGB with transparency composited on white, and turns every way a file can be bad
 :class:`ImageDecodeError` with a short human reason. :func:`load_image` adds the resize to
 the model's square input.
 
-Speed: JPEGs are decoded at reduced size with ``Image.draft`` (libjpeg's 1/2, 1/4 or 1/8 scale
-DCT, chosen so the result stays at least as large as the target) and the final resize is an
-antialiased bilinear filter computed by torch's vectorised uint8 kernel, which gives the same
-pixels as Pillow's ``BILINEAR`` (within 1 level) in half the time. Bilinear is sharp enough
-for a downscale of at most 2x, which is what remains after the draft for photos.
+Resize: the image is squashed to size x size (the model's input is square; no crop, so
+nothing is cut off). JPEGs are first decoded at reduced size with ``Image.draft`` (libjpeg's
+1/2, 1/4 or 1/8 scale DCT, the smallest that stays at least as large as the target: about
+2x faster for a 500x375 photo at 128 px). The final resize is antialiased bilinear (a
+triangle filter widened with the scale factor, so no aliasing at any factor; at the <= 2x
+left after the draft it is close to bicubic) computed by torch's vectorised uint8 kernel:
+the same pixels as Pillow's ``BILINEAR`` (within 1 level) in about half the time, and
+about 2.5x faster than Pillow's ``BICUBIC``.
 """
 
 from __future__ import annotations
@@ -123,7 +126,7 @@ def _open_rgb_with_size(path: Path, draft_size: int | None) -> tuple[Image.Image
         try:
             with Image.open(path) as im:
                 original_size = _upright_size(im)
-                if draft_size is not None and im.format == "JPEG":
+                if draft_size is not None and im.format in ("JPEG", "MPO"):
                     im.draft("RGB", (draft_size, draft_size))
                 im.load()
                 image = _apply_orientation(im)

@@ -43,9 +43,11 @@ def find_images(root: Path) -> list[Path]:
     The list is sorted by the path relative to ``root`` in posix form, so it is the same on
     every file system. Hidden files and folders (name starting with ``.``) are skipped, and so
     are symbolic links to folders (they could form cycles). An existing folder with no image
-    gives an empty list; a missing folder raises :class:`~fext.errors.FeXTError`.
+    gives an empty list; a missing folder (or a file) raises :class:`~fext.errors.FeXTError`.
     """
     root = Path(root).expanduser().absolute()
+    if root.exists() and not root.is_dir():
+        raise FeXTError(f"{root} is a file, not a folder: point to the folder that holds the images.")
     if not root.is_dir():
         raise FeXTError(
             f"Image folder not found: {root}. Create it and put images in it, or point to another folder."
