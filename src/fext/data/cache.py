@@ -16,9 +16,12 @@ denied" or the decompression-bomb guard, whose limit a user may raise, are tried
 Crash safety: the data file is append-only. New pixels go to slots past ``count``, which no
 index on disk refers to; the pixels are flushed (msync) before the index that names them is
 atomically replaced, so a killed build loses at most the images decoded since its last
-commit and never maps a key to wrong pixels. Slots of changed or deleted files are left in
-place; when they outnumber the live ones the live pixels are copied to a new data file (the
-old one is deleted after the new index is written; readers that still map it keep working).
+commit and never maps a key to wrong pixels. Disk space is allocated before pixels are
+written, so a full disk is an error message, not a crash.
+
+Stale slots (of changed or deleted files) are left in place; when they outnumber the live
+ones (and number over 1024) the live pixels are copied to a new data file, and the old one
+is deleted once the new index is written (readers that still map it keep working).
 
 Concurrency: builders take an exclusive lock, so two processes never write at once and the
 second one finds the first one's work done. Readers (:func:`open_readonly`, for DDP ranks
@@ -150,7 +153,13 @@ def prepare_images(
     """
     paths = [Path(p).absolute() for p in paths]
     folder = cache_folder(cache_dir, img_size)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FeXTError(
+            f"Cannot create the decoded-image cache folder {folder} ({exc.strerror or exc}): "
+            "make it writable or choose another workspace."
+        ) from exc
     with _exclusive_lock(folder):
         index = _load_index(folder, img_size)
         changed = index is None
@@ -298,8 +307,7 @@ def _decode_into(
     data_path = folder / index["data_file"]
     capacity = index["count"] + len(missing)
     slot_bytes = img_size * img_size * 3
-    if data_path.stat().st_size < capacity * slot_bytes:
-        os.truncate(data_path, capacity * slot_bytes)  # sparse: no disk used until written
+    _reserve(data_path, capacity * slot_bytes)
     data = _map(data_path, "r+", capacity, img_size)
     missing_paths = [path for path, _ in missing]
     show = progress and sys.stdout.isatty()
@@ -336,7 +344,7 @@ def _compact_if_worth_it(folder: Path, index: dict[str, Any]) -> None:
     fresh = _new_index(folder, img_size)
     names = sorted(index["images"], key=lambda name: index["images"][name][2])
     if names:
-        os.truncate(folder / fresh["data_file"], len(names) * img_size * img_size * 3)
+        _reserve(folder / fresh["data_file"], len(names) * img_size * img_size * 3)
         new = _map(folder / fresh["data_file"], "r+", len(names), img_size)
         for slot, name in enumerate(names):
             size, mtime_ns, old_slot = index["images"][name]
@@ -351,6 +359,28 @@ def _compact_if_worth_it(folder: Path, index: dict[str, Any]) -> None:
     log.info("Compacted the decoded-image cache in %s (%d stale images dropped).", folder, dead)
     index.clear()
     index.update(fresh)
+
+
+def _reserve(path: Path, size: int) -> None:
+    """Grow ``path`` to ``size`` bytes with the disk space allocated now.
+
+    A memory-mapped write into a sparse file on a full disk kills the process (SIGBUS);
+    allocating first turns a full disk into an error message.
+    """
+    current = path.stat().st_size
+    if current >= size:
+        return
+    try:
+        with open(path, "r+b") as f:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(f.fileno(), current, size - current)
+            else:
+                f.truncate(size)
+    except OSError as exc:
+        raise FeXTError(
+            f"Cannot grow the decoded-image cache {path} to {size / 2**20:.0f} MiB "
+            f"({exc.strerror or exc}): free disk space or delete the cache folder."
+        ) from exc
 
 
 def _remove_orphans(folder: Path, index: dict[str, Any]) -> None:
