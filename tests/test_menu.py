@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import pexpect
 import pytest
 
+import fext
 from conftest import run_fext
 from fext import cli, menu
 from fext._io import write_json, write_text
@@ -246,15 +248,26 @@ def test_ctrl_c_at_a_prompt_leaves_cleanly(ws):
     assert "Goodbye." in m.seen and "Traceback" not in m.seen and "Interrupted" not in m.seen
 
 
-def test_setup_entries(ws):
-    """Remove logs removes only log files; update and install run against the checkout (update fails: no remote)."""
+def test_setup_entries(ws, tmp_path):
+    """Install and update explain that a package copy is no checkout; remove logs removes only log files.
+
+    The menu runs from a copy of the package outside any checkout, so that no entry touches the
+    real installation (install would run pip on it, update would git pull it).
+    """
+    site = tmp_path / "site-packages"
+    shutil.copytree(Path(fext.__file__).parent, site / "fext", ignore=shutil.ignore_patterns("__pycache__", "sample_images"))
     (ws.logs / "old.log").write_text("x\n")
     (ws.logs / "old.log.3").write_text("x\n")
     (ws.logs / "keep.txt").write_text("x\n")
-    m = Menu(ws)
+    m = Menu(ws, env={"PYTHONPATH": str(site)})
     m.prompt()
     m.choose("4")
     m.prompt()
+    for entry in ("1", "2"):
+        m.choose(entry)
+        text, n = m.prompt()
+        assert n == 4 and "error: FeXT is installed as a package" in text and "not from a source checkout" in text, text
+        assert str(site / "fext") in text
     m.choose("3")
     text, n = m.prompt()
     # The two files above and the log file of this menu session.
@@ -266,6 +279,7 @@ def test_setup_entries(ws):
     m.prompt()
     m.child.sendeof()
     assert m.finish() == 0
+    assert "Traceback" not in m.seen
 
 
 def test_without_a_terminal_fext_prints_help_and_menu_reads_a_pipe(tmp_path):
