@@ -56,11 +56,14 @@ def setup_logging(ws: Workspace, level: str = "INFO", quiet: bool = False) -> No
     for h in list(root.handlers):
         root.removeHandler(h)
     root.setLevel(logging.DEBUG)
+    rank = os.environ.get("RANK", "0")  # set by torchrun: the other ranks only report errors
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.WARNING if quiet else getattr(logging, level.upper(), logging.INFO))
     console.setFormatter(logging.Formatter("%(message)s"))
+    if rank != "0":
+        console.setLevel(logging.ERROR)
+        console.setFormatter(logging.Formatter(f"[rank {rank}] %(message)s"))
     root.addHandler(console)
-    rank = os.environ.get("RANK", "0")
     if rank == "0":
         try:
             ws.logs.mkdir(parents=True, exist_ok=True)
@@ -120,7 +123,8 @@ def _cmd_train(ctx: Context, args: argparse.Namespace) -> int:
     except TrainingInterrupted as e:
         print(e, file=sys.stderr)
         return e.exit_code
-    print(f"Checkpoint: {folder}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, once
+        print(f"Checkpoint: {folder}")
     return 0
 
 
@@ -164,7 +168,8 @@ def _cmd_encode(ctx: Context, args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=ctx.progress,
     )
-    print(f"Embeddings: {out}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, once
+        print(f"Embeddings: {out}")
     return 0
 
 
@@ -273,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.workspace is None and os.environ.get("FEXT_WORKSPACE"):
         ws = Workspace.resolve(None)  # the .env file may name the workspace
         load_env_file(ws.env_file)
-    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    # Under torchrun (WORLD_SIZE > 1) no process may prompt: they would all ask at once.
+    interactive = sys.stdin.isatty() and sys.stdout.isatty() and os.environ.get("WORLD_SIZE", "1") == "1"
     if args.command is None:
         if not interactive:
             parser.print_help()

@@ -26,6 +26,13 @@ a changed input folder is refused rather than mixed into existing results.
 
 :func:`encode_images` and :func:`load_embeddings` are the in-memory Python API.
 
+Under ``torchrun`` (several processes) each rank encodes one block of consecutive images of
+the sorted listing into its own part folder ``.encode_parts/<rank>-of-<world size>/`` (the same
+resumable machinery, per shard); then rank 0 joins the parts in rank order, which is the
+listing's order, into the very files one process writes (vectors equal up to float rounding,
+as batches are cut at other places), and removes the parts. ``metadata.json`` then also says
+how many processes encoded.
+
 Testing hook: the environment variable ``FEXT_DEBUG_ENCODE_SLEEP`` (seconds, read once per
 run in :func:`_encode_missing`) sleeps after every batch and records progress after every batch,
 so a test can kill a run midway at a known point.
@@ -47,6 +54,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fext import distributed
 from fext._io import atomic_open, atomic_path, write_json
 from fext.config import Config
 from fext.errors import FeXTError
@@ -60,6 +68,7 @@ FAILED = "failed.csv"
 METADATA = "metadata.json"
 PER_IMAGE = "per_image"
 PARTIAL = "embeddings.partial.npy"
+PARTS = ".encode_parts"
 SIZES_PARTIAL = "sizes.partial.npy"
 STATE = ".encode_state.json"
 STATE_VERSION = 1
@@ -94,9 +103,8 @@ def embed(model: torch.nn.Module, images: Any, device: torch.device, mixed_preci
 
 
 def _device_of(cfg: Config) -> torch.device:
-    from fext.device import select_device
-
-    return select_device(cfg.device.DEVICE, cfg.device.DEVICE_ID)
+    """The configured device (under torchrun, ``cuda:LOCAL_RANK`` on GPUs)."""
+    return distributed.device_for(cfg.device.DEVICE, cfg.device.DEVICE_ID)
 
 
 def encode_images(
@@ -219,7 +227,8 @@ def encode_folder(
     The output defaults to ``resources/extraction/<checkpoint name>`` of ``workspace`` (the
     current one when None). Device, MIXED_PRECISION and NUM_PROCESSORS (decoding workers) come
     from ``config.device``; the image size from the checkpoint. An unfinished run in the output
-    folder is resumed; a finished one is left as it is (``overwrite`` starts again).
+    folder is resumed; a finished one is left as it is (``overwrite`` starts again). Under
+    torchrun every process calls this and encodes its share (see the module docstring).
     """
     from fext.data import find_images
     from fext.model import CONFIG_NAME, architecture_from_config
@@ -227,6 +236,11 @@ def encode_folder(
     cfg = config or Config()
     if batch_size < 1:
         raise FeXTError(f"--batch-size must be at least 1, got {batch_size}")
+    if distributed.launched() and not distributed.active():
+        # Under torchrun: open the process group (gloo: ranks only exchange a few small messages), then shard.
+        with distributed.session(cfg.device.DEVICE, cfg.device.DEVICE_ID, gpu_collectives=False):
+            return encode_folder(ckpt, input_dir, output_dir, config=cfg, workspace=workspace, batch_size=batch_size,
+                                 per_image=per_image, overwrite=overwrite, progress=progress)
     if workspace is not None:
         workspace.ensure()
     ckpt = Path(ckpt).expanduser().resolve()
@@ -249,6 +263,8 @@ def encode_folder(
         "images": len(paths),
         "embedding_dim": arch.feature_dim,
     }
+    if distributed.active():
+        return _encode_sharded(output, run, ckpt, paths, names, arch, batch_size, cfg, per_image, overwrite, progress)
     if overwrite:
         clear_output(output)
     state = _prepare(output, run)
@@ -280,6 +296,107 @@ def clear_output(output: Path) -> None:
     for name in (METADATA, EMBEDDINGS, INDEX, FAILED, STATE, PARTIAL, SIZES_PARTIAL):
         (output / name).unlink(missing_ok=True)
     shutil.rmtree(output / PER_IMAGE, ignore_errors=True)
+    shutil.rmtree(output / PARTS, ignore_errors=True)
+
+
+def _encode_sharded(
+    output: Path, run: dict[str, Any], ckpt: Path, paths: list[Path], names: list[str], arch: Any, batch_size: int,
+    cfg: Config, per_image: bool, overwrite: bool, progress: bool,
+) -> Path:
+    """:func:`encode_folder` in one of several processes: encode this rank's block, then rank 0 joins the parts."""
+    rank, world, n = distributed.rank(), distributed.world_size(), run["images"]
+    # 1. Rank 0 looks at the output folder; every rank gets its verdict, or its error.
+    verdict, state = ("error", ""), None
+    if rank == 0:
+        try:
+            if overwrite:
+                clear_output(output)
+            state = _prepare(output, run)
+            verdict = ("complete", "") if state is None else ("merged", "") if state["done"] == n else ("encode", "")
+            for stale in (output / PARTS).glob("*"):  # parts of a run with another number of processes
+                if not stale.name.endswith(f"-of-{world:05d}"):
+                    shutil.rmtree(stale, ignore_errors=True)
+        except FeXTError as e:
+            verdict = ("error", str(e))
+    kind, message = distributed.broadcast_object(verdict)
+    if kind == "error":
+        raise FeXTError(message)
+    if kind == "complete":
+        if rank == 0:
+            log.info("%s already holds the embeddings of these %d images (pass --overwrite to encode them again)",
+                     output, n)
+            if per_image:
+                _write_per_image(output, _final_names(output))
+        distributed.barrier()
+        return output
+
+    # 2. Every rank encodes its block of the listing into its part folder (resumable on its own).
+    device = _device_of(cfg)
+    if kind == "encode":
+        start, stop = distributed.contiguous_shard(n)
+        log.info("Encoding %d images of %s with %s in %d processes (this one: images %d to %d on %s) into %s",
+                 n, run["input"], ckpt.name, world, start + 1, stop, device, output)
+        if stop > start:
+            part = output / PARTS / f"{rank:05d}-of-{world:05d}"
+            listing = listing_fingerprint(paths[start:stop], names[start:stop])
+            part_run = {**run, "listing": listing, "images": stop - start}
+            part_state = _prepare(part, part_run)
+            if part_state is not None and part_state["done"] < stop - start:
+                _encode_missing(part, part_state, ckpt, paths[start:stop], names[start:stop], arch.img_size,
+                                batch_size, cfg, device, progress and rank == 0)
+        distributed.fail_point()
+        distributed.barrier()
+        if rank == 0:
+            state = _join_parts(output, run, world)
+
+    # 3. Rank 0 writes the final files exactly as one process would (and removes the parts).
+    if rank == 0:
+        _finalize(output, state, names, per_image, extra={
+            "preset": arch.preset, "img_size": arch.img_size, "batch_size": batch_size, "device": str(device),
+            "mixed_precision": cfg.device.MIXED_PRECISION, "processes": world,
+        })
+    distributed.barrier()
+    return output
+
+
+def _join_parts(output: Path, run: dict[str, Any], world: int) -> dict[str, Any]:
+    """Copy the rows of every rank's part into the output's partial files; return the state of the whole run.
+
+    The output's state says "nothing done" while the rows are copied, so a kill here leaves a
+    run that joins the (complete) parts again.
+    """
+    n, d = run["images"], run["embedding_dim"]
+    state = {"version": STATE_VERSION, **run, "done": 0, "failures": [], "elapsed_seconds": 0.0}
+    write_json(output / STATE, state)
+    for name, dtype, width in ((PARTIAL, np.float32, d), (SIZES_PARTIAL, np.int32, 2)):
+        np.lib.format.open_memmap(output / name, mode="w+", dtype=dtype, shape=(n, width))
+    failures, seconds = [], 0.0
+    for r in range(world):
+        start, stop = distributed.contiguous_shard(n, r, world)
+        if stop == start:
+            continue
+        part = output / PARTS / f"{r:05d}-of-{world:05d}"
+        part_state = _read_json(part / STATE)
+        if part_state is None or part_state.get("done") != stop - start:
+            raise FeXTError(f"The part of rank {r} in {part} is incomplete; run the same command again to finish it")
+        for name, row_bytes in ((PARTIAL, d * 4), (SIZES_PARTIAL, 8)):
+            _copy_block(part / name, output / name, start, row_bytes)
+        failures += [{**f, "position": f["position"] + start} for f in part_state["failures"]]
+        seconds = max(seconds, part_state["elapsed_seconds"])  # the ranks ran side by side
+    state.update(done=n, failures=failures, elapsed_seconds=seconds)
+    write_json(output / STATE, state)
+    return state
+
+
+def _copy_block(src: Path, dst: Path, first_row: int, row_bytes: int) -> None:
+    """Copy every row of the ``.npy`` file ``src`` into ``dst`` from row ``first_row`` on, and sync ``dst``."""
+    with open(src, "rb") as fin, open(dst, "r+b") as fout:
+        fin.seek(_npy_offset(src))
+        fout.seek(_npy_offset(dst) + first_row * row_bytes)
+        while block := fin.read(COPY_BYTES):
+            fout.write(block)
+        fout.flush()
+        os.fsync(fout.fileno())
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -478,6 +595,7 @@ def _finalize(output: Path, state: dict[str, Any], names: list[str], per_image: 
     })
     for leftover in (STATE, PARTIAL, SIZES_PARTIAL):
         (output / leftover).unlink(missing_ok=True)
+    shutil.rmtree(output / PARTS, ignore_errors=True)
     log.info(
         "Wrote %d vectors of %d floats to %s in %.1f s (%s images/s)%s", len(kept), d, output / EMBEDDINGS, seconds,
         f"{len(kept) / seconds:.1f}" if seconds > 0 else "-",

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from fext import distributed
 from fext.config import Config
 from fext.data import CachedImages, augment_batch, to_float
 from fext.device import autocast
@@ -49,15 +50,16 @@ class GracefulStop:
 
     The loop polls ``requested`` between batches, so an update is never cut in half and the saved
     state is exact. A second Ctrl-C raises KeyboardInterrupt at once. Handlers are only installed
-    in the main thread and are restored on exit.
+    in the main thread, and only when ``handle_signals``, and are restored on exit.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, handle_signals: bool = True) -> None:
         self.requested: int | None = None
         self._previous: dict[int, object] = {}
+        self._handle_signals = handle_signals
 
     def __enter__(self) -> GracefulStop:
-        if threading.current_thread() is threading.main_thread():
+        if self._handle_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -109,13 +111,15 @@ def train_one_epoch(
 ) -> EpochResult:
     """Train epoch ``progress.epoch + 1`` from batch ``progress.batch`` on (0, or where a run stopped).
 
-    ``forward`` is the (possibly compiled) model; ``train_rows`` the cache rows of the training
-    images. Updates ``progress.step``, ``progress.batch`` and ``progress.partial`` (running sums)
-    after every batch, so an interruption leaves them describing the state exactly.
+    ``forward`` is the (possibly compiled, possibly DDP) model; ``train_rows`` the cache rows of
+    the training images, of which this rank takes its share of each epoch's order (all of them
+    in one process); the metrics returned are over the images of all ranks. Updates
+    ``progress.step``, ``progress.batch`` and ``progress.partial`` (running sums) after every
+    batch, so an interruption leaves them describing the state exactly.
     Raises :class:`NonFiniteLoss` before the update of a batch whose loss is nan or inf.
     """
     epoch, batch_size = progress.epoch + 1, cfg.training.BATCH_SIZE
-    order = train_rows[epoch_order(len(train_rows), cfg.SEED, epoch)]
+    order = distributed.shard(train_rows[epoch_order(len(train_rows), cfg.SEED, epoch)], pad=True)
     n_batches = math.ceil(len(order) / batch_size)
     sums = {k: progress.partial.get(k, 0.0) for k in ("loss", "cosine", "psnr", "images", "seconds")}
     model.train()
@@ -141,7 +145,7 @@ def train_one_epoch(
             loss = reconstruction_loss(reconstruction, x)
             # 5. Refuse a non-finite loss before it reaches the weights.
             loss_value = loss.item()
-            if not math.isfinite(loss_value):
+            if not distributed.all_true(math.isfinite(loss_value)):  # every rank stops at the same batch
                 raise NonFiniteLoss(loss_value, epoch, b + 1, progress.step + 1)
             # 6. Backward and update (the scaler is a pass-through unless fp16 autocast needs it).
             optimizer.zero_grad(set_to_none=True)
@@ -163,13 +167,17 @@ def train_one_epoch(
             bar.set_postfix(loss=f"{sums['loss'] / sums['images']:.4f}", img_s=f"{sums['images'] / sums['seconds']:.1f}")
     finally:
         bar.close()
+    interrupted = progress.batch < n_batches
+    if not interrupted:
+        totals = distributed.all_reduce_sum([sums[k] for k in ("loss", "cosine", "psnr", "images")])
+        sums.update(zip(("loss", "cosine", "psnr", "images"), totals))
     n = max(sums["images"], 1)
     return EpochResult(
         metrics={k: sums[k] / n for k in ("loss", "cosine", "psnr")},
         images=int(sums["images"]),
         seconds=sums["seconds"],
         lr=lr_at(max(progress.step - 1, 0), cfg.training.LR_SCHEDULER),  # of the last update
-        interrupted=progress.batch < n_batches,
+        interrupted=interrupted,
     )
 
 
@@ -187,9 +195,10 @@ def evaluate(
     """Mean per-image loss (MAE), cosine similarity and PSNR of the images at cache ``rows``.
 
     No augmentation, dropout off. Returns None when there is no image, or when a stop was
-    requested before the pass finished.
+    requested before the pass finished. Under torchrun ``rows`` is this rank's share and the
+    sums and counts of all ranks make the averages (every rank returns the same values).
     """
-    if len(rows) == 0:
+    if len(rows) == 0 and not distributed.active():
         return None
     model.eval()
     batch_size = cfg.training.BATCH_SIZE
@@ -208,4 +217,5 @@ def evaluate(
             sums["psnr"] += psnr(r, x).sum().item()
     finally:
         model.train()
-    return {k: v / len(rows) for k, v in sums.items()}
+    *totals, count = distributed.all_reduce_sum([*sums.values(), len(rows)])
+    return {k: v / count for k, v in zip(sums, totals)} if count else None

@@ -17,15 +17,18 @@ from typing import Any
 import torch
 
 import fext
+from fext import distributed
 from fext.checkpoints import CONFIG, HISTORY, TRAINER_STATE, WEIGHTS, new_checkpoint_dir
 from fext.config import Config, config_from_dict, config_to_dict
-from fext.data import CachedImages, discover_split, prepare_images
-from fext.device import autocast_dtype, needs_grad_scaler, select_device
+from fext.data import CachedImages, discover_split, open_readonly, prepare_images
+from fext.device import autocast_dtype, needs_grad_scaler
 from fext.errors import FeXTError
 from fext.model import FeXTAutoEncoder, architecture_from_config, describe, load_state_file, load_weights, save_state_file
 from fext.training import outputs
 from fext.training.loop import GracefulStop, NonFiniteLoss, evaluate, train_one_epoch
-from fext.training.state import Progress, load_trainer_state, progress_from_state, restore_rng, save_trainer_state, seed_everything
+from fext.training.state import (
+    Progress, capture_rng, load_trainer_state, progress_from_state, restore_rng, save_trainer_state, seed_everything,
+)
 from fext.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,9 @@ class Run:
     progress: Progress
     saved: str | None
     """What the checkpoint on disk holds ("epoch 3", "epoch 3 + 12 batches"), None before the first save."""
+    evaluate_forward: Any = None
+    """The model for validation when it differs from ``forward`` (under DDP: not the DDP wrapper,
+    whose forward could wait on ranks that have fewer validation batches)."""
 
 
 def train(
@@ -101,7 +107,26 @@ def train(
 
     Raises :class:`TrainingInterrupted` after saving when Ctrl-C or SIGTERM stops the run, and
     :class:`FeXTError` for a non-finite loss (the last saved checkpoint is kept) or unusable images.
+
+    Under ``torchrun`` every process calls this: DistributedDataParallel on ``cuda:LOCAL_RANK``
+    (nccl) or the CPU (gloo). Each epoch's shuffled order is the same on every rank, which
+    takes every WORLD_SIZE-th image of it, so the global batch is BATCH_SIZE x WORLD_SIZE (the
+    learning rate is left as configured). Validation is split over the ranks and its metrics
+    summed over them. Rank 0 alone decodes into the cache (the others open it after a
+    barrier), writes the checkpoint, history, plots, TensorBoard and logs, and draws bars.
+    A resume loads the same state on every rank, each rank's own random generators included.
+    Ctrl-C and SIGTERM are not caught under torchrun: the run stops and keeps its last
+    completed epoch, from which ``--resume`` continues.
     """
+    with distributed.session(cfg.device.DEVICE, cfg.device.DEVICE_ID) as device:
+        return _train(cfg, ws, device, resume=resume, dataset=dataset, progress=progress)
+
+
+def _train(
+    cfg: Config, ws: Workspace, device: torch.device, *, resume: Path | None, dataset: Path | None, progress: bool
+) -> Path:
+    """:func:`train` in one process (of one or several) whose device is ``device``."""
+    rank, main = distributed.rank(), distributed.is_main()
     ws.ensure()
     fresh = resume is None
     if fresh:
@@ -110,8 +135,7 @@ def train(
         folder = Path(resume)
         cfg, saved_info, state = _open_checkpoint(folder, cfg)
         root = Path(dataset or saved_info.get("dataset", {}).get("root") or ws.dataset)
-    device = select_device(cfg.device.DEVICE, cfg.device.DEVICE_ID)
-    seed_everything(cfg.SEED)
+    seed_everything(distributed.rank_seed(cfg.SEED, rank))
 
     # Images: find, sample and split; decode into the cache once (later epochs and runs decode nothing).
     try:
@@ -121,8 +145,7 @@ def train(
             raise
         raise FeXTError(f"{e} {folder.name} was trained on {root}: if its images moved, run "
                         f"`fext train --resume {folder.name} --dataset NEW_FOLDER`.") from None
-    images = prepare_images(train_paths + val_paths, cfg.model.IMG_SIZE, ws.cache, cfg.device.NUM_PROCESSORS,
-                            progress=progress, desc="Decoding images")
+    images = _cached_images(train_paths + val_paths, cfg, ws, progress)
     train_rows, val_rows = _rows(images, train_paths, val_paths, root, cfg)
     dataset_info = {"root": str(Path(root).absolute()), "train": len(train_rows), "validation": len(val_rows),
                     "failed": len(images.failures)}
@@ -140,41 +163,75 @@ def train(
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.training.LR_SCHEDULER.INITIAL_LR,
                                  fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(device, cfg.device.MIXED_PRECISION))
-    augment = torch.Generator().manual_seed(cfg.SEED + 1)
+    augment = torch.Generator().manual_seed(distributed.rank_seed(cfg.SEED + 1, rank))
     if fresh:
         run_progress = Progress()
     else:
-        batches_per_epoch = -(-len(train_rows) // cfg.training.BATCH_SIZE)
+        batches_per_epoch = -(-len(distributed.shard(train_rows, pad=True)) // cfg.training.BATCH_SIZE)
         run_progress = _restore(folder, state, optimizer, scaler, augment, batches_per_epoch)
     if cfg.device.MIXED_PRECISION and device.type == "cpu" and not _cpu_has_native_bf16():
         log.warning("device.MIXED_PRECISION: this CPU has no bf16 instructions (AVX512-BF16 or AMX), so bf16 "
                     "autocast is emulated and usually slower than float32; consider device.MIXED_PRECISION false.")
     forward = torch.compile(model, backend=cfg.model.JIT_BACKEND) if cfg.model.JIT_COMPILE else model
+    evaluate_forward = None
+    if distributed.active():
+        evaluate_forward = forward
+        ddp = distributed.ddp_model(model, device)
+        forward = torch.compile(ddp, backend=cfg.model.JIT_BACKEND) if cfg.model.JIT_COMPILE else ddp
+        if run_progress.batch:
+            log.warning("The checkpoint stopped inside epoch %d: under torchrun that epoch starts again from its "
+                        "first batch.", run_progress.epoch + 1)
+            run_progress.batch, run_progress.partial = 0, {}
 
-    # The checkpoint folder: config.json's extra keys, summary.txt.
+    # The checkpoint folder (rank 0 names and makes it): config.json's extra keys, summary.txt.
     if fresh:
-        folder = new_checkpoint_dir(ws)
-        folder.mkdir(parents=True)
+        if main:
+            folder = new_checkpoint_dir(ws)
+            folder.mkdir(parents=True)
+        folder = Path(distributed.broadcast_object(str(folder) if main else None))
     extra = {"configuration": config_to_dict(cfg), "dataset": dataset_info,
              "created": (saved_info or {}).get("created") or time.strftime("%Y-%m-%dT%H:%M:%S"),
              "fext_version": fext.__version__}
-    _write_summary(folder, fresh, cfg, model, device, extra, images, run_progress)
+    if main:
+        _write_summary(folder, fresh, cfg, model, device, extra, images, run_progress)
 
     epochs = run_progress.epoch + (cfg.training.EPOCHS if fresh else cfg.training.ADDITIONAL_EPOCHS)
     log.info("Training %s (%s preset, %d px) on %d images, %d for validation, epochs %d to %d on %s; checkpoint %s",
              "from scratch" if fresh else f"from {folder.name}", cfg.model.PRESET, cfg.model.IMG_SIZE,
              len(train_rows), len(val_rows), run_progress.epoch + 1, epochs, device, folder)
+    if distributed.active():
+        log.info("%d processes: global batch %d (training.BATCH_SIZE %d per process); the learning rate is not "
+                 "scaled with it.", distributed.world_size(), cfg.training.BATCH_SIZE * distributed.world_size(),
+                 cfg.training.BATCH_SIZE)
     run = Run(cfg, folder, device, model, forward, optimizer, scaler, augment, images, train_rows, val_rows,
-              extra, run_progress, saved=None if fresh else _describe_position(run_progress))
+              extra, run_progress, saved=None if fresh else _describe_position(run_progress),
+              evaluate_forward=evaluate_forward)
     try:
-        fit(run, epochs, show_bar=progress)
+        distributed.fail_point()
+        fit(run, epochs, show_bar=progress and main)
     except BaseException:
-        if fresh and run.saved is None:
+        if fresh and run.saved is None and main:
             # Nothing resumable was written: leave no half-made checkpoint folder behind.
             shutil.rmtree(folder, ignore_errors=True)
         raise
+    distributed.dump_weights(model)
     log.info("Done: %s", folder)
     return folder
+
+
+def _cached_images(paths: list[Path], cfg: Config, ws: Workspace, progress: bool) -> CachedImages:
+    """The run's images in the decoded-image cache: decoded by rank 0 only, then opened by the other ranks."""
+    if distributed.is_main():
+        images = prepare_images(paths, cfg.model.IMG_SIZE, ws.cache, cfg.device.NUM_PROCESSORS,
+                                progress=progress, desc="Decoding images")
+    distributed.barrier()
+    if distributed.is_main():
+        return images
+    try:
+        return open_readonly(paths, cfg.model.IMG_SIZE, ws.cache)
+    except FeXTError as e:
+        raise FeXTError(f"Rank {distributed.rank()}: {e} Rank 0 decoded the images into {ws.cache}: on several "
+                        "machines the workspace must be on a file system they all share.") from None
 
 
 def _open_checkpoint(folder: Path, current: Config) -> tuple[Config, dict[str, Any], dict[str, Any] | None]:
@@ -204,7 +261,8 @@ def _restore(
     """Load the optimizer, scaler and generator states; return where the run stands.
 
     Without a trainer state the history gives the epochs done, and the schedule step is
-    estimated from them.
+    estimated from them. Under torchrun each rank takes its own generator states (saved by
+    the same number of processes), or reseeds from the seed, rank and step.
     """
     if state is None:
         history = (_read_json(folder / HISTORY) if (folder / HISTORY).is_file() else {}).get("epochs", [])
@@ -212,10 +270,27 @@ def _restore(
     optimizer.load_state_dict(state["optimizer"])
     if scaler.is_enabled() and state["scaler"]:
         scaler.load_state_dict(state["scaler"])
-    skipped = restore_rng(state["rng"], augment)
+    rng = _rank_rng(state)
+    if rng is None:
+        seed = distributed.rank_seed(int(state["step"]), distributed.rank())
+        seed_everything(seed)
+        augment.manual_seed(seed + 1)
+        log.info("Rank %d: the trainer state holds no generator state for it (saved by another number of "
+                 "processes); reseeded.", distributed.rank())
+        return progress_from_state(state)
+    skipped = restore_rng(rng, augment)
     if skipped:
         log.warning("Not restored on this machine: %s (reseeded).", ", ".join(skipped))
     return progress_from_state(state)
+
+
+def _rank_rng(state: dict[str, Any]) -> dict[str, Any] | None:
+    """This rank's generator states in a trainer state: ``rng`` for rank 0, ``rng_ranks[rank]`` for the others."""
+    rank = distributed.rank()
+    if rank == 0:
+        return state["rng"]
+    ranks = state.get("rng_ranks") or []
+    return ranks[rank] if len(ranks) == distributed.world_size() else None
 
 
 def _write_summary(
@@ -247,9 +322,12 @@ def fit(run: Run, epochs: int, show_bar: bool = True) -> None:
     checkpoint on disk (the last completed epoch) is kept.
     """
     p, cfg = run.progress, run.cfg
-    tensorboard = outputs.TensorBoardLog(run.folder / TENSORBOARD, cfg.training.USE_TENSORBOARD, first_epoch=p.epoch + 1)
+    use_tensorboard = cfg.training.USE_TENSORBOARD and distributed.is_main()
+    tensorboard = outputs.TensorBoardLog(run.folder / TENSORBOARD, use_tensorboard, first_epoch=p.epoch + 1)
+    val_rows = distributed.shard(run.val_rows, pad=False)
     try:
-        with GracefulStop() as stop:
+        # Under torchrun a signal reaches every rank at its own moment: no rank could stop at the same batch.
+        with GracefulStop(handle_signals=not distributed.active()) as stop:
             while p.epoch < epochs:
                 # 1. One epoch of updates (from where an interrupted epoch stopped).
                 result = train_one_epoch(run.forward, run.model, run.optimizer, run.scaler, run.images,
@@ -257,8 +335,8 @@ def fit(run: Run, epochs: int, show_bar: bool = True) -> None:
                 # 2. Validation, when the epoch's updates are all done.
                 validation, validation_started = None, time.perf_counter()
                 if not result.interrupted and stop.requested is None:
-                    validation = evaluate(run.forward, run.model, run.images, run.val_rows, cfg, run.device,
-                                          stop, show_bar)
+                    validation = evaluate(run.evaluate_forward or run.forward, run.model, run.images, val_rows, cfg,
+                                          run.device, stop, show_bar)
                 complete = not result.interrupted and (validation is not None or len(run.val_rows) == 0)
                 # 3. A completed epoch joins the history and is saved (a kill now loses nothing).
                 if complete:
@@ -307,7 +385,11 @@ def _save(run: Run, tensorboard: outputs.TensorBoardLog, entry: dict[str, Any] |
     below leaves at worst user-facing files one save behind it, never a state that mixes saves.
     """
     p, folder = run.progress, run.folder
-    save_trainer_state(folder / TRAINER_STATE, p, run.model, run.optimizer, run.scaler, run.augment)
+    rank_rngs = distributed.gather_objects(capture_rng(run.augment)) if distributed.active() else None
+    if not distributed.is_main():
+        run.saved = _describe_position(p)
+        return
+    save_trainer_state(folder / TRAINER_STATE, p, run.model, run.optimizer, run.scaler, run.augment, rank_rngs)
     run.model.save_pretrained(folder, extra=run.extra)
     if entry is not None and run.cfg.training.SAVE_CHECKPOINTS:
         save_state_file(run.model.state_dict(), folder / f"epoch_{entry['epoch']:03d}.safetensors")

@@ -3,8 +3,9 @@
 The file is written first at every save and holds, in one atomic file, the model weights, the
 optimizer and grad-scaler states, the position in the run (completed epochs, global step, batches
 done in a running epoch and its partial metric sums), every random number generator and the
-history. Resuming trusts this file alone, so a process killed between two writes of a save never
-pairs weights of one epoch with an optimizer of another.
+history. A run of several processes (torchrun) also stores every rank's generators in
+``rng_ranks`` (``rng`` is rank 0's). Resuming trusts this file alone, so a process killed
+between two writes of a save never pairs weights of one epoch with an optimizer of another.
 
 Only tensors, numbers, strings, lists and dicts are stored, so the file loads with
 ``torch.load(..., weights_only=True)``: NumPy's and Python's generator states are converted to
@@ -93,8 +94,9 @@ def save_trainer_state(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     augment: torch.Generator,
+    rank_rngs: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Write trainer_state.pt atomically."""
+    """Write trainer_state.pt atomically; ``rank_rngs``: every rank's :func:`capture_rng`, in rank order."""
     state = {
         "format": FORMAT,
         "epoch": progress.epoch,
@@ -107,6 +109,8 @@ def save_trainer_state(
         "scaler": scaler.state_dict(),
         "rng": capture_rng(augment),
     }
+    if rank_rngs:
+        state["rng_ranks"] = rank_rngs
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 

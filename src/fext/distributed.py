@@ -1,0 +1,327 @@
+"""Several processes, one run: DistributedDataParallel training and sharded encoding under ``torchrun``.
+
+``torchrun`` (``python -m torch.distributed.run``) starts one process per GPU (or per CPU
+worker) and tells each who it is through environment variables: ``RANK`` (0 .. WORLD_SIZE-1
+over all machines), ``WORLD_SIZE``, ``LOCAL_RANK`` (its number on this machine, hence its GPU
+``cuda:LOCAL_RANK``), ``MASTER_ADDR`` and ``MASTER_PORT`` (where rank 0 listens). This module
+reads them (the CLI only looks at RANK and WORLD_SIZE, to log and prompt once):
+
+- :func:`session` opens the process group of a command (nccl for training on GPUs, gloo on
+  CPUs and for encoding) and yields this process's device; outside torchrun, or with one
+  process, it opens nothing and every helper below is a cheap no-op, so single-process runs
+  stay exactly what they were.
+- :func:`rank`, :func:`world_size`, :func:`is_main`, :func:`barrier`, :func:`all_reduce_sum`,
+  :func:`all_reduce_mean`, :func:`all_true`, :func:`broadcast_object`, :func:`gather_objects`.
+- :func:`shard` (training and validation rows of a rank) and :func:`contiguous_shard`
+  (encoding: a block of the sorted listing per rank, so merging the parts in rank order gives
+  the single-process row order).
+- :func:`launch_torchrun`: ``fext train --nproc N`` runs torchrun on this machine.
+
+When a rank fails, torchrun sends SIGTERM to the others: inside a session that raises
+``SystemExit`` (exit status 143), so they unwind (a new run removes its unsaved checkpoint
+folder, an encoding keeps what it has done) instead of waiting on the failed rank.
+
+Environment variables of FeXT itself, all read here:
+
+- ``FEXT_DIST_TIMEOUT``: seconds a collective (a barrier, a gradient all-reduce) may wait for
+  the other ranks before the run fails (default 1800). Raise it when the first decoding of a
+  huge dataset by rank 0 makes the other ranks wait longer at the barrier.
+- ``FEXT_DEBUG_FAIL_RANK=R`` (tests): rank R raises an error, in training right before the
+  first epoch, in encoding once its part is encoded.
+- ``FEXT_DEBUG_DUMP_RANK_WEIGHTS=DIR`` (tests): at the end of training every rank writes its
+  weights to ``DIR/rank<R>.safetensors``, to check that the ranks ended with the same model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from fext.errors import ConfigError, FeXTError
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_ENV = "FEXT_DIST_TIMEOUT"
+FAIL_RANK_ENV = "FEXT_DEBUG_FAIL_RANK"
+DUMP_WEIGHTS_ENV = "FEXT_DEBUG_DUMP_RANK_WEIGHTS"
+DEFAULT_TIMEOUT_SECONDS = 1800.0
+
+
+def launched() -> bool:
+    """Whether this process is one of several started by torchrun (WORLD_SIZE > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def active() -> bool:
+    """Whether a process group of more than one process is open."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's rank (0 when not distributed)."""
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    """The number of processes of the run (1 when not distributed)."""
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    """Rank 0: the process that writes files, logs and draws progress bars."""
+    return rank() == 0
+
+
+def _timeout() -> datetime.timedelta:
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    try:
+        seconds = float(raw) if raw else DEFAULT_TIMEOUT_SECONDS
+    except ValueError:
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds; set it to e.g. 1800") from None
+    return datetime.timedelta(seconds=max(seconds, 1.0))
+
+
+def device_for(device: str, device_id: int = 0) -> torch.device:
+    """The device of this process: ``cuda:LOCAL_RANK`` under torchrun with GPUs, else as configured."""
+    from fext.device import select_device
+
+    if not launched():
+        return select_device(device, device_id)
+    if device == "GPU" and torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if local_rank >= torch.cuda.device_count():
+            raise FeXTError(
+                f"This process is LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) are visible; "
+                f"start at most {torch.cuda.device_count()} processes per machine (--nproc_per_node)."
+            )
+        return torch.device("cuda", local_rank)
+    return select_device(device, device_id)
+
+
+@contextlib.contextmanager
+def session(device: str, device_id: int = 0, *, gpu_collectives: bool = True) -> Iterator[torch.device]:
+    """Open the process group of a command run under torchrun; yield this process's device.
+
+    ``device``/``device_id`` are the configuration's DEVICE and DEVICE_ID (DEVICE_ID is
+    ignored under torchrun: rank r of a machine uses ``cuda:LOCAL_RANK``). The backend is
+    nccl when the device is a GPU and ``gpu_collectives`` (training: gradients are reduced on
+    the GPUs), gloo otherwise (CPUs; encoding, which only exchanges a few small messages).
+    Outside torchrun, with one process, or inside an already open session, nothing is
+    opened. The group is closed when the block ends normally; after an error it is left to
+    the exiting process, as closing it could wait on ranks that are still running.
+    """
+    dev = device_for(device, device_id)
+    if not launched() or (dist.is_available() and dist.is_initialized()):
+        yield dev
+        return
+    if not dist.is_available():
+        raise FeXTError("This PyTorch build has no torch.distributed; install the standard torch wheel "
+                        "to use torchrun.")
+    backend = "nccl" if dev.type == "cuda" and gpu_collectives else "gloo"
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    dist.init_process_group(backend, timeout=_timeout(), device_id=dev if backend == "nccl" else None)
+    log.info("Process %d of %d (%s backend) on %s", dist.get_rank(), dist.get_world_size(), backend, dev)
+    # torchrun stops the other ranks with SIGTERM when one fails: unwind (run `finally` blocks) rather than vanish.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main_thread else None
+    try:
+        yield dev
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    dist.destroy_process_group()
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def barrier() -> None:
+    """Wait until every rank gets here."""
+    if active():
+        dist.barrier()
+
+
+def _collective_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_reduce_sum(values: Sequence[float]) -> list[float]:
+    """The sums over all ranks of ``values`` (float64; the values themselves when not distributed)."""
+    if not active():
+        return list(values)
+    t = torch.tensor(list(values), dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` averaged over the ranks, in place (and returned); unchanged when not distributed."""
+    if active():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor /= dist.get_world_size()
+    return tensor
+
+
+def all_true(flag: bool) -> bool:
+    """Whether ``flag`` holds on every rank (every rank gets the same answer)."""
+    if not active():
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (any picklable object)."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj: Any) -> list[Any] | None:
+    """On rank 0, the list of every rank's ``obj`` in rank order; None on the others."""
+    if not active():
+        return [obj]
+    out = [None] * dist.get_world_size() if is_main() else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def shard(rows: torch.Tensor, pad: bool, rank_: int | None = None, world: int | None = None) -> torch.Tensor:
+    """This rank's share of ``rows``: every ``world_size``-th element, starting at its rank.
+
+    Training (``pad``): like ``torch.utils.data.DistributedSampler`` over the epoch's order
+    (the same seeded permutation on every rank), the order is first extended with its own
+    beginning to a multiple of the world size, so every rank takes the same number of steps
+    (a few images are seen twice in an epoch). Validation (no ``pad``): disjoint shares that
+    together hold each row once, possibly one shorter than another, so metric sums reduced
+    over the ranks give exact averages. With one process: ``rows`` itself. ``rank_`` and
+    ``world`` default to this process's.
+    """
+    r = rank() if rank_ is None else rank_
+    w = world_size() if world is None else world
+    if w == 1 or len(rows) == 0:
+        return rows
+    if pad:
+        total = -(-len(rows) // w) * w
+        rows = rows.repeat(-(-total // len(rows)))[:total]
+    return rows[r::w]
+
+
+def contiguous_shard(n: int, rank_: int | None = None, world: int | None = None) -> tuple[int, int]:
+    """``(start, stop)`` of this rank's block of ``n`` items: consecutive blocks in rank order, sizes within one."""
+    r = rank() if rank_ is None else rank_
+    w = world_size() if world is None else world
+    return r * n // w, (r + 1) * n // w
+
+
+def rank_seed(seed: int, rank_: int) -> int:
+    """The seed of rank ``rank_``'s generators: ``seed`` itself on rank 0, distinct ones on the others."""
+    return seed if rank_ == 0 else (seed + 1_000_003 * rank_) % 2**63
+
+
+def ddp_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` wrapped in DistributedDataParallel (rank 0's weights broadcast; gradients averaged
+    over the ranks in backward); ``model`` itself when not distributed."""
+    if not active():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def fail_point() -> None:
+    """Test hook: raise on the rank named by ``FEXT_DEBUG_FAIL_RANK`` (see the module docstring)."""
+    target = os.environ.get(FAIL_RANK_ENV, "").strip()
+    if active() and target and target == str(rank()):
+        raise FeXTError(f"Rank {rank()} failed on purpose ({FAIL_RANK_ENV}={target}).")
+
+
+def dump_weights(model: torch.nn.Module) -> None:
+    """Test hook: write this rank's weights to ``$FEXT_DEBUG_DUMP_RANK_WEIGHTS/rank<R>.safetensors``."""
+    folder = os.environ.get(DUMP_WEIGHTS_ENV, "").strip()
+    if folder:
+        from fext.model import save_state_file
+
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        save_state_file(model.state_dict(), Path(folder) / f"rank{rank()}.safetensors")
+
+
+def torchrun_command(nproc: int, argv: Sequence[str]) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc_per_node=N -m fext ARGV`` (``--nproc`` removed)."""
+    args, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return [*launcher, "-m", "fext", *args]
+
+
+def launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
+    """Run ``fext ARGV`` in ``nproc`` processes of this machine under torchrun; return its exit status.
+
+    ``argv`` is the command line after ``fext`` (its ``--nproc N`` is dropped). Ctrl-C reaches
+    torchrun and its processes too; this process waits for torchrun to stop them.
+    """
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {nproc}")
+    if launched():
+        raise ConfigError("--nproc starts torchrun itself; under torchrun, run the command without --nproc.")
+    command = torchrun_command(nproc, argv)
+    log.info("Starting %d processes: %s", nproc, " ".join(command))
+    proc = subprocess.Popen(command)
+    while True:
+        try:
+            code = proc.wait()
+            break
+        except KeyboardInterrupt:
+            continue  # torchrun got the Ctrl-C as well and is stopping its processes
+    return 128 - code if code < 0 else code
+
+
+__all__ = [
+    "DUMP_WEIGHTS_ENV",
+    "FAIL_RANK_ENV",
+    "TIMEOUT_ENV",
+    "active",
+    "all_reduce_mean",
+    "all_reduce_sum",
+    "all_true",
+    "barrier",
+    "broadcast_object",
+    "contiguous_shard",
+    "ddp_model",
+    "device_for",
+    "dump_weights",
+    "fail_point",
+    "gather_objects",
+    "is_main",
+    "launch_torchrun",
+    "launched",
+    "rank",
+    "rank_seed",
+    "session",
+    "shard",
+    "torchrun_command",
+    "world_size",
+]
