@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -10,6 +11,20 @@ from pathlib import Path
 import pytest
 
 from fext.workspace import Workspace
+
+
+@pytest.fixture(autouse=True)
+def _isolate_logging():
+    """Undo what a test's in-process `fext` run did to logging (handlers on captured streams, levels)."""
+    root, fext = logging.getLogger(), logging.getLogger("fext")
+    handlers, levels = list(root.handlers), (root.level, fext.level)
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(levels[0])
+    fext.setLevel(levels[1])
 
 
 @pytest.fixture

@@ -100,12 +100,15 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> dict:
              _make_checkpoint(ws, "FeXT_20240102T000000", cfg, ws.dataset, seed=1)]
     (ws.checkpoints / "FeXT_20240103T000000").mkdir()  # a run killed before its first save
     records = _Records()
-    logging.getLogger("fext").addHandler(records)
-    logging.getLogger("fext").setLevel(logging.INFO)
+    logger = logging.getLogger("fext")
+    level = logger.level
+    logger.addHandler(records)
+    logger.setLevel(logging.INFO)
     try:
         outs = evaluate(ckpts, cfg, ws, images=6, progress=False)
     finally:
-        logging.getLogger("fext").removeHandler(records)
+        logger.removeHandler(records)
+        logger.setLevel(level)
     summary = (ws.validation_checkpoints / "checkpoints_summary.csv").read_text(encoding="utf-8")
     return {"ws": ws, "cfg": cfg, "ckpts": ckpts, "outs": outs, "log": records.messages, "summary": summary}
 
