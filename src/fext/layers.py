@@ -69,7 +69,8 @@ class ResidualConvUnit(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=2)
+        # No bias: the layer norm right after it has its own, and a bias gradient costs a full pass.
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=2, bias=False)
         self.norm = LayerNorm2d(out_channels)
         self.shortcut = (
             nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, kernel_size=1)
@@ -116,7 +117,7 @@ class _DenseNormAct(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int, dropout: float) -> None:
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size=1),
+            nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False),  # the norm's bias follows
             LayerNorm2d(out_channels),
             nn.GELU(),
             nn.Dropout(dropout),
