@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from fext.errors import FeXTError
-from fext.layers import LayerNorm2d, pad_right_bottom
+from fext.layers import LayerNorm2d, LayerNormReLU2d, clamp_unit, pad_right_bottom
 from fext.model import (
     PRESETS,
     FeXTAutoEncoder,
@@ -59,6 +59,10 @@ def test_layer_norm_and_padding_blocks(memory_format: torch.memory_format) -> No
     mean, var = x.mean(1, keepdim=True), x.var(1, unbiased=False, keepdim=True)
     expected = (x - mean) / torch.sqrt(var + norm.eps) * norm.weight[:, None, None] + norm.bias[:, None, None]
     assert torch.allclose(norm(x), expected)
+    fused = LayerNormReLU2d(5).double()
+    fused.load_state_dict(norm.state_dict())
+    assert torch.allclose(fused(x), expected.relu())
+    assert torch.autograd.gradcheck(fused, (x,))
     padded = pad_right_bottom(x)
     assert torch.equal(padded, F.pad(x, (0, 1, 0, 1)))
     assert padded.is_contiguous(memory_format=memory_format)
@@ -83,6 +87,9 @@ def test_output_is_clamped_with_straight_through_gradient() -> None:
     F.l1_loss(rec, torch.full_like(rec, 0.5)).backward()
     assert model.head.bias.grad[0] > 0  # descent lowers the red bias
     assert model.head.bias.grad[1] < 0  # and raises the blue one
+    # Exact in bf16 too, where large values would round badly in an x + (clamp(x) - x) formulation.
+    big = torch.tensor([-300.0, -0.5, 0.25, 1.5, 300.0], dtype=torch.bfloat16)
+    assert clamp_unit(big).tolist() == [0.0, 0.0, 0.25, 1.0, 1.0]
 
 
 @pytest.mark.parametrize("preset", ["small", "base"])

@@ -25,9 +25,21 @@ class LayerNorm2d(nn.LayerNorm):
         super().__init__(channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
-        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)  # (B, C, H, W)
+        return self._normalize(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # via (B, H, W, C)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+class LayerNormReLU2d(LayerNorm2d):
+    """:class:`LayerNorm2d` then ReLU, in place on the normalised tensor (which layer norm's backward does not need).
+
+    The ReLU runs on the (B, H, W, C) result before permuting back: in place on the permuted view, autograd
+    would have to replay the view in backward, which measured almost 2× slower for the whole unit.
+    """
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu_(super()._normalize(x))
 
 
 class _PadRightBottom(torch.autograd.Function):
@@ -59,28 +71,27 @@ def pad_right_bottom(x: torch.Tensor) -> torch.Tensor:
 
 
 class ResidualConvUnit(nn.Module):
-    """``shortcut(x) + GELU(LayerNorm(conv2x2(x)))`` at unchanged resolution.
+    """``shortcut(x) + ReLU(LayerNorm(conv2x2(x)))`` at unchanged resolution.
 
     The 2×2 stride-1 convolution keeps H and W ("same" padding): an even kernel needs one extra row and
     column, added on the right and bottom like Keras does. Explicit padding measured faster than
     ``padding="same"`` for channels_last, which pads through a slower path. The shortcut is the
-    identity, or a 1×1 convolution when the channel count changes.
+    identity, or a 1×1 convolution when the channel count changes. ReLU, as in VGG16: it measured 3% faster
+    for a base training step than GELU on a 2-core CPU.
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         # No bias: the layer norm right after it has its own, and a bias gradient costs a full pass.
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=2, bias=False)
-        self.norm = LayerNorm2d(out_channels)
+        self.norm = LayerNormReLU2d(out_channels)
         self.shortcut = (
             nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, kernel_size=1)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv(pad_right_bottom(x))  # (B, C_out, H, W)
-        h = F.gelu(self.norm(h))
-        # GELU keeps its input for backward, not its output, so adding in place is safe and skips an allocation.
-        return h.add_(self.shortcut(x))
+        return self.norm(h) + self.shortcut(x)  # ReLU's backward needs its output: no in-place add
 
 
 class ResidualConvStack(nn.Module):
@@ -113,13 +124,12 @@ class DecoderStage(nn.Module):
 
 
 class _DenseNormAct(nn.Sequential):
-    """Per-position dense layer (1×1 conv), layer norm, GELU, dropout."""
+    """Per-position dense layer (1×1 conv), layer norm, ReLU, dropout."""
 
     def __init__(self, in_channels: int, out_channels: int, dropout: float) -> None:
         super().__init__(
             nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False),  # the norm's bias follows
-            LayerNorm2d(out_channels),
-            nn.GELU(),
+            LayerNormReLU2d(out_channels),
             nn.Dropout(dropout),
         )
 
@@ -148,6 +158,18 @@ class DecompressionStack(nn.Sequential):
         )
 
 
+class _ClampStraightThrough(torch.autograd.Function):
+    """``x.clamp(0, 1)`` forward, identity backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(0.0, 1.0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
 def clamp_unit(x: torch.Tensor) -> torch.Tensor:
     """Clamp to [0, 1] in the forward pass; pass the gradient through unchanged (straight-through).
 
@@ -155,6 +177,7 @@ def clamp_unit(x: torch.Tensor) -> torch.Tensor:
     early in training could never be pulled back. With the straight-through gradient and an L1 loss the
     gradient of an overshooting pixel always points back into the range (and is zero when the target
     sits on the bound it overshot), so outputs never drift away. The forward value is exactly
-    ``x.clamp(0, 1)``, as the design asks: no sigmoid.
+    ``x.clamp(0, 1)``, as the design asks: no sigmoid. (The ``x + (clamp(x) - x).detach()`` idiom is
+    not exact in bf16: a large x can come out as 2.)
     """
-    return x + (x.clamp(0.0, 1.0) - x).detach()
+    return _ClampStraightThrough.apply(x)
