@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 from data_throughput import make_jpegs
 
-from fext.analysis import analyze, measure_images, tune_allocator
+from fext._allocator import keep_freed_memory
+from fext.analysis import analyze, measure_images
 from fext.analysis.flags import hamming_nearest
 from fext.analysis.stats import measure_image
 from fext.config import Config, with_overrides
@@ -74,7 +75,7 @@ def main() -> None:
     parser.add_argument("--hashes", type=int, default=50_000)
     args = parser.parse_args()
 
-    tune_allocator()  # as in worker processes, so the in-process "1 worker" rows measure the same path
+    keep_freed_memory()  # as in worker processes, so the in-process "1 worker" rows measure the same path
     results: dict[str, dict[str, float]] = {}
     sizes_kb: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:

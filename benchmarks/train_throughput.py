@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from fext._allocator import keep_freed_memory
 from fext.device import autocast, select_device
 from fext.model import FeXTAutoEncoder, model_complexity
 from fext.training.loop import reconstruction_loss
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--device", default="CPU", choices=["CPU", "GPU"])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--default-allocator", action="store_true", help="measure without fext's glibc tuning")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the script runs")
     args = parser.parse_args(argv)
     if args.quick:
@@ -89,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
+    if device.type == "cpu" and not args.default_allocator:
+        keep_freed_memory()  # as `fext train` does on the CPU
 
     seconds = 0.5 if args.quick else 3.0
     peak = {"fp32": matmul_gflops(args.matmul_size, torch.float32, device, seconds),

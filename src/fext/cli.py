@@ -50,6 +50,11 @@ class Context:
         return not self.quiet and sys.stdout.isatty()
 
 
+def _first_process() -> bool:
+    """True except in the ranks other than 0 of a torchrun launch (which say things once, through rank 0)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def setup_logging(ws: Workspace, level: str = "INFO", quiet: bool = False) -> None:
     """Log to the terminal (stderr) and to ``resources/logs/fext_<date>.log``."""
     root = logging.getLogger()
@@ -123,7 +128,7 @@ def _cmd_train(ctx: Context, args: argparse.Namespace) -> int:
     except TrainingInterrupted as e:
         print(e, file=sys.stderr)
         return e.exit_code
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, once
+    if _first_process():
         print(f"Checkpoint: {folder}")
     return 0
 
@@ -168,7 +173,7 @@ def _cmd_encode(ctx: Context, args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=ctx.progress,
     )
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, once
+    if _first_process():
         print(f"Embeddings: {out}")
     return 0
 

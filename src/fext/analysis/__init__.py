@@ -13,7 +13,6 @@ into ``resources/validation/dataset/`` (:mod:`fext.analysis.report`):
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import logging
 import multiprocessing
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from fext._allocator import keep_freed_memory
 from fext._io import write_json
 from fext.analysis import report
 from fext.analysis.flags import ISSUES, Issue, find_issues
@@ -35,7 +35,7 @@ from fext.data import IMAGE_EXTENSIONS, find_images
 from fext.errors import FeXTError
 from fext.workspace import Workspace
 
-__all__ = ["ISSUES", "STAT_COLUMNS", "ImageRecord", "Issue", "analyze", "measure_images", "training_split", "tune_allocator"]
+__all__ = ["ISSUES", "STAT_COLUMNS", "ImageRecord", "Issue", "analyze", "measure_images", "training_split"]
 
 log = logging.getLogger(__name__)
 
@@ -47,23 +47,10 @@ def training_split(cfg: Config, root: Path) -> tuple[list[Path], list[Path]]:
     return select_images(cfg, root)
 
 
-def tune_allocator() -> None:
-    """Keep freed pixel buffers in the heap (glibc): each image allocates a few MB of
-    temporaries, which would otherwise be mapped and unmapped every time (about 15% of the
-    per-image time)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 64 << 20)
-    libc.mallopt(m_trim_threshold, 256 << 20)
-
-
 def _init_worker() -> None:
-    """Worker set-up: Ctrl-C is left to the parent (which stops the pool); see :func:`tune_allocator`."""
+    """Worker set-up: Ctrl-C is left to the parent (which stops the pool); see :func:`fext._allocator.keep_freed_memory`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    tune_allocator()
+    keep_freed_memory()
 
 
 def measure_images(

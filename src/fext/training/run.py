@@ -18,6 +18,7 @@ import torch
 
 import fext
 from fext import distributed
+from fext._allocator import keep_freed_memory
 from fext.checkpoints import CONFIG, HISTORY, TRAINER_STATE, WEIGHTS, new_checkpoint_dir
 from fext.config import Config, config_from_dict, config_to_dict
 from fext.data import CachedImages, discover_split, open_readonly, prepare_images
@@ -154,6 +155,8 @@ def _train(
                     len(train_rows), saved_info["dataset"]["train"])
 
     # Model, optimizer, grad scaler, generators, position: fresh (seeded) or from the checkpoint.
+    if device.type == "cpu":
+        keep_freed_memory()  # +30% CPU training speed: activations are not re-mapped every step
     if fresh:
         model = FeXTAutoEncoder.from_preset(cfg.model.PRESET, cfg.model.IMG_SIZE)
     else:

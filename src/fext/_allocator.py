@@ -1,0 +1,34 @@
+"""glibc allocator tuning for the large, short-lived buffers of CPU tensor work.
+
+glibc serves every allocation above its mmap threshold (at most 32 MB) with a fresh ``mmap`` and
+returns it to the system on ``free``. PyTorch frees a training step's activations (about 100 MB each
+for the base preset at batch 25) every step, so every step faults in freshly zeroed pages again:
+that roughly triples the cost of the cheap per-pixel operations. Serving everything from the heap
+and never trimming it measured base fp32 training at 8.0 instead of 6.0 images/second on a 2-core
+CPU. The price: memory freed by the process is kept for reuse instead of being returned to the
+system, so the resident size stays at its peak (a few batches), which is what a long run reaches
+anyway.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_done = False
+
+
+def keep_freed_memory() -> None:
+    """Serve every allocation from the heap and never trim it (glibc on Linux; elsewhere a no-op)."""
+    global _done
+    if _done or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # musl or another libc: nothing to tune
+        return
+    libc.mallopt(_M_MMAP_MAX, 0)
+    libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    _done = True
