@@ -10,8 +10,8 @@ reads them (the CLI only looks at RANK and WORLD_SIZE, to log and prompt once):
   CPUs and for encoding) and yields this process's device; outside torchrun, or with one
   process, it opens nothing and every helper below is a cheap no-op, so single-process runs
   stay exactly what they were.
-- :func:`rank`, :func:`world_size`, :func:`is_main`, :func:`barrier`, :func:`all_reduce_sum`,
-  :func:`all_reduce_mean`, :func:`all_true`, :func:`broadcast_object`, :func:`gather_objects`.
+- :func:`rank`, :func:`world_size`, :func:`is_main`, :func:`barrier`, :func:`all_reduce_sum`
+  (metrics are averaged exactly as sums and counts), :func:`all_true`, :func:`broadcast_object`, :func:`gather_objects`.
 - :func:`shard` (training and validation rows of a rank) and :func:`contiguous_shard`
   (encoding: a block of the sorted listing per rank, so merging the parts in rank order gives
   the single-process row order).
@@ -168,14 +168,6 @@ def all_reduce_sum(values: Sequence[float]) -> list[float]:
     return t.tolist()
 
 
-def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` averaged over the ranks, in place (and returned); unchanged when not distributed."""
-    if active():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        tensor /= dist.get_world_size()
-    return tensor
-
-
 def all_true(flag: bool) -> bool:
     """Whether ``flag`` holds on every rank (every rank gets the same answer)."""
     if not active():
@@ -304,7 +296,6 @@ __all__ = [
     "FAIL_RANK_ENV",
     "TIMEOUT_ENV",
     "active",
-    "all_reduce_mean",
     "all_reduce_sum",
     "all_true",
     "barrier",

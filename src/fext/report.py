@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -55,19 +54,6 @@ def format_value(value: Any, digits: int = 4) -> str:
             return str(value)
         return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:.0f}"
     return str(value)
-
-
-def figure_to_data_uri(fig: Any, dpi: int = 100, close: bool = True) -> str:
-    """A matplotlib figure as a ``data:image/png;base64,...`` URI (the figure is closed)."""
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    finally:
-        if close:
-            plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def png_file_to_data_uri(path: str | os.PathLike) -> str:
