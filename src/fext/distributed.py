@@ -142,6 +142,9 @@ def session(device: str, device_id: int = 0, *, gpu_collectives: bool = True) ->
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
+    # Tear down together: a rank that destroys its group while rank 0 is still saving can abort
+    # (gloo: "terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 
