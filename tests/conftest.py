@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,11 @@ from pathlib import Path
 import pytest
 
 from fext.workspace import Workspace
+
+# A runner that starts the suite as a background job may leave SIGINT ignored, and an ignored signal
+# is inherited by every subprocess (Python then installs no KeyboardInterrupt handler). The Ctrl-C
+# tests need the usual disposition here and in the processes they start.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
