@@ -35,16 +35,9 @@ from fext.data import IMAGE_EXTENSIONS, find_images
 from fext.errors import FeXTError
 from fext.workspace import Workspace
 
-__all__ = ["ISSUES", "STAT_COLUMNS", "ImageRecord", "Issue", "analyze", "measure_images", "training_split"]
+__all__ = ["ISSUES", "STAT_COLUMNS", "ImageRecord", "Issue", "analyze", "measure_images"]
 
 log = logging.getLogger(__name__)
-
-
-def training_split(cfg: Config, root: Path) -> tuple[list[Path], list[Path]]:
-    """The (train, validation) images `fext train` would use on ``root`` with ``cfg``."""
-    from fext.training import select_images  # imported here: the training stack is only needed for this
-
-    return select_images(cfg, root)
 
 
 def _init_worker() -> None:
@@ -91,7 +84,9 @@ def analyze(cfg: Config, ws: Workspace, *, dataset: Path | None = None, progress
             f"No image found in {root} (looked for {' '.join(sorted(IMAGE_EXTENSIONS))}). "
             "Put images there, or pass another folder with --dataset DIR."
         )
-    train, validation = training_split(cfg, root)
+    from fext.training import select_images  # the training stack is only needed for this
+
+    train, validation = select_images(cfg, root)  # the split `fext train` will use
     rel = functools.partial(_relative, root=root)
 
     start = time.perf_counter()
