@@ -8,7 +8,8 @@
 2. Base preset, IMG_SIZE 128, batch 64, fp32 and MIXED_PRECISION:
    - warm: batches already decoded in memory (what a decoded cache gives), model time only;
    - cold: ``encode_folder`` end to end on 500x375 JPEGs, decoded by NUM_PROCESSORS workers;
-   images/second, the encoder's achieved GFLOP/s and its share of the matmul figure.
+   images/second, the encoder's achieved GFLOP/s and its share of the matmul figure; then warm
+   fp32 again with ``model.JIT_COMPILE`` (torch.compile, inductor), and how long compiling took.
    Targets on a 2-core CPU: warm fp32 at 60% of the matmul GFLOP/s or more.
 3. Peak resident memory of ``encode_folder`` with the small preset on 1,000 and on 20,000 small
    images, each in a fresh subprocess (its own peak, and its largest decoding worker's). Target:
@@ -50,12 +51,17 @@ def matmul_gflops(n: int, seconds: float) -> float:
 
 
 def encoder_flops(model: FeXTAutoEncoder) -> int:
-    """FLOPs of ``encode`` for one image (convolutions and matmuls, 2 per multiply-add)."""
+    """FLOPs of ``encode`` for one image (convolutions and matmuls, 2 per multiply-add).
+
+    Counted on the training path (gradients on): the model's own arithmetic. Inference takes a
+    route that does a little more (symmetrically padded convolutions, see fext.layers); counting
+    that would flatter the figures.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     size = model.arch.img_size
-    with torch.inference_mode(), counter:
+    with counter:
         model.encode(torch.zeros(1, 3, size, size))
     return counter.get_total_flops()
 
@@ -96,8 +102,8 @@ def bench_speed(args: argparse.Namespace, tmp: Path, matmul: float) -> None:
     pixels = torch.from_numpy(np.stack([load_image(p, img_size) for p in find_images(jpegs)[:batch]]))  # (64, S, S, 3)
     print(f"\nbase preset, {img_size} px, batch {batch}: encoder {flops / 1e9:.2f} GFLOP per image")
     print(f"{'precision':<10} {'data':<34} {'img/s':>8} {'GFLOP/s':>8} {'% matmul':>9}")
-    for mixed in (False, True):
-        label = "bf16 mix" if mixed else "fp32"
+
+    def warm(label: str, model: torch.nn.Module, mixed: bool) -> None:
         embed(model, pixels, torch.device("cpu"), mixed)  # warm-up: allocations, oneDNN kernel choice
         times = []
         for _ in range(args.repeats):
@@ -106,12 +112,22 @@ def bench_speed(args: argparse.Namespace, tmp: Path, matmul: float) -> None:
             times.append(time.perf_counter() - t)
         rate = batch / min(times)
         print(f"{label:<10} {'warm: decoded batches in memory':<34} {rate:8.1f} {rate * flops / 1e9:8.1f} {100 * rate * flops / 1e9 / matmul:8.0f}%")
+
+    for mixed in (False, True):
+        label = "bf16 mix" if mixed else "fp32"
+        warm(label, model, mixed)
         cfg = with_overrides(Config(), {"device.DEVICE": "CPU", "device.MIXED_PRECISION": mixed, "device.NUM_PROCESSORS": args.workers})
         t = time.perf_counter()
         encode_folder(ckpt, jpegs, tmp / "out", config=cfg, batch_size=batch, overwrite=True, progress=False)
         rate = args.cold_images / (time.perf_counter() - t)
         what = f"cold: {args.cold_images} JPEGs 500x375, {args.workers} workers"
         print(f"{label:<10} {what:<34} {rate:8.1f} {rate * flops / 1e9:8.1f} {100 * rate * flops / 1e9 / matmul:8.0f}%")
+    if not args.skip_compile:
+        t = time.perf_counter()
+        compiled = load_model(ckpt, torch.device("cpu"), "inductor")
+        embed(compiled, pixels, torch.device("cpu"))
+        print(f"model.JIT_COMPILE (inductor, frozen weights): first batch took {time.perf_counter() - t:.1f} s")
+        warm("fp32 jit", compiled, False)
     from fext.data import decode_batches
 
     t = time.perf_counter()
@@ -171,6 +187,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding worker processes (default: CPU count)")
     parser.add_argument("--skip-speed", action="store_true", help="only the memory figures")
     parser.add_argument("--skip-memory", action="store_true", help="only the speed figures")
+    parser.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile figures (20-30 s to compile)")
     parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_fext
 from PIL import Image
 
 from fext.config import Config, config_to_dict, with_overrides
@@ -110,6 +111,33 @@ def test_mixed_precision_gives_float32_close_to_fp32(tmp_path, ckpt):
     assert bf16.dtype == np.float32
     cos = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
     assert cos.min() > 0.99
+
+
+def test_jit_compile_encodes_the_same_vectors(tmp_path, ckpt):
+    """model.JIT_COMPILE compiles the encoder (inductor, frozen weights) and pads the short last batch."""
+    names = make_images(tmp_path / "in", 5, seed=3)
+    eager, eager_index = encode_images(ckpt, tmp_path / "in", batch_size=2, config=CPU)
+    out = encode_folder(ckpt, tmp_path / "in", tmp_path / "out", config=with_overrides(CPU, {"model.JIT_COMPILE": True}),
+                        batch_size=2, progress=False)
+    compiled, index = load_embeddings(out)
+    assert compiled.shape == eager.shape == (5, 128)
+    assert index == eager_index and [r["path"] for r in index] == names
+    np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_a_failing_compiler_gets_one_message_and_loses_nothing(tmp_path, ckpt):
+    """Inductor without a working C++ compiler: exit 1 with what to change; the same run without it finishes."""
+    make_images(tmp_path / "in", 3, seed=4)
+    args = ["--workspace", str(tmp_path / "ws"), "--set", "device.DEVICE=CPU", "--set", "device.NUM_PROCESSORS=0"]
+    encode = ["encode", str(ckpt), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
+    env = {"CXX": str(tmp_path / "no-such-c++"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}  # no cached kernels
+    proc = run_fext(*args, "--set", "model.JIT_COMPILE=true", *encode, env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert "torch.compile failed" in proc.stderr and "set model.JIT_COMPILE to false" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run_fext(*args, *encode)
+    assert proc.returncode == 0, proc.stderr
+    assert load_embeddings(tmp_path / "out")[0].shape == (3, 128)
 
 
 def test_rerun_is_a_no_op_and_other_checkpoints_or_inputs_are_refused(tmp_path, ckpt):

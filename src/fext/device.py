@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 import logging
 
 import torch
@@ -45,3 +46,25 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 def needs_grad_scaler(device: torch.device, enabled: bool) -> bool:
     """fp16 autocast needs loss scaling; bf16 does not."""
     return enabled and autocast_dtype(device) == torch.float16
+
+
+@contextlib.contextmanager
+def explain_compile_failure() -> Iterator[None]:
+    """Turn a torch.compile backend failure (``model.JIT_COMPILE``) into one FeXTError that says what to change.
+
+    Inductor needs a working C++ compiler on CPUs (Triton on GPUs); without one it fails on first use.
+    """
+    from fext.errors import FeXTError
+
+    try:
+        yield
+    except Exception as e:
+        from torch._dynamo.exc import BackendCompilerFailed  # imported here: a second to import
+        from torch._inductor.exc import InductorError
+
+        if not isinstance(e, (BackendCompilerFailed, InductorError)):
+            raise
+        raise FeXTError(
+            f"torch.compile failed ({str(e).strip().splitlines()[0]}); "
+            'set model.JIT_COMPILE to false or model.JIT_BACKEND to "aot_eager"'
+        ) from None

@@ -73,6 +73,27 @@ def pad_right_bottom(x: torch.Tensor) -> torch.Tensor:
 RESIDUAL_GAIN_INIT = 0.1
 """Initial layer-norm gain of every residual branch (see :class:`ResidualConvUnit`)."""
 
+PADDED_CONV_MIN_SIZE = 32
+"""Inference on maps at least this wide convolves with symmetric padding (see :class:`ResidualConvUnit`)."""
+
+MATMUL_CONV_MAX_SIZE = 4
+"""Inference on maps at most this wide convolves as one matrix product (see :func:`conv2x2_as_matmul`)."""
+
+
+def conv2x2_as_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``conv2d(pad_right_bottom(x), weight)`` for a (C_out, C_in, 2, 2) kernel, as one matrix product.
+
+    The four shifted views of the padded input, side by side, give every position's 2×2 patch; one
+    (B·H·W, 4·C_in) @ (4·C_in, C_out) product does the rest. On tiny maps with many channels this
+    beats oneDNN's direct convolution: base's last stage (4×4 maps, 512 channels, batch 64) 6.7
+    against 10.3 ms on a 2-core CPU. Returns (B, C_out, H, W), channels_last.
+    """
+    h, w = x.shape[-2:]
+    padded = pad_right_bottom(x).permute(0, 2, 3, 1)  # (B, H+1, W+1, C_in)
+    patches = torch.cat([padded[:, :h, :w], padded[:, :h, 1:], padded[:, 1:, :w], padded[:, 1:, 1:]], dim=-1)
+    # Kernel taps in the same order, (0,0) (0,1) (1,0) (1,1), each over C_in: (C_out, 2, 2, C_in) flattened.
+    return F.linear(patches, weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)).permute(0, 3, 1, 2)
+
 
 class ResidualConvUnit(nn.Module):
     """``shortcut(x) + ReLU(LayerNorm(conv2x2(x)))`` at unchanged resolution.
@@ -82,6 +103,14 @@ class ResidualConvUnit(nn.Module):
     ``padding="same"`` for channels_last, which pads through a slower path. The shortcut is the
     identity, or a 1×1 convolution when the channel count changes. ReLU, as in VGG16: it measured 3% faster
     for a base training step than GELU on a 2-core CPU.
+
+    Inference (gradients off) takes a faster route to the same values. On maps at least
+    :data:`PADDED_CONV_MIN_SIZE` wide the convolution pads one row and column on every side, which
+    oneDNN does inside the kernel, and the unit keeps the bottom-right (H, W) of its (H+1, W+1)
+    output: no padded copy of the input, for 1.6-6% more convolution work. The shortcut is then added
+    in place, into ``x`` itself when ``overwrite_input`` allows it. Measured on base encoding (2-core
+    CPU, 128 px): 58 against 53 images/second; on narrower maps the extra row and column cost more
+    than the copy they save.
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
@@ -98,11 +127,19 @@ class ResidualConvUnit(nn.Module):
             nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, kernel_size=1)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.norm(self.conv(pad_right_bottom(x)))  # (B, C_out, H, W)
+    def forward(self, x: torch.Tensor, overwrite_input: bool = False) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, C_out, H, W); with gradients off and ``overwrite_input``, ``x`` may be reused."""
         if torch.is_grad_enabled():
-            return h + self.shortcut(x)  # ReLU's backward needs its output: no in-place add
-        return h.add_(self.shortcut(x))  # inference: +5% encoding speed without a fresh output buffer
+            return self.norm(self.conv(pad_right_bottom(x))) + self.shortcut(x)  # ReLU's backward needs its output
+        if x.shape[-1] <= MATMUL_CONV_MAX_SIZE:
+            return self.norm(conv2x2_as_matmul(x, self.conv.weight)).add_(self.shortcut(x))
+        if x.shape[-1] < PADDED_CONV_MIN_SIZE:
+            return self.norm(self.conv(pad_right_bottom(x))).add_(self.shortcut(x))  # no fresh output buffer
+        h = self.norm(F.conv2d(x, self.conv.weight, padding=1))[:, :, 1:, 1:]  # (B, C_out, H, W) of (H+1, W+1)
+        shortcut = self.shortcut(x)
+        if shortcut is x and not overwrite_input:
+            return x + h  # x first: the result takes its (contiguous) layout
+        return shortcut.add_(h)
 
 
 class ResidualConvStack(nn.Module):
@@ -116,7 +153,14 @@ class ResidualConvStack(nn.Module):
         self.pool = nn.MaxPool2d(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.units(x))
+        return self.pool(_run_units(self.units, x, own_input=False))
+
+
+def _run_units(units: nn.Sequential, x: torch.Tensor, own_input: bool) -> torch.Tensor:
+    """``units(x)``, letting every unit but (unless ``own_input``) the first reuse its input's memory."""
+    for i, unit in enumerate(units):
+        x = unit(x, overwrite_input=own_input or i > 0)
+    return x
 
 
 class DecoderStage(nn.Module):
@@ -131,7 +175,7 @@ class DecoderStage(nn.Module):
         self.units = nn.Sequential(*(ResidualConvUnit(out_channels, out_channels) for _ in range(depth)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.units(self.upsample(x))
+        return _run_units(self.units, self.upsample(x), own_input=True)
 
 
 class _DenseNormAct(nn.Sequential):

@@ -7,6 +7,7 @@ vector; ``save_pretrained`` / ``from_pretrained`` write and read ``config.json``
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from dataclasses import asdict, dataclass, fields, replace
@@ -32,6 +33,13 @@ MAX_IMG_SIZE = 1024
 # (forward, backward, Adam), CPU seconds on one thread: base 6.4 s channels_last vs 7.0 s NCHW, small
 # 0.31 s vs 0.38 s. On GPUs channels_last lets cuDNN pick its NHWC kernels (tensor cores under autocast).
 CHANNELS_LAST = True
+
+INFERENCE_CHUNK_BYTES = 16 * 2**20
+"""Encoding on a CPU runs the high-resolution stages on chunks of images whose activations take about
+this much memory, then stacks them, so each chunk's layer norm, ReLU and addition passes find their
+input still in cache; the low-resolution stages run on the whole batch, where larger matrix products
+are more efficient. Base encoding, 128 px, batch 64, 2-core CPU: 55 against 53 images/second (chunks of
+4 images in the first two stages), and 66 against 61 when compiled (``compile_encoder``)."""
 
 
 @dataclass(frozen=True)
@@ -149,8 +157,17 @@ class FeXTAutoEncoder(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) in [0, 1] -> latent map (B, L, s, s)."""
         x = self._check_input(x)
-        for stage in self.encoder:
-            x = stage(x)  # (B, widths[i], S/2**(i+1), S/2**(i+1))
+        stages = list(self.encoder)
+        if not torch.is_grad_enabled() and x.device.type == "cpu":
+            # Inference on CPUs: the high-resolution stages, whose activations would overflow the caches,
+            # run on a few images at a time (see INFERENCE_CHUNK_BYTES).
+            per_image = [w * (x.shape[2] >> i) * (x.shape[3] >> i) * x.element_size() for i, w in enumerate(self.arch.widths)]
+            chunked = len(list(itertools.takewhile(lambda size: size * len(x) > INFERENCE_CHUNK_BYTES, per_image)))
+            if chunked:
+                head, stages = stages[:chunked], stages[chunked:]
+                chunk = max(1, INFERENCE_CHUNK_BYTES // per_image[0])
+                x = torch.cat([_run_stages(head, part) for part in x.split(chunk)])
+        x = _run_stages(stages, x)  # (B, widths[-1], s, s)
         return self.compress(x)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -195,6 +212,12 @@ class FeXTAutoEncoder(nn.Module):
         model = cls(architecture_from_config(directory / CONFIG_NAME))
         load_weights(model, load_state_file(weights))
         return model.to(map_location)
+
+
+def _run_stages(stages: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    for stage in stages:
+        x = stage(x)  # halves H and W
+    return x
 
 
 def architecture_from_config(path: str | os.PathLike) -> ModelArchitecture:
@@ -255,7 +278,7 @@ def model_complexity(model: FeXTAutoEncoder, img_size: int | None = None) -> tup
         probe = type(model)(arch).eval()
         x = torch.zeros(1, 3, arch.img_size, arch.img_size)
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
+    with counter:  # gradients on: the training route, the model's own arithmetic (see ResidualConvUnit)
         probe(x)
     return params, counter.get_total_flops()
 

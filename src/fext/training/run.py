@@ -22,7 +22,7 @@ from fext._allocator import keep_freed_memory
 from fext.checkpoints import CONFIG, HISTORY, TRAINER_STATE, WEIGHTS, new_checkpoint_dir
 from fext.config import Config, config_from_dict, config_to_dict
 from fext.data import CachedImages, discover_split, open_readonly, prepare_images
-from fext.device import autocast_dtype, needs_grad_scaler
+from fext.device import autocast_dtype, explain_compile_failure, needs_grad_scaler
 from fext.errors import FeXTError
 from fext.model import FeXTAutoEncoder, architecture_from_config, describe, load_state_file, load_weights, save_state_file
 from fext.training import outputs
@@ -330,7 +330,7 @@ def fit(run: Run, epochs: int, show_bar: bool = True) -> None:
     val_rows = distributed.shard(run.val_rows, pad=False)
     try:
         # Under torchrun a signal reaches every rank at its own moment: no rank could stop at the same batch.
-        with GracefulStop(handle_signals=not distributed.active()) as stop:
+        with GracefulStop(handle_signals=not distributed.active()) as stop, explain_compile_failure():
             while p.epoch < epochs:
                 # 1. One epoch of updates (from where an interrupted epoch stopped).
                 result = train_one_epoch(run.forward, run.model, run.optimizer, run.scaler, run.images,
@@ -370,13 +370,6 @@ def fit(run: Run, epochs: int, show_bar: bool = True) -> None:
         raise FeXTError(
             f"Loss became non-finite ({e.value}) at epoch {e.epoch}, step {e.batch} (global step {e.step}); {kept}; {advice}"
         ) from None
-    except Exception as e:
-        if cfg.model.JIT_COMPILE and _is_compile_error(e):
-            raise FeXTError(
-                f"torch.compile with backend {cfg.model.JIT_BACKEND!r} failed ({str(e).strip().splitlines()[0]}); "
-                'set model.JIT_COMPILE to false or model.JIT_BACKEND to "aot_eager"'
-            ) from None
-        raise
     finally:
         tensorboard.close()
 
@@ -411,12 +404,6 @@ def _cpu_has_native_bf16() -> bool:
     if not all(callable(p) for p in probes):
         return True  # cannot tell: say nothing
     return any(p() for p in probes)
-
-
-def _is_compile_error(e: Exception) -> bool:
-    from torch._dynamo.exc import BackendCompilerFailed
-
-    return isinstance(e, BackendCompilerFailed)
 
 
 def _describe_position(p: Progress) -> str:
