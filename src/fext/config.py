@@ -47,7 +47,7 @@ class ModelConfig:
     IMG_SIZE: int = _key(128, "a multiple of 64 between 64 and 1024", lambda v: 64 <= v <= 1024 and v % 64 == 0)
     """Input width and height in pixels."""
     JIT_COMPILE: bool = False
-    """Compile the model with torch.compile."""
+    """Compile the model with torch.compile, for training and for `fext encode` (slow first batch, then faster)."""
     JIT_BACKEND: str = _key(
         "inductor", 'one of "inductor", "aot_eager", "eager", "cudagraphs"',
         lambda v: v in ("inductor", "aot_eager", "eager", "cudagraphs"),

@@ -38,8 +38,9 @@ INFERENCE_CHUNK_BYTES = 16 * 2**20
 """Encoding on a CPU runs the high-resolution stages on chunks of images whose activations take about
 this much memory, then stacks them, so each chunk's layer norm, ReLU and addition passes find their
 input still in cache; the low-resolution stages run on the whole batch, where larger matrix products
-are more efficient. Base encoding, 128 px, batch 64, 2-core CPU: 55 against 53 images/second (chunks of
-4 images in the first two stages), and 66 against 61 when compiled (``compile_encoder``)."""
+are more efficient. Base encoding, 128 px, batch 64, 2-core CPU: 64 against 61 images/second (chunks
+of 4 images through the first three stages), and 67 against 61 when compiled
+(``fext.encoding.compile_encoder``)."""
 
 
 @dataclass(frozen=True)
