@@ -162,11 +162,12 @@ class FeXTAutoEncoder(nn.Module):
         if not torch.is_grad_enabled() and x.device.type == "cpu":
             # Inference on CPUs: the high-resolution stages, whose activations would overflow the caches,
             # run on a few images at a time (see INFERENCE_CHUNK_BYTES).
-            per_image = [w * (x.shape[2] >> i) * (x.shape[3] >> i) * x.element_size() for i, w in enumerate(self.arch.widths)]
+            pixels, item = x.shape[2] * x.shape[3], x.element_size()
+            per_image = [width * (pixels >> 2 * i) * item for i, width in enumerate(self.arch.widths)]  # bytes
             chunked = len(list(itertools.takewhile(lambda size: size * len(x) > INFERENCE_CHUNK_BYTES, per_image)))
             if chunked:
                 head, stages = stages[:chunked], stages[chunked:]
-                chunk = max(1, INFERENCE_CHUNK_BYTES // per_image[0])
+                chunk = max(1, INFERENCE_CHUNK_BYTES // per_image[0])  # images
                 x = torch.cat([_run_stages(head, part) for part in x.split(chunk)])
         x = _run_stages(stages, x)  # (B, widths[-1], s, s)
         return self.compress(x)
@@ -216,6 +217,7 @@ class FeXTAutoEncoder(nn.Module):
 
 
 def _run_stages(stages: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """``x`` through ``stages`` in order."""
     for stage in stages:
         x = stage(x)  # halves H and W
     return x
