@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fext.errors import FeXTError
 import fext.model
+from fext.errors import FeXTError
 from fext.layers import LayerNorm2d, LayerNormReLU2d, clamp_unit, conv2x2_as_matmul, pad_right_bottom
 from fext.model import (
     PRESETS,
