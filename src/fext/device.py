@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 import torch
 
+from fext.errors import FeXTError
+
 log = logging.getLogger(__name__)
 
 
@@ -54,8 +56,6 @@ def explain_compile_failure() -> Iterator[None]:
 
     Inductor needs a working C++ compiler on CPUs (Triton on GPUs); without one it fails on first use.
     """
-    from fext.errors import FeXTError
-
     try:
         yield
     except Exception as e:

@@ -529,7 +529,7 @@ def _encode_missing(
 
     debug_sleep = float(os.environ.get(DEBUG_SLEEP_ENV) or 0)
     flush_seconds = 0.0 if debug_sleep else FLUSH_SECONDS
-    model = load_model(ckpt, device, _compile_backend(cfg))
+    model, pad_to = load_model(ckpt, device, _compile_backend(cfg)), _pad_to(cfg, batch_size)
     start = state["done"]
     # An interruption between recording a batch's failures and its progress must not list them twice.
     state["failures"] = [f for f in state["failures"] if f["position"] < start]
@@ -552,7 +552,7 @@ def _encode_missing(
                 positions = start + np.asarray(batch.positions, dtype=np.int64)
                 failed = [(start + p, reason) for p, reason in _failures(batch)]
                 if len(positions):
-                    vectors = embed(model, batch.images, device, cfg.device.MIXED_PRECISION, _pad_to(cfg, batch_size))
+                    vectors = embed(model, batch.images, device, cfg.device.MIXED_PRECISION, pad_to)
                     sizes = np.asarray(batch.sizes, dtype=np.int32).reshape(-1, 2)
                     _write_rows(vec_file, vec_offset, row_bytes, positions, vectors)
                     _write_rows(size_file, size_offset, 8, positions, sizes)

@@ -132,10 +132,10 @@ class ResidualConvUnit(nn.Module):
         """(B, C_in, H, W) -> (B, C_out, H, W); with gradients off and ``overwrite_input``, ``x`` may be reused."""
         if torch.is_grad_enabled():
             return self.norm(self.conv(pad_right_bottom(x))) + self.shortcut(x)  # ReLU's backward needs its output
-        if x.shape[-1] <= MATMUL_CONV_MAX_SIZE:
-            return self.norm(conv2x2_as_matmul(x, self.conv.weight)).add_(self.shortcut(x))
         if x.shape[-1] < PADDED_CONV_MIN_SIZE:
-            return self.norm(self.conv(pad_right_bottom(x))).add_(self.shortcut(x))  # no fresh output buffer
+            small = x.shape[-1] <= MATMUL_CONV_MAX_SIZE
+            conv = conv2x2_as_matmul(x, self.conv.weight) if small else self.conv(pad_right_bottom(x))
+            return self.norm(conv).add_(self.shortcut(x))  # no fresh output buffer
         h = self.norm(F.conv2d(x, self.conv.weight, padding=1))[:, :, 1:, 1:]  # (B, C_out, H, W) of (H+1, W+1)
         shortcut = self.shortcut(x)
         if shortcut is x and not overwrite_input:
