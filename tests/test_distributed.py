@@ -26,7 +26,7 @@ from fext.config import Config, config_to_dict, with_overrides
 from fext.data import prepare_images
 from fext.encoding import EMBEDDINGS, FAILED, INDEX, METADATA, PARTS, STATE, encode_folder
 from fext.model import FeXTAutoEncoder
-from fext.training import evaluate, select_images
+from fext.training import select_images, validate
 from fext.workspace import Workspace
 
 TINY = {
@@ -132,7 +132,7 @@ def test_validation_metrics_over_two_ranks_are_the_exact_average(trained):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        expected = evaluate(model, model, images, torch.arange(len(val_paths)), cfg, torch.device("cpu"), show_bar=False)
+        expected = validate(model, model, images, torch.arange(len(val_paths)), cfg, torch.device("cpu"), show_bar=False)
     finally:
         torch.set_num_threads(threads)
     got = trained["after_one"]["history"]["epochs"][0]["validation"]

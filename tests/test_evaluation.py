@@ -26,7 +26,7 @@ from fext.cli import main
 from fext.config import Config, config_to_dict, with_overrides
 from fext.data import load_image, to_float
 from fext.errors import FeXTError
-from fext.evaluation import SUMMARY_COLUMNS, evaluate, fit_pca
+from fext.evaluation import SUMMARY_COLUMNS, evaluate_checkpoints, fit_pca
 from fext.model import FeXTAutoEncoder
 from fext.report import html_image, html_page, html_table
 from fext.training import select_images
@@ -105,7 +105,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> dict:
     logger.addHandler(records)
     logger.setLevel(logging.INFO)
     try:
-        outs = evaluate(ckpts, cfg, ws, images=6, progress=False)
+        outs = evaluate_checkpoints(ckpts, cfg, ws, images=6, progress=False)
     finally:
         logger.removeHandler(records)
         logger.setLevel(level)
@@ -257,7 +257,7 @@ def test_moved_images_point_to_dataset_and_dataset_works(evaluated, tmp_path, ca
     ws, cfg = evaluated["ws"], evaluated["cfg"]
     moved = _make_checkpoint(ws, "FeXT_20240104T000000", cfg, tmp_path / "gone")
     with pytest.raises(FeXTError, match="--dataset"):
-        evaluate([moved], cfg, ws, progress=False)
+        evaluate_checkpoints([moved], cfg, ws, progress=False)
     assert main(["--workspace", str(ws.root), "evaluate", moved.name]) == 1
     assert "--dataset" in capsys.readouterr().err
     # --dataset evaluates every image of the folder as validation; a broken checkpoint beside it is
@@ -266,7 +266,7 @@ def test_moved_images_point_to_dataset_and_dataset_works(evaluated, tmp_path, ca
     _write_images(other, 5)
     broken = ws.checkpoints / "FeXT_20240103T000000"
     with pytest.raises(FeXTError, match="1 of 2 checkpoints could not be evaluated"):
-        evaluate([moved, broken], cfg, ws, dataset=other, images=3, progress=False)
+        evaluate_checkpoints([moved, broken], cfg, ws, dataset=other, images=3, progress=False)
     result = json.loads((ws.validation_checkpoints / moved.name / "metrics.json").read_text())
     assert result["dataset"]["source"] == "--dataset" and result["splits"]["validation"]["evaluated"] == 5
     assert result["splits"]["train"] is None and result["model"]["train"] is None
@@ -280,12 +280,12 @@ def test_bad_input_is_one_clear_error(evaluated, tmp_path):
     ws, cfg = evaluated["ws"], evaluated["cfg"]
     broken = ws.checkpoints / "FeXT_20240103T000000"
     with pytest.raises(FeXTError, match="no model.safetensors"):
-        evaluate([broken], cfg, ws, progress=False)
+        evaluate_checkpoints([broken], cfg, ws, progress=False)
     with pytest.raises(FeXTError, match="--images must be at least 1"):
-        evaluate(evaluated["ckpts"][:1], cfg, ws, images=0, progress=False)
+        evaluate_checkpoints(evaluated["ckpts"][:1], cfg, ws, images=0, progress=False)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FeXTError, match="no image found"):
-        evaluate(evaluated["ckpts"][:1], cfg, ws, dataset=empty, progress=False)
+        evaluate_checkpoints(evaluated["ckpts"][:1], cfg, ws, dataset=empty, progress=False)
     with pytest.raises(FeXTError, match="no such folder"):
-        evaluate(evaluated["ckpts"][:1], cfg, ws, dataset=tmp_path / "missing", progress=False)
+        evaluate_checkpoints(evaluated["ckpts"][:1], cfg, ws, dataset=tmp_path / "missing", progress=False)

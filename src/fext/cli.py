@@ -142,7 +142,7 @@ def _cmd_checkpoints(ctx: Context, args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(ctx: Context, args: argparse.Namespace) -> int:
     from fext.checkpoints import list_checkpoints, resolve_checkpoint
-    from fext.evaluation import evaluate
+    from fext.evaluation import evaluate_checkpoints
 
     if args.all:
         ckpts = [c.path for c in list_checkpoints(ctx.workspace) if c.ok]
@@ -152,7 +152,7 @@ def _cmd_evaluate(ctx: Context, args: argparse.Namespace) -> int:
         ckpts = [resolve_checkpoint(ctx.workspace, c, interactive=False) for c in args.checkpoints]
     else:
         ckpts = [resolve_checkpoint(ctx.workspace, None, interactive=ctx.interactive)]
-    for out in evaluate(ckpts, ctx.config, ctx.workspace, dataset=args.dataset, images=args.images, progress=ctx.progress):
+    for out in evaluate_checkpoints(ckpts, ctx.config, ctx.workspace, dataset=args.dataset, images=args.images, progress=ctx.progress):
         print(f"Report: {out / 'report.html'}")
     return 0
 
@@ -190,10 +190,10 @@ def _cmd_search(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _cmd_setup(ctx: Context, args: argparse.Namespace) -> int:
-    from fext import maintenance
+    from fext import setup_commands
 
-    action = {"install": maintenance.install_editable, "update": maintenance.update_project,
-              "clean-logs": maintenance.clean_logs}[args.action]
+    action = {"install": setup_commands.install_editable, "update": setup_commands.update_project,
+              "clean-logs": setup_commands.clean_logs}[args.action]
     print(action(ctx.workspace))
     return 0
 

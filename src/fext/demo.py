@@ -98,7 +98,7 @@ def run_demo(ws: Workspace, epochs: int = DEMO_EPOCHS, img_size: int = DEMO_IMG_
     """Run analyze → train → evaluate → encode → search in ``ws``; return the main outputs by name."""
     from fext.analysis import analyze
     from fext.encoding import encode_folder
-    from fext.evaluation import evaluate
+    from fext.evaluation import evaluate_checkpoints
     from fext.search import print_results, search
     from fext.training import train
 
@@ -118,7 +118,7 @@ def run_demo(ws: Workspace, epochs: int = DEMO_EPOCHS, img_size: int = DEMO_IMG_
     _step(2, "Train from scratch", "train")
     outputs["checkpoint"] = checkpoint = Path(train(cfg, ws, progress=progress))
     _step(3, "Model evaluation", f"evaluate {checkpoint.name}")
-    evaluate([checkpoint], cfg, ws, progress=progress)
+    evaluate_checkpoints([checkpoint], cfg, ws, progress=progress)
     outputs["evaluation"] = ws.validation_checkpoints / checkpoint.name
     _step(4, "Encode images", f"encode {checkpoint.name}")
     outputs["embeddings"] = embeddings = Path(encode_folder(

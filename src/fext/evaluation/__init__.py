@@ -1,6 +1,6 @@
 """Model evaluation (``fext evaluate``): how good a checkpoint is, in numbers and pictures.
 
-- :mod:`~fext.evaluation.runner`: :func:`evaluate` (several checkpoints, summary, comparison) and
+- :mod:`~fext.evaluation.evaluate`: :func:`evaluate_checkpoints` (several checkpoints, summary, comparison) and
   :func:`evaluate_checkpoint` (metrics, figures, baseline and report of one).
 - :mod:`~fext.evaluation.baseline`: the PCA baseline (best linear compressor of the latent's size).
 - :mod:`~fext.evaluation.figures`: reconstruction sheets, worst images, latent PCA, curves, comparison.
@@ -9,12 +9,12 @@
 """
 
 from fext.evaluation.baseline import PCABaseline, fit_pca
-from fext.evaluation.runner import (
+from fext.evaluation.evaluate import (
     MAX_TRAIN_IMAGES,
     MAX_VALIDATION_IMAGES,
     PCA_MAX_IMAGES,
-    evaluate,
     evaluate_checkpoint,
+    evaluate_checkpoints,
 )
 from fext.evaluation.summary import SUMMARY_COLUMNS, write_comparison, write_summary
 
@@ -24,8 +24,8 @@ __all__ = [
     "PCA_MAX_IMAGES",
     "PCABaseline",
     "SUMMARY_COLUMNS",
-    "evaluate",
     "evaluate_checkpoint",
+    "evaluate_checkpoints",
     "fit_pca",
     "write_comparison",
     "write_summary",

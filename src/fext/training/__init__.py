@@ -2,20 +2,19 @@
 
 - :mod:`~fext.training.run`: :func:`train` (a whole run), :func:`fit` (its epochs),
   :func:`select_images` (a run's train/validation images).
-- :mod:`~fext.training.loop`: :func:`train_one_epoch`, :func:`evaluate`, the loss, Ctrl-C handling.
+- :mod:`~fext.training.loop`: :func:`train_one_epoch`, :func:`validate`, the loss, Ctrl-C handling.
 - :mod:`~fext.training.schedule`: :func:`lr_at`, the learning rate at a step.
 - :mod:`~fext.training.state`: trainer_state.pt (optimizer, step, generators) for exact resumes.
 - :mod:`~fext.training.outputs`: history.json, training_history.png, summary.txt, TensorBoard.
 """
 
-from fext.training.loop import evaluate, reconstruction_loss, train_one_epoch
+from fext.training.loop import reconstruction_loss, train_one_epoch, validate
 from fext.training.run import TrainingInterrupted, fit, resumed_config, select_images, train
 from fext.training.schedule import LR_FLOOR, lr_at
 
 __all__ = [
     "LR_FLOOR",
     "TrainingInterrupted",
-    "evaluate",
     "fit",
     "lr_at",
     "reconstruction_loss",
@@ -23,4 +22,5 @@ __all__ = [
     "select_images",
     "train",
     "train_one_epoch",
+    "validate",
 ]

@@ -1,6 +1,6 @@
 """The training loop in plain PyTorch: one epoch of updates, one pass of validation, the loss.
 
-``train_one_epoch`` and ``evaluate`` are read top to bottom, their steps numbered. They work on
+``train_one_epoch`` and ``validate`` are read top to bottom, their steps numbered. They work on
 the decoded-image cache (uint8 rows, gathered per batch, no decoding) and stop cleanly at a batch
 boundary when :class:`GracefulStop` has caught Ctrl-C, so the state saved afterwards is exact.
 """
@@ -182,7 +182,7 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(
+def validate(
     forward: Forward,
     model: torch.nn.Module,
     images: CachedImages,

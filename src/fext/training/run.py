@@ -26,7 +26,7 @@ from fext.device import autocast_dtype, explain_compile_failure, needs_grad_scal
 from fext.errors import FeXTError
 from fext.model import FeXTAutoEncoder, architecture_from_config, describe, load_state_file, load_weights, save_state_file
 from fext.training import outputs
-from fext.training.loop import GracefulStop, NonFiniteLoss, evaluate, train_one_epoch
+from fext.training.loop import GracefulStop, NonFiniteLoss, train_one_epoch, validate
 from fext.training.state import (
     Progress, capture_rng, load_trainer_state, progress_from_state, restore_rng, save_trainer_state, seed_everything,
 )
@@ -85,7 +85,7 @@ class Run:
     progress: Progress
     saved: str | None
     """What the checkpoint on disk holds ("epoch 3", "epoch 3 + 12 batches"), None before the first save."""
-    evaluate_forward: Any = None
+    validate_forward: Any = None
     """The model for validation when it differs from ``forward`` (under DDP: not the DDP wrapper,
     whose forward could wait on ranks that have fewer validation batches)."""
 
@@ -176,9 +176,9 @@ def _train(
         log.warning("device.MIXED_PRECISION: this CPU has no bf16 instructions (AVX512-BF16 or AMX), so bf16 "
                     "autocast is emulated and usually slower than float32; consider device.MIXED_PRECISION false.")
     forward = torch.compile(model, backend=cfg.model.JIT_BACKEND) if cfg.model.JIT_COMPILE else model
-    evaluate_forward = None
+    validate_forward = None
     if distributed.active():
-        evaluate_forward = forward
+        validate_forward = forward
         ddp = distributed.ddp_model(model, device)
         forward = torch.compile(ddp, backend=cfg.model.JIT_BACKEND) if cfg.model.JIT_COMPILE else ddp
         if run_progress.batch:
@@ -208,7 +208,7 @@ def _train(
                  cfg.training.BATCH_SIZE)
     run = Run(cfg, folder, device, model, forward, optimizer, scaler, augment, images, train_rows, val_rows,
               extra, run_progress, saved=None if fresh else _describe_position(run_progress),
-              evaluate_forward=evaluate_forward)
+              validate_forward=validate_forward)
     try:
         distributed.fail_point()
         fit(run, epochs, show_bar=progress and main)
@@ -338,7 +338,7 @@ def fit(run: Run, epochs: int, show_bar: bool = True) -> None:
                 # 2. Validation, when the epoch's updates are all done.
                 validation, validation_started = None, time.perf_counter()
                 if not result.interrupted and stop.requested is None:
-                    validation = evaluate(run.evaluate_forward or run.forward, run.model, run.images, val_rows, cfg,
+                    validation = validate(run.validate_forward or run.forward, run.model, run.images, val_rows, cfg,
                                           run.device, stop, show_bar)
                 complete = not result.interrupted and (validation is not None or len(run.val_rows) == 0)
                 # 3. A completed epoch joins the history and is saved (a kill now loses nothing).

@@ -3,7 +3,7 @@
 For each checkpoint, :func:`evaluate_checkpoint`:
 
 1. loads the model and finds its images: its own training folder and train/validation split
-   (rebuilt from the saved configuration by :func:`fext.training.select_images`), or
+   (rebuilt from the saved configuration by :func:`fext.data.select_images`), or
    ``--dataset DIR`` whose images all count as validation;
 2. decodes them through the decoded-image cache and runs the model in batches under
    ``torch.inference_mode`` (device and mixed precision from the current configuration);
@@ -12,7 +12,7 @@ For each checkpoint, :func:`evaluate_checkpoint`:
 5. writes ``metrics.json``, ``per_image_metrics.csv``, the figures and ``report.html`` into
    ``resources/validation/checkpoints/<name>/``.
 
-:func:`evaluate` does that for every checkpoint asked for, then rewrites
+:func:`evaluate_checkpoints` does that for every checkpoint asked for, then rewrites
 ``checkpoints_summary.csv`` (every checkpoint of the workspace) and, once two or more
 checkpoints have been evaluated, ``comparison.html``.
 """
@@ -88,7 +88,7 @@ class SplitImages:
         return list(self.cached.failures) if self.cached is not None else []
 
 
-def evaluate(
+def evaluate_checkpoints(
     ckpts: Sequence[Path],
     cfg: Config,
     ws: Workspace,
