@@ -9,31 +9,47 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` on success."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    The temporary file is created with mode 0666 and the kernel applies the process's current
+    umask, exactly as ``open(path, "w")`` would: ``tempfile.mkstemp`` would give 0600, and a
+    checkpoint shared with a colleague or a service account could not be read. A writer that
+    replaces the file itself (safetensors writes its own temporary file and renames it) gets that
+    mode back before the rename.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
+    tmp = _create_beside(path)
+    mode = stat.S_IMODE(tmp.stat().st_mode)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+            os.fchmod(f.fileno(), mode)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _create_beside(path: Path) -> Path:
+    """Create an empty, new, hidden file next to ``path`` with the permissions of a normal write."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 @contextlib.contextmanager
