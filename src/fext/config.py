@@ -78,6 +78,26 @@ class LRSchedulerConfig:
 
 
 @dataclass(frozen=True)
+class ViewsConfig:
+    """The "views" recipe (see the README, Training recipes): two augmented views of every image."""
+
+    RECONSTRUCTION_WEIGHT: float = _key(1.0, "a number >= 0", lambda v: v >= 0)
+    """Weight of the MAE reconstruction of each view (the seed's loss)."""
+    INVARIANCE_WEIGHT: float = _key(1.0, "a number >= 0", lambda v: v >= 0)
+    """Weight of the mean squared difference between the two views' latents (same image, same vector)."""
+    VARIANCE_WEIGHT: float = _key(1.0, "a number >= 0", lambda v: v >= 0)
+    """Weight of the hinge keeping every latent number's standard deviation over the batch at 1 or more (no collapse)."""
+    COVARIANCE_WEIGHT: float = _key(0.04, "a number >= 0", lambda v: v >= 0)
+    """Weight of the squared off-diagonal latent covariances (numbers that do not repeat each other)."""
+    CROP_MIN_AREA: float = _key(0.3, "a fraction 0 < x <= 1", lambda v: 0 < v <= 1)
+    """Smallest fraction of an image's area a view's random resized crop keeps."""
+    COLOR_JITTER: float = _key(0.4, "a number in [0, 1)", lambda v: 0 <= v < 1)
+    """Brightness, contrast and saturation factors of a view are drawn from U(1 - x, 1 + x)."""
+    MASK_RATIO: float = _key(0.0, "a fraction 0 <= x < 1", lambda v: 0 <= v < 1)
+    """Fraction of a view's 8x8-pixel patches replaced by grey at the input (denoising); the clean view is the target."""
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     EPOCHS: int = _key(20, "an integer >= 1", lambda v: v >= 1)
     """Epochs of a run from scratch."""
@@ -90,6 +110,10 @@ class TrainingConfig:
     SAVE_CHECKPOINTS: bool = False
     """Keep one weights file per epoch (the last epoch is always saved)."""
     LR_SCHEDULER: LRSchedulerConfig = field(default_factory=LRSchedulerConfig)
+    RECIPE: str = _key("views", 'one of "views", "seed"', lambda v: v in ("views", "seed"))
+    """"views": reconstruction plus latent invariance between two augmented views of each image (training.VIEWS);
+    "seed": the seed's MAE reconstruction of IMG_AUGMENT batches, exactly."""
+    VIEWS: ViewsConfig = field(default_factory=ViewsConfig)
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,20 @@
-"""Training-time augmentation of whole batches, as tensor operations (no loop over samples)."""
+"""Training-time augmentation of whole batches, as tensor operations (no loop over samples).
+
+:func:`augment_batch` is the seed recipe's augmentation; :func:`random_view` and
+:func:`mask_patches` make the "views" recipe's inputs (see :mod:`fext.training.objectives`).
+"""
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 FLIP_P = 0.5  # horizontal and vertical, independently
 BRIGHTNESS_P, BRIGHTNESS_DELTA = 0.25, 0.2  # add U(-0.2, 0.2)
 CONTRAST_P, CONTRAST_RANGE = 0.35, (0.7, 1.3)  # scale about the image mean by U(0.7, 1.3)
+_LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601 grey, the axis saturation scales about
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -53,3 +61,53 @@ def _flip_some(x: torch.Tensor, chosen: torch.Tensor, dim: int) -> None:
     else:
         # No data-dependent shapes on accelerators: they would wait for the device.
         x.copy_(torch.where(chosen.view(-1, 1, 1, 1), x.flip(dim), x))
+
+
+def random_view(
+    x: torch.Tensor, generator: torch.Generator | None = None, min_area: float = 0.3, jitter: float = 0.4
+) -> torch.Tensor:
+    """One random view of each image of ``x`` (B, 3, H, W) float in [0, 1], drawn per image.
+
+    Per sample: a random resized crop (area fraction U(min_area, 1), aspect ratio log-uniform in
+    [3/4, 4/3], position uniform, resampled bilinearly back to H × W), a horizontal flip with
+    p = 0.5, and brightness, contrast and saturation factors from U(1 - jitter, 1 + jitter),
+    clamped to [0, 1]. The crop and flip are one ``affine_grid`` / ``grid_sample`` over the whole
+    batch, so views cost two small kernels, not a loop over images. Eight draws per sample from
+    ``generator`` whatever the outcome (a seeded generator reproduces the views exactly).
+    """
+    b = x.shape[0]
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    # (B, 8): area, aspect, x position, y position, flip, brightness, contrast, saturation.
+    u = torch.rand((b, 8), generator=generator, device=gen_device).to(x.device, torch.float32)
+    area = min_area + u[:, 0] * (1 - min_area)
+    aspect = torch.exp((u[:, 1] * 2 - 1) * math.log(4 / 3))
+    sx, sy = (area * aspect).sqrt().clamp(max=1.0), (area / aspect).sqrt().clamp(max=1.0)  # fractions of W, H
+    tx, ty = (u[:, 2] * 2 - 1) * (1 - sx), (u[:, 3] * 2 - 1) * (1 - sy)  # crop centre in [-1, 1] coordinates
+    flip = torch.where(u[:, 4] < FLIP_P, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3, device=x.device)
+    theta[:, 0, 0], theta[:, 0, 2] = sx * flip, tx
+    theta[:, 1, 1], theta[:, 1, 2] = sy, ty
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    factors = 1 + (u[:, 5:8] * 2 - 1) * jitter  # (B, 3)
+    view = (b, 1, 1, 1)
+    out = out * factors[:, 0].view(view)
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    out = (out - mean) * factors[:, 1].view(view) + mean
+    grey = (out * _LUMA.to(out.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    out = (out - grey) * factors[:, 2].view(view) + grey
+    return out.clamp_(0.0, 1.0).to(x.dtype).contiguous(memory_format=torch.channels_last)
+
+
+def mask_patches(x: torch.Tensor, ratio: float, generator: torch.Generator | None = None, patch: int = 8) -> torch.Tensor:
+    """``x`` (B, 3, H, W) with a random ``ratio`` of its ``patch`` × ``patch`` squares set to grey (0.5), per image.
+
+    H and W must be multiples of ``patch``. One draw per patch from ``generator``; ``x`` is not modified.
+    """
+    if ratio <= 0:
+        return x
+    b, _, h, w = x.shape
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    keep = torch.rand((b, 1, h // patch, w // patch), generator=generator, device=gen_device) >= ratio
+    keep = keep.to(x.device).repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+    return torch.where(keep, x, torch.full_like(x, 0.5))

@@ -2,13 +2,15 @@
 
 - :mod:`~fext.training.run`: :func:`train` (a whole run), :func:`fit` (its epochs),
   :func:`select_images` (a run's train/validation images).
-- :mod:`~fext.training.loop`: :func:`train_one_epoch`, :func:`validate`, the loss, Ctrl-C handling.
+- :mod:`~fext.training.loop`: :func:`train_one_epoch`, :func:`validate`, Ctrl-C handling.
+- :mod:`~fext.training.objectives`: what a step optimises per ``training.RECIPE`` (inputs, loss).
 - :mod:`~fext.training.schedule`: :func:`lr_at`, the learning rate at a step.
 - :mod:`~fext.training.state`: trainer_state.pt (optimizer, step, generators) for exact resumes.
 - :mod:`~fext.training.outputs`: history.json, training_history.png, summary.txt, TensorBoard.
 """
 
-from fext.training.loop import reconstruction_loss, train_one_epoch, validate
+from fext.training.loop import train_one_epoch, validate
+from fext.training.objectives import reconstruction_loss
 from fext.training.run import TrainingInterrupted, fit, resumed_config, select_images, train
 from fext.training.schedule import LR_FLOOR, lr_at
 

@@ -1,4 +1,6 @@
-"""The training loop in plain PyTorch: one epoch of updates, one pass of validation, the loss.
+"""The training loop in plain PyTorch: one epoch of updates, one pass of validation.
+
+What a step optimises (inputs and loss of ``training.RECIPE``) lives in :mod:`fext.training.objectives`.
 
 ``train_one_epoch`` and ``validate`` are read top to bottom, their steps numbered. They work on
 the decoded-image cache (uint8 rows, gathered per batch, no decoding) and stop cleanly at a batch
@@ -16,25 +18,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from fext import distributed
 from fext.config import Config
-from fext.data import CachedImages, augment_batch, to_float
+from fext.data import CachedImages, to_float
 from fext.device import autocast
 from fext.metrics import cosine, mae, psnr
+from fext.training.objectives import training_inputs, training_loss
 from fext.training.schedule import lr_at, set_lr
 from fext.training.state import Progress
 
 log = logging.getLogger(__name__)
 
 Forward = Callable[[torch.Tensor], dict[str, torch.Tensor]]
-
-
-def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The training loss: mean absolute error over every pixel of the batch, in float32."""
-    return F.l1_loss(reconstruction.float(), target.float())
 
 
 class NonFiniteLoss(Exception):
@@ -136,13 +133,14 @@ def train_one_epoch(
             # 2. Gather the batch from the cache; convert on the device (a uint8 copy is 4x smaller).
             x = images.batch(order[b * batch_size : (b + 1) * batch_size])  # (B, S, S, 3) uint8
             x = to_float(x.to(device, non_blocking=True))  # (B, 3, S, S) float in [0, 1], channels_last
-            # 3. Augment the training batch with the seeded generator (flips, brightness, contrast).
-            if cfg.dataset.IMG_AUGMENT:
-                x = augment_batch(x, augment)
-            # 4. Forward under autocast; the loss is computed in float32.
+            # 3. The recipe's inputs and targets, drawn with the seeded generator: the seed's augmented
+            #    batch (B rows), or two augmented views of every image ("views", 2B rows).
+            inputs, target = training_inputs(x, cfg, augment)
+            # 4. Forward under autocast; the recipe's loss is computed in float32.
             with autocast(device, cfg.device.MIXED_PRECISION):
-                reconstruction = forward(x)["reconstruction"]
-            loss = reconstruction_loss(reconstruction, x)
+                out = forward(inputs)
+            loss, _ = training_loss(out, target, cfg)
+            reconstruction = out["reconstruction"]
             # 5. Refuse a non-finite loss before it reaches the weights.
             loss_value = loss.item()
             if not distributed.all_true(math.isfinite(loss_value)):  # every rank stops at the same batch
@@ -154,10 +152,10 @@ def train_one_epoch(
             scaler.update()
             # 7. Running per-image sums of the train metrics, and the position in the run.
             with torch.no_grad():
-                r = reconstruction.detach().float()
+                r, per_image = reconstruction.detach().float(), len(x) / len(target)  # 1 or 1/2 (two views)
                 sums["loss"] += loss_value * len(x)
-                sums["cosine"] += cosine(r, x).sum().item()
-                sums["psnr"] += psnr(r, x).sum().item()
+                sums["cosine"] += cosine(r, target).sum().item() * per_image
+                sums["psnr"] += psnr(r, target).sum().item() * per_image
             sums["images"] += len(x)
             sums["seconds"] = time.perf_counter() - start
             progress.step += 1

@@ -1,0 +1,274 @@
+"""The feature scorecard: how useful feature vectors are for search, judged without labels.
+
+Every evaluated image gets a few seeded transformed copies (:func:`make_copies`: a random crop
+keeping 50–90 % of the area, a horizontal flip, colour and brightness jitter, JPEG re-encoding at
+quality 30–70, down- and up-scaling). A good feature vector finds an image's copies among all
+images and copies; :func:`retrieval_scores` measures that as recall@1, recall@10 and mean average
+precision, the same way for any vectors, so the model's features are judged beside two baselines
+of known worth: PCA with as many components as the feature vector has numbers (fitted on the
+training split) and the raw pixels downscaled to 32×32 (:func:`pixel_vectors`).
+:func:`effective_rank` shows collapse (every image mapped to nearly the same few directions),
+which retrieval of copies alone would not: a collapsed model can still find copies.
+With labels, :func:`knn_accuracy` measures k-NN classification of the same vectors.
+
+Everything here is a pure function of NumPy arrays (images as uint8 (N, S, S, 3)), so it is easy
+to test; :func:`scorecard` puts the pieces together for the evaluation command.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+COPIES = 3
+"""Transformed copies made of each evaluated image."""
+CROP_AREA = (0.5, 0.9)
+"""Fraction of the image's area a copy's crop keeps."""
+JITTER = 0.25
+"""Brightness, contrast and saturation factors are drawn from U(1 - JITTER, 1 + JITTER)."""
+JPEG_QUALITY = (30, 70)
+"""JPEG re-encoding quality of a copy, drawn uniformly (inclusive)."""
+RESCALE = (0.35, 0.7)
+"""A copy is scaled down to this fraction of its side, then back up."""
+PIXEL_SIDE = 32
+"""Side of the raw-pixel baseline's thumbnails (3·32·32 = 3,072 numbers)."""
+TOP_K = 10
+"""The k of recall@k besides recall@1."""
+KNN_K = 5
+"""Neighbours that vote in the k-NN classification."""
+COLLAPSE_FRACTION = 1 / 32
+"""A collapse warning is given when the effective rank is below this fraction of min(D, n - 1)."""
+
+Encoder = Callable[[np.ndarray], np.ndarray]
+"""Images (n, S, S, 3) uint8 -> vectors (n, D)."""
+
+
+def make_copies(images: np.ndarray, copies: int = COPIES, seed: int = 0) -> np.ndarray:
+    """``copies`` transformed copies of every image of ``images`` (N, S, S, 3) uint8.
+
+    Returns (N * copies, S, S, 3) uint8, the copies of image i at rows i*copies ... i*copies +
+    copies - 1. Each copy draws its own crop (50–90 % of the area, aspect ratio 3/4 to 4/3,
+    resized back to S×S), horizontal flip (p = 0.5), brightness, contrast and saturation factors,
+    JPEG quality and down-scaling factor from one generator seeded with ``seed``: the same inputs
+    always give the same copies.
+    """
+    rng = np.random.default_rng(seed)
+    n, h, w = images.shape[:3]
+    out = np.empty((n * copies, h, w, 3), dtype=np.uint8)
+    for i in range(n):
+        source = Image.fromarray(images[i])
+        for j in range(copies):
+            out[i * copies + j] = _transform(source, rng)
+    return out
+
+
+def _transform(img: Image.Image, rng: np.random.Generator) -> np.ndarray:
+    """One random copy of ``img`` (see :func:`make_copies`)."""
+    from PIL import ImageEnhance
+
+    w, h = img.size
+    area = rng.uniform(*CROP_AREA) * w * h
+    ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+    cw = int(round(min(w, np.sqrt(area * ratio))))
+    ch = int(round(min(h, area / max(cw, 1))))
+    left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    out = img.crop((left, top, left + cw, top + ch)).resize((w, h), Image.Resampling.BILINEAR)
+    if rng.random() < 0.5:
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+        out = enhance(out).enhance(rng.uniform(1 - JITTER, 1 + JITTER))
+    buffer = io.BytesIO()
+    out.save(buffer, format="JPEG", quality=int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1)))
+    out = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    side = max(4, int(round(w * rng.uniform(*RESCALE))))
+    out = out.resize((side, max(4, int(round(h * side / w)))), Image.Resampling.BILINEAR)
+    return np.asarray(out.resize((w, h), Image.Resampling.BILINEAR))
+
+
+def pixel_vectors(images: np.ndarray, side: int = PIXEL_SIDE) -> np.ndarray:
+    """The raw-pixel baseline: images (n, S, S, 3) uint8 -> (n, 3·side·side) float32 in [0, 1]."""
+    out = np.empty((len(images), side * side * 3), dtype=np.float32)
+    for i, image in enumerate(images):
+        small = Image.fromarray(image).resize((side, side), Image.Resampling.BOX)
+        out[i] = np.asarray(small, dtype=np.float32).reshape(-1) / 255.0
+    return out
+
+
+def _normalised(vectors: np.ndarray) -> np.ndarray:
+    """Centred on their mean, then scaled to unit length (zero vectors stay zero), float32.
+
+    Centring first keeps what every vector shares (a mean colour, a constant offset of the latent)
+    from dominating the cosine similarity.
+    """
+    v = vectors.astype(np.float64)
+    v = v - v.mean(0)
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    return (v / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+def _ranked_neighbours(vectors: np.ndarray, seed: int, chunk: int = 512):
+    """Yield (query rows, their other items by decreasing cosine similarity) chunk by chunk.
+
+    Ties are broken in a seeded random order, so vectors that cannot tell items apart score at
+    chance level instead of profiting from the order of the rows.
+    """
+    v = _normalised(vectors)
+    m = len(v)
+    tiebreak = np.random.default_rng(seed).permutation(m)
+    for lo in range(0, m, chunk):
+        rows = np.arange(lo, min(m, lo + chunk))
+        sim = v[rows] @ v.T  # (q, m)
+        sim[np.arange(len(rows)), rows] = -np.inf  # a query is not its own neighbour
+        # Sort by similarity, then by the random tie-break, both descending: lexsort's last key is primary.
+        order = np.lexsort((tiebreak[None, :].repeat(len(rows), 0), -sim.round(6)), axis=1)
+        yield rows, order[:, : m - 1]
+
+
+def retrieval_scores(vectors: np.ndarray, groups: np.ndarray, top_k: int = TOP_K, seed: int = 0) -> dict[str, float]:
+    """Recall@1, recall@``top_k`` and mAP of finding each item's group among all other items.
+
+    ``vectors`` (m, D); ``groups`` (m,) ints: items of one group (an image and its copies) are each
+    other's right answers. Every item is a query once; the others, ranked by cosine similarity of
+    the centred vectors, are its answers. recall@k: fraction of queries with a right answer in
+    their first k; AP: the mean over a query's right answers of the precision at its rank.
+    """
+    groups = np.asarray(groups)
+    hits1 = hitsk = ap = 0.0
+    queries = 0
+    for rows, order in _ranked_neighbours(vectors, seed):
+        relevant = groups[order] == groups[rows][:, None]  # (q, m-1)
+        count = relevant.sum(1)
+        valid = count > 0
+        ranks = np.arange(1, relevant.shape[1] + 1)
+        precision = np.cumsum(relevant, axis=1) / ranks
+        hits1 += relevant[valid, 0].sum()
+        hitsk += relevant[valid, :top_k].any(1).sum()
+        ap += ((precision * relevant).sum(1)[valid] / count[valid]).sum()
+        queries += int(valid.sum())
+    if queries == 0:
+        raise ValueError("no item has another item of its group: nothing to retrieve")
+    return {"recall@1": float(hits1 / queries), f"recall@{top_k}": float(hitsk / queries), "map": float(ap / queries)}
+
+
+def chance_scores(n_images: int, copies: int = COPIES, top_k: int = TOP_K) -> dict[str, float]:
+    """What :func:`retrieval_scores` expects of vectors that rank items at random.
+
+    Each of the m = n·(copies + 1) items has r = copies right answers among m - 1 others.
+    """
+    m, r = n_images * (copies + 1), copies
+    others = m - 1
+    miss = np.prod([(others - r - i) / (others - i) for i in range(min(top_k, others))]) if others >= r + top_k else 0.0
+    # E[AP] = (1/N)·Σ_i E[rel_i·(1/i)·Σ_{j<=i} rel_j] with N = m - 1 and P(rel) = r/N, in closed form.
+    harmonic = float(np.sum(1.0 / np.arange(1, others + 1)))
+    mean_ap = (harmonic + (r - 1) / max(others - 1, 1) * (others - harmonic)) / others
+    return {"recall@1": r / others, f"recall@{top_k}": float(1 - miss), "map": mean_ap}
+
+
+def effective_rank(vectors: np.ndarray) -> float:
+    """exp of the entropy of the normalised singular values of the centred ``vectors`` (n, D).
+
+    1 for vectors along one line, min(n - 1, D) for vectors spread evenly in every direction; 0
+    for identical vectors (nothing varies).
+    """
+    v = vectors.astype(np.float64)
+    s = np.linalg.svd(v - v.mean(0), compute_uv=False)
+    total = s.sum()
+    if total <= 1e-12 * max(1.0, np.abs(v).max()):
+        return 0.0
+    p = s[s > 0] / total
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def collapse_warning(rank: float, dim: int, n: int) -> str | None:
+    """A sentence when ``rank`` is tiny compared with what ``n`` vectors of ``dim`` numbers can span."""
+    limit = max(1, min(dim, n - 1))
+    if rank >= COLLAPSE_FRACTION * limit:
+        return None
+    return (f"Collapse: the feature vectors have an effective rank of {rank:.1f} out of a possible {limit}; "
+            "they use very few directions, so most of their numbers carry no information about the image. "
+            "Train longer or with the default training.RECIPE, whose variance and covariance terms prevent this.")
+
+
+def knn_accuracy(vectors: np.ndarray, labels: np.ndarray, k: int = KNN_K, seed: int = 0) -> float:
+    """Leave-one-out k-NN classification accuracy of ``vectors`` (n, D) with ``labels`` (n,).
+
+    Each vector's k most cosine-similar others vote (ties: the label of the nearest voter wins).
+    """
+    labels = np.asarray(labels)
+    k = max(1, min(k, len(labels) - 1))
+    correct = 0
+    for rows, order in _ranked_neighbours(vectors, seed):
+        for row, neighbours in zip(rows, order[:, :k]):
+            votes = labels[neighbours]
+            values, counts = np.unique(votes, return_counts=True)
+            best = values[counts == counts.max()]
+            predicted = next(v for v in votes if v in best)
+            correct += predicted == labels[row]
+    return correct / len(labels)
+
+
+def verdict(results: dict[str, dict[str, float]], warning: str | None) -> str:
+    """One plain sentence: do the features beat both baselines at retrieving copies (mAP)?"""
+    f, p, r = (results[k]["map"] for k in ("features", "pca", "pixels"))
+    beats = [name for name, value in (("PCA", p), ("raw pixels", r)) if f > value]
+    if warning:
+        head = "The feature vectors have collapsed"
+    elif len(beats) == 2:
+        head = (f"The feature vectors beat both baselines at finding transformed copies "
+                f"(mAP {f:.3f} against PCA {p:.3f} and raw pixels {r:.3f}, {f / max(p, r, 1e-12):.2f}× the better one)")
+    elif beats:
+        head = (f"The feature vectors beat {beats[0]} but not {'raw pixels' if beats[0] == 'PCA' else 'PCA'} "
+                f"at finding transformed copies (mAP {f:.3f} against PCA {p:.3f} and raw pixels {r:.3f})")
+    else:
+        head = (f"The feature vectors do not beat the baselines at finding transformed copies "
+                f"(mAP {f:.3f} against PCA {p:.3f} and raw pixels {r:.3f}): for search, a thumbnail does as well")
+    return head + "."
+
+
+def scorecard(
+    images: np.ndarray,
+    features: Encoder,
+    pca: Encoder,
+    *,
+    labels: np.ndarray | None = None,
+    copies: int = COPIES,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The whole scorecard of ``images`` (n, S, S, 3) uint8 for the ``features`` and ``pca`` encoders.
+
+    Returns a JSON-ready dict: ``retrieval`` (recall@1, recall@10, mAP for "features", "pca",
+    "pixels", and "chance"), ``effective_rank``, ``dim``, ``collapse_warning`` (None or a sentence),
+    ``verdict``, ``images``, ``copies`` and, with ``labels`` (n,), ``knn_accuracy`` per method.
+    """
+    n = len(images)
+    if n < 2:
+        raise ValueError("the scorecard needs at least two images")
+    copied = make_copies(images, copies, seed)
+    everything = np.concatenate([images, copied])  # (n·(copies+1), S, S, 3)
+    groups = np.concatenate([np.arange(n), np.repeat(np.arange(n), copies)])
+    encoders = {"features": features, "pca": pca, "pixels": pixel_vectors}
+    vectors = {name: np.asarray(fn(everything), dtype=np.float32) for name, fn in encoders.items()}
+    retrieval = {name: retrieval_scores(v, groups, seed=seed) for name, v in vectors.items()}
+    retrieval["chance"] = chance_scores(n, copies)
+    dim = vectors["features"].shape[1]
+    rank = effective_rank(vectors["features"][:n])
+    warning = collapse_warning(rank, dim, n)
+    result: dict[str, Any] = {
+        "images": n,
+        "copies": copies,
+        "seed": seed,
+        "dim": dim,
+        "retrieval": retrieval,
+        "effective_rank": rank,
+        "effective_rank_pca": effective_rank(vectors["pca"][:n]),
+        "collapse_warning": warning,
+        "verdict": verdict(retrieval, warning),
+    }
+    if labels is not None:
+        result["knn_accuracy"] = {name: knn_accuracy(v[:n], labels, seed=seed) for name, v in vectors.items()}
+        result["knn_k"] = min(KNN_K, n - 1)
+    return result

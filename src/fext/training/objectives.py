@@ -1,0 +1,100 @@
+"""What a training step optimises: the inputs it feeds the model and the loss, per recipe.
+
+``training.RECIPE`` chooses:
+
+- ``"seed"``: the seed's autoencoder training, exactly: the batch, augmented as a whole by
+  :func:`~fext.data.augment.augment_batch` when ``dataset.IMG_AUGMENT``, is reconstructed and the
+  loss is the mean absolute error.
+- ``"views"``: two views of every image, each drawn independently per image (random resized
+  crop, flip, colour jitter, optionally masked patches), go through the model as one batch. Each
+  view is reconstructed (MAE against the clean view), and VICReg terms on the two views' latents
+  make the feature vector useful for search: invariance (the two views of an image get the same
+  vector), variance (every latent number keeps a spread over the batch, so the vectors cannot
+  collapse to a constant that would make invariance trivial) and covariance (latent numbers do
+  not repeat each other). Reconstruction alone teaches the latent to store pixels; the views
+  teach it which pixel changes do not change the image. Bardes, Ponce and LeCun, "VICReg", 2022.
+
+Both recipes keep the model's architecture and latent size; only the loss and the inputs differ.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fext.config import Config, ViewsConfig
+from fext.data.augment import augment_batch, mask_patches, random_view
+
+VARIANCE_EPS = 1e-4
+"""Added to the variance before the square root, so the hinge's gradient stays finite at zero spread."""
+
+
+def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The seed's training loss: mean absolute error over every pixel of the batch, in float32."""
+    return F.l1_loss(reconstruction.float(), target.float())
+
+
+def invariance_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of two views' latents (B, D): zero exactly when they agree."""
+    return F.mse_loss(z1.float(), z2.float())
+
+
+def variance_loss(z: torch.Tensor) -> torch.Tensor:
+    """Mean over the D latent numbers of max(0, 1 - std over the batch): zero when each spreads by 1 or more."""
+    std = (z.float().var(dim=0) + VARIANCE_EPS).sqrt()
+    return F.relu(1.0 - std).mean()
+
+
+def covariance_loss(z: torch.Tensor) -> torch.Tensor:
+    """Sum of squared off-diagonal covariances of the latent numbers over the batch, divided by D."""
+    z = z.float()
+    b, d = z.shape
+    z = z - z.mean(0)
+    cov = (z.T @ z) / max(b - 1, 1)  # (D, D)
+    off = cov - torch.diag(torch.diagonal(cov))
+    return off.pow(2).sum() / d
+
+
+def views_loss(
+    reconstruction: torch.Tensor, latent: torch.Tensor, target: torch.Tensor, views: ViewsConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The "views" recipe's loss of a batch of 2B rows: the first B views, then the second B views.
+
+    ``reconstruction`` and ``target`` (2B, 3, S, S), ``latent`` (2B, D). Returns the weighted total
+    and its terms (unweighted, detached) for the logs.
+    """
+    z1, z2 = latent.float().chunk(2)
+    terms = {
+        "reconstruction": reconstruction_loss(reconstruction, target),
+        "invariance": invariance_loss(z1, z2),
+        "variance": (variance_loss(z1) + variance_loss(z2)) / 2,
+        "covariance": (covariance_loss(z1) + covariance_loss(z2)) / 2,
+    }
+    total = (views.RECONSTRUCTION_WEIGHT * terms["reconstruction"] + views.INVARIANCE_WEIGHT * terms["invariance"]
+             + views.VARIANCE_WEIGHT * terms["variance"] + views.COVARIANCE_WEIGHT * terms["covariance"])
+    return total, {k: v.detach() for k, v in terms.items()}
+
+
+def training_inputs(x: torch.Tensor, cfg: Config, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(model input, reconstruction target) of a training batch ``x`` (B, 3, S, S) for the recipe.
+
+    "seed": the batch (augmented as a whole when ``dataset.IMG_AUGMENT``) is both, (B, ...).
+    "views": two views per image, (2B, ...): the target is the clean views, the input the views
+    with ``MASK_RATIO`` of their patches greyed. All draws come from ``generator``.
+    """
+    if cfg.training.RECIPE == "seed":
+        if cfg.dataset.IMG_AUGMENT:
+            x = augment_batch(x, generator)
+        return x, x
+    views = cfg.training.VIEWS
+    target = torch.cat([random_view(x, generator, views.CROP_MIN_AREA, views.COLOR_JITTER) for _ in range(2)])
+    return mask_patches(target, views.MASK_RATIO, generator), target
+
+
+def training_loss(
+    out: dict[str, torch.Tensor], target: torch.Tensor, cfg: Config
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The recipe's loss of the model's output ``out`` for ``target`` (float32), and its terms."""
+    if cfg.training.RECIPE == "seed":
+        return reconstruction_loss(out["reconstruction"], target), {}
+    return views_loss(out["reconstruction"], out["latent"], target, cfg.training.VIEWS)
