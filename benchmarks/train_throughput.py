@@ -23,7 +23,7 @@ import torch
 from fext._allocator import keep_freed_memory
 from fext.device import autocast, select_device
 from fext.model import FeXTAutoEncoder, model_complexity
-from fext.training.loop import reconstruction_loss
+from fext.training.objectives import reconstruction_loss
 
 
 def matmul_gflops(n: int, dtype: torch.dtype, device: torch.device, seconds: float) -> float:

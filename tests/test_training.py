@@ -185,7 +185,7 @@ def test_resume_adds_epochs_with_the_saved_configuration_exactly(tmp_path, three
 def test_ctrl_c_inside_an_epoch_saves_a_state_that_resumes_exactly(tmp_path, monkeypatch, three_epochs):
     ws = new_workspace(tmp_path)
     calls = {"n": 0}
-    real_loss = training.loop.reconstruction_loss
+    real_loss = training.objectives.reconstruction_loss
 
     def loss_then_sigint(reconstruction, target):
         calls["n"] += 1
@@ -193,7 +193,7 @@ def test_ctrl_c_inside_an_epoch_saves_a_state_that_resumes_exactly(tmp_path, mon
             signal.raise_signal(signal.SIGINT)
         return real_loss(reconstruction, target)
 
-    monkeypatch.setattr(training.loop, "reconstruction_loss", loss_then_sigint)
+    monkeypatch.setattr(training.objectives, "reconstruction_loss", loss_then_sigint)
     with pytest.raises(training.TrainingInterrupted) as info:
         train(tiny_config(**{"training.EPOCHS": 3}), ws, progress=False)
     assert info.value.exit_code == 130
@@ -205,7 +205,7 @@ def test_ctrl_c_inside_an_epoch_saves_a_state_that_resumes_exactly(tmp_path, mon
     assert history(folder)["total_epochs"] == 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
-    monkeypatch.setattr(training.loop, "reconstruction_loss", real_loss)
+    monkeypatch.setattr(training.objectives, "reconstruction_loss", real_loss)
     train(tiny_config(**{"training.ADDITIONAL_EPOCHS": 2}), ws, resume=folder, progress=False)
     assert history(folder)["total_epochs"] == 3
     assert same_weights(weights(folder), weights(three_epochs))
@@ -214,14 +214,14 @@ def test_ctrl_c_inside_an_epoch_saves_a_state_that_resumes_exactly(tmp_path, mon
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     ws = new_workspace(tmp_path)
     calls = {"n": 0}
-    real_loss = training.loop.reconstruction_loss
+    real_loss = training.objectives.reconstruction_loss
 
     def nan_at_step_4(reconstruction, target):
         calls["n"] += 1
         loss = real_loss(reconstruction, target)
         return loss * float("nan") if calls["n"] == 4 else loss
 
-    monkeypatch.setattr(training.loop, "reconstruction_loss", nan_at_step_4)
+    monkeypatch.setattr(training.objectives, "reconstruction_loss", nan_at_step_4)
     with pytest.raises(FeXTError) as info:
         train(tiny_config(**{"training.EPOCHS": 3}), ws, progress=False)
     folder = next(ws.checkpoints.iterdir())
@@ -235,7 +235,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 def test_non_finite_loss_in_the_first_epoch_leaves_no_folder(tmp_path, monkeypatch, caplog):
     ws = new_workspace(tmp_path)
-    monkeypatch.setattr(training.loop, "reconstruction_loss", lambda r, t: (r - t).abs().mean() * float("inf"))
+    monkeypatch.setattr(training.objectives, "reconstruction_loss", lambda r, t: (r - t).abs().mean() * float("inf"))
     monkeypatch.setattr(training.run, "_cpu_has_native_bf16", lambda: False)
     with pytest.raises(FeXTError, match=r"non-finite \(inf\) at epoch 1, step 1 .*no epoch had completed") as info:
         train(tiny_config(**{"device.MIXED_PRECISION": True}), ws, progress=False)
