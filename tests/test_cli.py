@@ -39,3 +39,28 @@ def test_python_dash_m_without_terminal_prints_help(tmp_path):
     assert "usage: fext" in proc.stdout
     for command in ("analyze", "train", "evaluate", "encode", "setup", "checkpoints", "search"):
         assert command in proc.stdout
+
+
+def test_global_options_work_before_and_after_the_command_and_add_up(tmp_path, capsys):
+    ws = tmp_path / "after"
+    assert main(["init", "--workspace", str(ws), "--quiet"]) == 0
+    capsys.readouterr()
+    argv = ["--set", "SEED=7", "config", "--workspace", str(ws), "--set", "training.EPOCHS=5", "--log-level", "debug"]
+    assert main(argv) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["SEED"] == 7 and shown["training"]["EPOCHS"] == 5
+    assert (ws / "settings" / "configurations.json").is_file() and not (tmp_path / "settings").exists()
+
+
+def test_an_option_before_the_command_is_not_reset_by_the_subcommand(tmp_path):
+    from fext.cli import build_parser
+
+    args = build_parser().parse_args(["--workspace", str(tmp_path), "--quiet", "--log-level", "ERROR", "train"])
+    assert (args.workspace, args.quiet, args.log_level) == (tmp_path, True, "ERROR")
+    args = build_parser().parse_args(["--workspace", "a", "encode", "--workspace", "b"])
+    assert str(args.workspace) == "b"  # the later one wins, as with any repeated option
+
+
+def test_a_bad_log_level_after_the_command_is_one_clear_error(tmp_path, capsys):
+    assert main(["config", "--workspace", str(tmp_path), "--log-level", "LOUD"]) == 2
+    assert "log level 'LOUD'" in capsys.readouterr().err

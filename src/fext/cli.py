@@ -204,18 +204,42 @@ def _cmd_menu(ctx: Context, args: argparse.Namespace) -> int:
     return run_menu(ctx)
 
 
+def _global_options(after_command: bool) -> argparse.ArgumentParser:
+    """The options every command takes, accepted before the subcommand and after it.
+
+    One definition for both places. After the subcommand the defaults are SUPPRESS, so an option
+    given only before the subcommand is not reset by the subparser's default; ``--set`` after the
+    subcommand collects into its own list, which ``main`` appends to the one given before.
+    """
+    unset = argparse.SUPPRESS if after_command else None
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("global options (before or after the command)")
+    group.add_argument("--workspace", type=Path, default=unset,
+                       help="workspace folder (default: $FEXT_WORKSPACE or the current directory)")
+    group.add_argument("--set", dest="overrides_after" if after_command else "overrides", action="append",
+                       default=unset if after_command else [], metavar="KEY.PATH=VALUE",
+                       help="override a configuration value for this run, e.g. --set training.EPOCHS=5 (repeatable)")
+    group.add_argument("--quiet", "-q", action="store_true", default=unset if after_command else False,
+                       help="no progress bars, warnings and errors only")
+    group.add_argument("--log-level", default=unset, help="DEBUG, INFO, WARNING or ERROR (default: $FEXT_LOG_LEVEL or INFO)")
+    return options
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: it accepts the global options too (``fext train --set ...``)."""
+
+    def __init__(self, *args, parents: list[argparse.ArgumentParser] = (), **kwargs) -> None:
+        super().__init__(*args, parents=[*parents, _global_options(after_command=True)], **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fext",
         description="FeXT: train a convolutional autoencoder on your images and turn images into feature vectors.",
         epilog="Run `fext` alone on a terminal for the navigation menu. Docs: README.md.",
+        parents=[_global_options(after_command=False)],
     )
-    parser.add_argument("--workspace", type=Path, help="workspace folder (default: $FEXT_WORKSPACE or the current directory)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        help="override a configuration value for this run, e.g. --set training.EPOCHS=5 (repeatable)")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars, warnings and errors only")
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default: $FEXT_LOG_LEVEL or INFO)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
 
     p = sub.add_parser("init", help="create the workspace folders and the default configuration")
     p.add_argument("--force", action="store_true", help="rewrite settings/configurations.json with the defaults")
@@ -278,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``fext`` command line; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.overrides = [*args.overrides, *getattr(args, "overrides_after", [])]
     ws = Workspace.resolve(args.workspace)
     load_env_file(ws.env_file)
     if args.workspace is None and os.environ.get("FEXT_WORKSPACE"):
