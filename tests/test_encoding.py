@@ -16,7 +16,7 @@ import torch
 from conftest import run_fext
 from PIL import Image
 
-from fext.config import Config, config_to_dict, with_overrides
+from fext.config import Config, with_overrides
 from fext.encoding import EMBEDDINGS, FAILED, INDEX, METADATA, PARTIAL, STATE, encode_folder, encode_images, load_embeddings
 from fext.errors import FeXTError
 from fext.model import FeXTAutoEncoder
@@ -26,10 +26,11 @@ CPU = with_overrides(Config(), {"device.DEVICE": "CPU", "device.NUM_PROCESSORS":
 
 def make_checkpoint(path: Path, seed: int = 0) -> Path:
     """An untrained small 64 px checkpoint, saved the way `fext train` saves one."""
+    from fext.checkpoints import CheckpointDescription, DatasetRecord, save_checkpoint
+
     torch.manual_seed(seed)
-    FeXTAutoEncoder.from_preset("small", img_size=64).save_pretrained(
-        path, extra={"configuration": config_to_dict(CPU), "dataset": {"root": "none", "train": 0, "validation": 0, "failed": 0}}
-    )
+    model = FeXTAutoEncoder.from_preset("small", img_size=64)
+    save_checkpoint(path, model, CheckpointDescription(model.arch, CPU, DatasetRecord("none")))
     return path
 
 
@@ -161,11 +162,11 @@ def test_rerun_is_a_no_op_and_other_checkpoints_or_inputs_are_refused(tmp_path, 
 
 
 def test_an_unfinished_run_is_resumed_only_with_its_own_checkpoint(tmp_path, ckpt, monkeypatch):
-    import fext.encoding
+    import fext.encoding.inference
 
     images, out = tmp_path / "images", tmp_path / "out"
     make_images(images, 6, seed=5)
-    real_embed, calls = fext.encoding.embed, []
+    real_embed, calls = fext.encoding.inference.embed, []
 
     def interrupted_embed(*args, **kwargs):
         calls.append(1)
@@ -173,7 +174,7 @@ def test_an_unfinished_run_is_resumed_only_with_its_own_checkpoint(tmp_path, ckp
             raise KeyboardInterrupt  # Ctrl-C during the second batch
         return real_embed(*args, **kwargs)
 
-    monkeypatch.setattr(fext.encoding, "embed", interrupted_embed)
+    monkeypatch.setattr(fext.encoding.inference, "embed", interrupted_embed)
     with pytest.raises(KeyboardInterrupt):
         encode_folder(ckpt, images, out, config=CPU, batch_size=2, progress=False)
     assert json.loads((out / STATE).read_text())["done"] == 2

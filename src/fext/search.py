@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 
 from fext.config import Config
-from fext.encoding import EMBEDDINGS, INDEX, METADATA, checkpoint_identity, embed, load_model
+from fext.encoding.files import INDEX, open_encoding
+from fext.encoding.fingerprints import checkpoint_identity
+from fext.encoding.inference import embed, load_model
 from fext.errors import FeXTError
 
 BLOCK_ROWS = 65536
@@ -67,20 +69,8 @@ def search(
 
 def _open(emb_dir: Path) -> tuple[dict[str, Any], np.ndarray]:
     """metadata.json and the memory-mapped vectors of a finished `fext encode` folder."""
-    import json
-
-    from fext.encoding import STATE
-
-    if not (emb_dir / METADATA).is_file():
-        if (emb_dir / STATE).is_file():
-            raise FeXTError(f"The encoding into {emb_dir} did not finish; run the same `fext encode` command again first")
-        raise FeXTError(f"{emb_dir} is not a folder written by `fext encode` ({METADATA} missing)")
-    try:
-        metadata = json.loads((emb_dir / METADATA).read_text(encoding="utf-8"))
-        matrix = np.load(emb_dir / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise FeXTError(f"{emb_dir}: unreadable embeddings ({e}); encode the images again with `fext encode --overwrite`") from e
-    return metadata, matrix
+    encoding = open_encoding(emb_dir)
+    return encoding.metadata, encoding.vectors
 
 
 def find_row(index_file: Path, name: str) -> int | None:
@@ -111,13 +101,13 @@ def _encode_query(
     image: Path, metadata: dict[str, Any], emb_dir: Path, cfg: Config, checkpoint: str | os.PathLike | None
 ) -> np.ndarray:
     """The query's (D,) vector, computed with the checkpoint that wrote the embeddings."""
+    from fext.checkpoints import is_checkpoint
     from fext.data import ImageDecodeError, load_image
     from fext.device import select_device
-    from fext.model import WEIGHTS_NAME
 
     recorded = metadata["checkpoint"]
     ckpt = Path(checkpoint).expanduser().resolve() if checkpoint else Path(recorded["path"])
-    if not (ckpt / WEIGHTS_NAME).is_file():
+    if not is_checkpoint(ckpt):
         raise FeXTError(
             f"The checkpoint that wrote {emb_dir}, {recorded['name']}, is not at {ckpt} any more. "
             "Move it back, pass its new location with --checkpoint, or query an image already in the index."

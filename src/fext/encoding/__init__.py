@@ -1,0 +1,41 @@
+"""Encoding: turning images into feature vectors with a trained checkpoint.
+
+What lives where:
+
+- :mod:`~fext.encoding.inference`: the model at inference (load, compile, ``embed`` a batch)
+  and the in-memory API :func:`encode_images`;
+- :mod:`~fext.encoding.files`: the embeddings folder format (file names, writers, readers,
+  :func:`load_embeddings`, and the one "did the encoding finish?" check, ``is_finished``);
+- :mod:`~fext.encoding.folder`: ``fext encode`` (:func:`encode_folder`);
+- :mod:`~fext.encoding.resumable`: the resumable writer and its state;
+- :mod:`~fext.encoding.sharding`: the same under ``torchrun``, one block of images per rank;
+- :mod:`~fext.encoding.fingerprints`: hashes of the checkpoint and of the input listing;
+- :mod:`~fext.encoding.npy_rows`: raw row I/O on ``.npy`` files.
+"""
+
+from __future__ import annotations
+
+from fext.encoding.files import (
+    EMBEDDINGS,
+    FAILED,
+    INDEX,
+    METADATA,
+    PARTIAL,
+    PARTS,
+    PER_IMAGE,
+    STATE,
+    Encoding,
+    is_finished,
+    load_embeddings,
+    open_encoding,
+    read_index,
+)
+from fext.encoding.fingerprints import checkpoint_identity
+from fext.encoding.folder import clear_output, encode_folder
+from fext.encoding.inference import compile_encoder, embed, encode_images, load_model
+
+__all__ = [
+    "EMBEDDINGS", "FAILED", "INDEX", "METADATA", "PARTIAL", "PARTS", "PER_IMAGE", "STATE", "Encoding",
+    "checkpoint_identity", "clear_output", "compile_encoder", "embed", "encode_folder", "encode_images",
+    "is_finished", "load_embeddings", "load_model", "open_encoding", "read_index",
+]

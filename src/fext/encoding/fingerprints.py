@@ -1,0 +1,39 @@
+"""Hashes that tell whether an encoding is still the one asked for: of the checkpoint and of the input listing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from fext.errors import FeXTError
+
+
+def checkpoint_identity(ckpt: Path) -> dict[str, str]:
+    """Name, absolute path and a content hash (weights + architecture) of a checkpoint folder."""
+    from fext.checkpoints import WEIGHTS, read_description
+
+    digest = hashlib.blake2b(digest_size=16)
+    architecture = asdict(read_description(ckpt).architecture)
+    digest.update(json.dumps(architecture, sort_keys=True).encode())
+    try:
+        with open(ckpt / WEIGHTS, "rb") as f:
+            while block := f.read(2**22):
+                digest.update(block)
+    except OSError as e:
+        raise FeXTError(f"{ckpt} is not a usable FeXT checkpoint ({e}); pass a folder written by `fext train`") from e
+    return {"name": ckpt.name, "path": str(ckpt), "hash": digest.hexdigest()}
+
+
+def listing_fingerprint(paths: Sequence[Path], names: Sequence[str]) -> str:
+    """A hash of the input listing: relative paths, sizes and modification times."""
+    digest = hashlib.blake2b(digest_size=16)
+    for path, name in zip(paths, names):
+        try:
+            st = path.stat()
+            digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{name}\0missing\n".encode())
+    return digest.hexdigest()

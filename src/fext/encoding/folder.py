@@ -1,0 +1,180 @@
+"""``fext encode``: every image of a folder into the files of an embeddings folder, resumably.
+
+:func:`encode_folder` lists the images, checks what the output folder already holds
+(:mod:`fext.encoding.resumable`), encodes what is missing, and writes the final files through
+:mod:`fext.encoding.files`, ``metadata.json`` last. Under ``torchrun`` it hands over to
+:mod:`fext.encoding.sharding`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fext import distributed
+from fext._io import atomic_path
+from fext.config import Config
+from fext.encoding import files, inference, npy_rows, resumable
+from fext.encoding.fingerprints import checkpoint_identity, listing_fingerprint
+from fext.errors import FeXTError
+from fext.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+def encode_folder(
+    ckpt: str | os.PathLike,
+    input_dir: str | os.PathLike,
+    output_dir: str | os.PathLike | None = None,
+    *,
+    config: Config,
+    workspace: Workspace | None = None,
+    batch_size: int = 64,
+    per_image: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    batch_pause: float = 0.0,
+) -> Path:
+    """Encode every image under ``input_dir`` with checkpoint ``ckpt``; return the output folder.
+
+    The output defaults to ``resources/extraction/<checkpoint name>`` of ``workspace`` (the
+    current one when None). Device, MIXED_PRECISION and NUM_PROCESSORS (decoding workers) come
+    from ``config.device``; the image size from the checkpoint. An unfinished run in the output
+    folder is resumed; a finished one is left as it is (``overwrite`` starts again). Under
+    torchrun every process calls this and encodes its share (:mod:`fext.encoding.sharding`).
+    ``batch_pause`` is for tests: see :func:`fext.encoding.resumable.encode_missing`.
+    """
+    from fext.checkpoints import read_description
+    from fext.data import find_images
+
+    if batch_size < 1:
+        raise FeXTError(f"--batch-size must be at least 1, got {batch_size}")
+    if distributed.launched() and not distributed.active():
+        # Under torchrun: open the process group (gloo: ranks only exchange a few small messages), then shard.
+        with distributed.session(config.device.DEVICE, config.device.DEVICE_ID, gpu_collectives=False):
+            return encode_folder(ckpt, input_dir, output_dir, config=config, workspace=workspace, batch_size=batch_size,
+                                 per_image=per_image, overwrite=overwrite, progress=progress, batch_pause=batch_pause)
+    if workspace is not None:
+        workspace.ensure()
+    ckpt = Path(ckpt).expanduser().resolve()
+    input_dir = Path(input_dir).expanduser().resolve()
+    if output_dir is None:
+        output_dir = (workspace or Workspace.resolve()).extraction / ckpt.name
+    output = Path(output_dir).expanduser().resolve()
+    if output == input_dir:
+        raise FeXTError(f"The output folder {output} is the input folder; pass another --output")
+
+    paths = find_images(input_dir)
+    if not paths:
+        raise FeXTError(f"No image found in {input_dir}. Put images there or pass --input with another folder.")
+    names = [p.relative_to(input_dir).as_posix() for p in paths]
+    arch = read_description(ckpt).architecture
+    run = {
+        "checkpoint": checkpoint_identity(ckpt),
+        "input": str(input_dir),
+        "listing": listing_fingerprint(paths, names),
+        "images": len(paths),
+        "embedding_dim": arch.feature_dim,
+    }
+    if distributed.active():
+        from fext.encoding.sharding import encode_sharded
+
+        return encode_sharded(output, run, ckpt, paths, names, arch, batch_size, config, per_image, overwrite, progress)
+    if overwrite:
+        clear_output(output)
+    state = resumable.prepare(output, run)
+    if state is None:
+        log.info("%s already holds the embeddings of these %d images (pass --overwrite to encode them again)", output, len(paths))
+        if per_image:
+            files.write_per_image(output, files.index_paths(output))
+        return output
+
+    device = inference.device_of(config)
+    log.info(
+        "Encoding %d images of %s with %s (%s, %d px, D=%d) on %s%s into %s",
+        len(paths), input_dir, ckpt.name, arch.preset, arch.img_size, arch.feature_dim, device,
+        " with mixed precision" if config.device.MIXED_PRECISION else "", output,
+    )
+    if state["done"] < len(paths):
+        if state["done"]:
+            log.info("Resuming: %d of %d images were already done", state["done"], len(paths))
+        resumable.encode_missing(output, state, ckpt, paths, names, arch.img_size, batch_size, config, device, progress,
+                                 batch_pause)
+    finalize(output, state, names, per_image, extra=run_details(arch, batch_size, device, config))
+    return output
+
+
+def run_details(arch: Any, batch_size: int, device: Any, config: Config) -> dict[str, Any]:
+    """The model and settings a run recorded in metadata.json."""
+    return {"preset": arch.preset, "img_size": arch.img_size, "batch_size": batch_size, "device": str(device),
+            "mixed_precision": config.device.MIXED_PRECISION}
+
+
+def clear_output(output: Path) -> None:
+    """Remove every file a previous ``fext encode`` wrote into ``output`` (nothing else)."""
+    for name in (files.METADATA, files.EMBEDDINGS, files.INDEX, files.FAILED, files.STATE, files.PARTIAL,
+                 files.SIZES_PARTIAL):
+        (output / name).unlink(missing_ok=True)
+    shutil.rmtree(output / files.PER_IMAGE, ignore_errors=True)
+    shutil.rmtree(output / files.PARTS, ignore_errors=True)
+
+
+def finalize(output: Path, state: dict[str, Any], names: list[str], per_image: bool, extra: dict[str, Any]) -> None:
+    """Write the final files from the partial ones (each atomically, metadata.json last), then tidy up."""
+    n, d = state["images"], state["embedding_dim"]
+    failures = sorted(state["failures"], key=lambda f: f["position"])
+    failed = np.zeros(n, dtype=bool)
+    failed[[f["position"] for f in failures]] = True
+    kept = np.flatnonzero(~failed)
+
+    files.write_failed(output, failures)
+    if not len(kept):
+        raise FeXTError(f"None of the {n} files in {state['input']} could be read; see {output / files.FAILED}")
+    sizes = np.load(output / files.SIZES_PARTIAL, allow_pickle=False)[kept]  # (N_ok, 2): 8 bytes per image
+    files.write_index(output, [names[p] for p in kept], sizes)
+
+    partial = output / files.PARTIAL
+    if partial.exists():
+        if len(kept) == n:
+            os.replace(partial, output / files.EMBEDDINGS)  # already synced, complete and in order: no copy needed
+        else:
+            with atomic_path(output / files.EMBEDDINGS) as tmp:
+                npy_rows.copy_rows(partial, tmp, kept, d)
+    if per_image:
+        files.write_per_image(output, [names[p] for p in kept])
+
+    seconds = state["elapsed_seconds"]
+    files.write_metadata(output, {
+        "checkpoint": state["checkpoint"],
+        **extra,
+        "embedding_dim": d,
+        "images": int(len(kept)),
+        "failed": len(failures),
+        "files": n,
+        "input": state["input"],
+        "listing": state["listing"],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "elapsed_seconds": seconds,
+        "images_per_second": round(len(kept) / seconds, 2) if seconds > 0 else None,
+        "fext_version": _version(),
+    })
+    for leftover in (files.STATE, files.PARTIAL, files.SIZES_PARTIAL):
+        (output / leftover).unlink(missing_ok=True)
+    shutil.rmtree(output / files.PARTS, ignore_errors=True)
+    log.info(
+        "Wrote %d vectors of %d floats to %s in %.1f s (%s images/s)%s", len(kept), d, output / files.EMBEDDINGS, seconds,
+        f"{len(kept) / seconds:.1f}" if seconds > 0 else "-",
+        f"; {len(failures)} file(s) could not be read, listed in {files.FAILED}" if failures else "",
+    )
+
+
+def _version() -> str:
+    from fext import __version__
+
+    return __version__

@@ -1,0 +1,72 @@
+"""Raw row I/O on ``.npy`` files: pre-sized files written and copied a block of rows at a time.
+
+Vectors go to disk through ordinary file writes at a row's byte offset rather than through a
+memory map, because the pages of a growing memory map count towards resident memory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+COPY_BYTES = 16 * 2**20
+"""Rows are copied and scanned in blocks of about this many bytes."""
+
+
+def create(path: Path, dtype: Any, shape: tuple[int, int]) -> None:
+    """A pre-sized ``.npy`` (header + rows); on most file systems the rows take no disk until written."""
+    path.unlink(missing_ok=True)
+    np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+
+
+def shape(path: Path) -> tuple[int, ...] | None:
+    """The array shape of an ``.npy`` file, or None when it is missing or unreadable."""
+    try:
+        return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)
+    except (OSError, ValueError):
+        return None
+
+
+def offset(path: Path) -> int:
+    """Byte offset of the first row of an ``.npy`` file."""
+    return int(np.load(path, mmap_mode="r", allow_pickle=False).offset)
+
+
+def write_rows(f: Any, start: int, row_bytes: int, positions: np.ndarray, rows: np.ndarray) -> None:
+    """Write ``rows[i]`` at row ``positions[i]`` of an open ``.npy`` file whose rows begin at byte ``start``.
+
+    One write per run of consecutive positions.
+    """
+    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+    for run_positions, run_rows in zip(np.split(positions, breaks), np.split(rows, breaks)):
+        f.seek(start + int(run_positions[0]) * row_bytes)
+        f.write(np.ascontiguousarray(run_rows).tobytes())
+
+
+def copy_block(src: Path, dst: Path, first_row: int, row_bytes: int) -> None:
+    """Copy every row of the ``.npy`` file ``src`` into ``dst`` from row ``first_row`` on, and sync ``dst``."""
+    with open(src, "rb") as fin, open(dst, "r+b") as fout:
+        fin.seek(offset(src))
+        fout.seek(offset(dst) + first_row * row_bytes)
+        while block := fin.read(COPY_BYTES):
+            fout.write(block)
+        fout.flush()
+        os.fsync(fout.fileno())
+
+
+def copy_rows(src: Path, dst: Path, rows: np.ndarray, d: int) -> None:
+    """Write ``src[rows]`` (float32 (N, d) .npy, ``rows`` ascending) as a new .npy at ``dst``, a block at a time."""
+    np.lib.format.open_memmap(dst, mode="w+", dtype=np.float32, shape=(len(rows), d))
+    block = max(1, COPY_BYTES // (d * 4))
+    src_offset, dst_offset = offset(src), offset(dst)
+    with open(src, "rb") as fin, open(dst, "r+b") as fout:
+        fout.seek(dst_offset)
+        for lo in range(0, len(rows), block):
+            wanted = rows[lo:lo + block]
+            first, last = int(wanted[0]), int(wanted[-1])
+            fin.seek(src_offset + first * d * 4)
+            chunk = np.frombuffer(fin.read((last - first + 1) * d * 4), dtype=np.float32).reshape(-1, d)
+            fout.write(chunk[wanted - first].tobytes())

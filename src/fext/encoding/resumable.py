@@ -1,0 +1,163 @@
+"""The resumable writer: encode into pre-sized partial files and record progress, so a run survives a kill.
+
+Memory stays at a few batches whatever the number of images: vectors are written as they come
+into ``embeddings.partial.npy``, an ``.npy`` file pre-sized to one row per discovered image,
+through ordinary file writes (:mod:`fext.encoding.npy_rows`).
+
+Every couple of seconds the written rows are synced to disk and then ``.encode_state.json``
+records how many images are done (atomically), with the checkpoint's identity and a
+fingerprint of the input listing. Re-running the same command after Ctrl-C or a kill encodes
+only the rest, starting on a batch boundary of the uninterrupted run, so the final files are
+byte for byte those of one run (a resumed run keeps the same batches). A different checkpoint
+or a changed input folder is refused rather than mixed into existing results.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fext.config import Config
+from fext.encoding import inference, npy_rows
+from fext.encoding.files import EMBEDDINGS, METADATA, PARTIAL, SIZES_PARTIAL, STATE, read_json
+from fext.errors import FeXTError
+from fext._io import write_json
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+FLUSH_SECONDS = 2.0
+"""Sync the written rows and record progress at most this often (and at the end)."""
+
+
+def check_same_run(output: Path, recorded: dict[str, Any], run: dict[str, Any]) -> None:
+    """Refuse to mix the results of another checkpoint or of a different set of images."""
+    theirs, ours = recorded.get("checkpoint") or {}, run["checkpoint"]
+    if theirs.get("hash") != ours["hash"]:
+        origin = (
+            f"an earlier version of checkpoint {ours['name']} (its weights changed since)"
+            if (theirs.get("name"), theirs.get("path")) == (ours["name"], ours["path"])
+            else f"checkpoint {theirs.get('name', '?')} ({theirs.get('path', '?')}), not of {ours['name']}"
+        )
+        raise FeXTError(
+            f"{output} holds embeddings of {origin}; results of different checkpoints are never mixed. "
+            "Pass --overwrite to replace them, or --output to write to another folder."
+        )
+    if recorded.get("listing") != run["listing"]:
+        raise FeXTError(
+            f"The images in {run['input']} changed since {output} was written "
+            f"({recorded.get('images', '?')} files then, {run['images']} now, or files modified). "
+            "Pass --overwrite to encode them all again, or --output to write to another folder."
+        )
+
+
+def prepare(output: Path, run: dict[str, Any]) -> dict[str, Any] | None:
+    """The state to continue from (a fresh one when nothing is there); None when already complete."""
+    metadata = read_json(output / METADATA)
+    if metadata is not None:
+        check_same_run(output, metadata, run)
+        for leftover in (STATE, PARTIAL, SIZES_PARTIAL):
+            (output / leftover).unlink(missing_ok=True)
+        return None
+    state = read_json(output / STATE)
+    if state is not None and state.get("version") == STATE_VERSION:
+        check_same_run(output, state, run)
+        if partial_usable(output, state):
+            return state
+        log.warning("The unfinished encoding in %s lost its partial files; starting again", output)
+    elif (output / EMBEDDINGS).exists() or (output / PARTIAL).exists():
+        raise FeXTError(
+            f"{output} already holds embeddings whose origin is unknown (no {METADATA}). "
+            "Pass --overwrite to replace them, or --output to write to another folder."
+        )
+    output.mkdir(parents=True, exist_ok=True)
+    return new_state(output, run)
+
+
+def new_state(output: Path, run: dict[str, Any]) -> dict[str, Any]:
+    """Record a run with nothing done yet, beside empty pre-sized partial files."""
+    state = {"version": STATE_VERSION, **run, "done": 0, "failures": [], "elapsed_seconds": 0.0}
+    write_json(output / STATE, state)
+    npy_rows.create(output / PARTIAL, np.float32, (run["images"], run["embedding_dim"]))
+    npy_rows.create(output / SIZES_PARTIAL, np.int32, (run["images"], 2))
+    return state
+
+
+def partial_usable(output: Path, state: dict[str, Any]) -> bool:
+    """The partial files match the state, or (interrupted while finishing) the rows already moved into place."""
+    n, d = state["images"], state["embedding_dim"]
+    shapes = {name: npy_rows.shape(output / name) for name in (PARTIAL, SIZES_PARTIAL, EMBEDDINGS)}
+    if shapes[SIZES_PARTIAL] != (n, 2):
+        return False
+    if shapes[PARTIAL] == (n, d):
+        return True
+    return state["done"] == n and shapes[EMBEDDINGS] == (n - len(state["failures"]), d)
+
+
+def encode_missing(
+    output: Path, state: dict[str, Any], ckpt: Path, paths: list[Path], names: list[str], img_size: int,
+    batch_size: int, cfg: Config, device: torch.device, progress: bool, batch_pause: float = 0.0,
+) -> None:
+    """Encode images ``state["done"]:`` into the partial files, recording progress as it goes.
+
+    ``batch_pause`` (seconds) sleeps after every batch and records progress after every batch,
+    so a test can interrupt a run at a known point.
+    """
+    from fext.data import decode_batches
+
+    flush_seconds = 0.0 if batch_pause else FLUSH_SECONDS
+    model = inference.load_model(ckpt, device, inference.compile_backend(cfg))
+    pad_to = inference.pad_to(cfg, batch_size)
+    start = state["done"]
+    # An interruption between recording a batch's failures and its progress must not list them twice.
+    state["failures"] = [f for f in state["failures"] if f["position"] < start]
+    started, last_flush, elapsed_before = time.perf_counter(), time.perf_counter(), state["elapsed_seconds"]
+    row_bytes = state["embedding_dim"] * 4
+    with open(output / PARTIAL, "r+b") as vec_file, open(output / SIZES_PARTIAL, "r+b") as size_file:
+        vec_offset, size_offset = npy_rows.offset(output / PARTIAL), npy_rows.offset(output / SIZES_PARTIAL)
+
+        def flush() -> None:
+            for f in (vec_file, size_file):
+                f.flush()
+                os.fsync(f.fileno())
+            state["elapsed_seconds"] = round(elapsed_before + time.perf_counter() - started, 3)
+            write_json(output / STATE, state)
+
+        try:
+            workers = inference.workers(cfg, len(paths) - start, batch_size)
+            batches = decode_batches(paths[start:], img_size, batch_size, workers, log_failures=False)
+            for batch in inference.with_progress(batches, progress, len(paths), initial=start):
+                positions = start + np.asarray(batch.positions, dtype=np.int64)
+                failed = [(start + p, reason) for p, reason in inference.failures(batch)]
+                if len(positions):
+                    vectors = inference.embed(model, batch.images, device, cfg.device.MIXED_PRECISION, pad_to)
+                    sizes = np.asarray(batch.sizes, dtype=np.int32).reshape(-1, 2)
+                    npy_rows.write_rows(vec_file, vec_offset, row_bytes, positions, vectors)
+                    npy_rows.write_rows(size_file, size_offset, 8, positions, sizes)
+                for position, reason in failed:
+                    log.warning("Skipped %s: %s", names[position], reason)
+                state["failures"] += [{"position": p, "path": names[p], "reason": reason} for p, reason in failed]
+                state["done"] = max([state["done"], *(p + 1 for p, _ in failed), *(positions + 1).tolist()])
+                if batch_pause:
+                    time.sleep(batch_pause)
+                if time.perf_counter() - last_flush >= flush_seconds:
+                    flush()
+                    last_flush = time.perf_counter()
+            flush()
+        except BaseException as e:  # Ctrl-C or an error: keep what is done for the next run
+            flush()
+            if isinstance(e, KeyboardInterrupt):
+                log.warning("Interrupted after %d of %d images; run the same command again to encode the rest",
+                            state["done"], len(paths))
+            else:
+                log.warning("Stopped after %d of %d images; they are kept, and a later run goes on from there",
+                            state["done"], len(paths))
+            raise
+    if state["done"] < len(paths):
+        raise FeXTError(f"Decoding stopped after {state['done']} of {len(paths)} images; run the same command again to resume")
