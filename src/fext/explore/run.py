@@ -1,0 +1,235 @@
+"""``fext explore``: from a `fext encode` folder to ``explore/`` with atlas.html and four CSV files.
+
+The steps, in order: read and check the vectors; find every image's nearest neighbours once
+(shared by all that follows); the map; the clusters; with the checkpoint and the images at
+hand, reconstruction errors and edited copies; the outlier scores; the duplicate threshold and
+groups; the thumbnails; then the files, each written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+
+from fext._io import atomic_open
+from fext.config import Config
+from fext.errors import FeXTError
+from fext.explore import measure
+from fext.explore.clusters import CANDIDATE_KS, Clusters, find_clusters
+from fext.explore.duplicates import Duplicates, Threshold, choose_threshold, find_duplicates
+from fext.explore.maps import MAP_NEIGHBOURS, embedding_map
+from fext.explore.neighbours import Neighbours, nearest_neighbours, unit_rows
+from fext.explore.outliers import OUTLIER_NEIGHBOURS, Outliers, find_outliers
+from fext.explore.page import PageNotes, write_page
+from fext.explore.thumbnails import make_sprites
+
+log = logging.getLogger(__name__)
+
+MIN_IMAGES = 3
+COPY_SAMPLE = 200
+"""Images whose edited copies are encoded to measure the duplicate threshold."""
+OUTPUT = "explore"
+
+
+@dataclass(frozen=True)
+class Exploration:
+    """What ``fext explore`` found, and where it wrote it. Arrays are row-aligned with ``paths``."""
+
+    output: Path
+    paths: list[str]
+    xy: np.ndarray
+    clusters: Clusters
+    outliers: Outliers
+    duplicates: Duplicates
+    threshold: Threshold
+    neighbours: Neighbours
+    thumbnails: bool
+
+
+def explore(
+    embeddings: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    clusters: int | None = None,
+    neighbours: int = 10,
+    config: Config | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    duplicate_threshold: float | None = None,
+    reconstruction: bool = True,
+    progress: bool = False,
+) -> Exploration:
+    """Explore the `fext encode` folder ``embeddings``; write ``output`` (default ``<embeddings>/explore``).
+
+    ``clusters``: K (None: chosen, see :mod:`fext.explore.clusters`); ``neighbours``: how many
+    the page lists for a clicked image; ``checkpoint``: where the checkpoint that wrote the
+    embeddings is now, if it moved; ``duplicate_threshold``: a cosine similarity instead of the
+    measured one; ``reconstruction``: False skips the reconstruction errors (a pass of the
+    full autoencoder over every image).
+    """
+    from fext.encoding import open_encoding
+
+    cfg = config or Config()
+    if neighbours < 1:
+        raise FeXTError(f"--neighbours must be at least 1, got {neighbours}")
+    encoding = open_encoding(embeddings)
+    folder, metadata = encoding.folder, encoding.metadata
+    paths = [row["path"] for row in encoding.read_index()]
+    unit = _checked_vectors(encoding.vectors, paths, folder)
+    out = Path(output) if output else folder / OUTPUT
+
+    # 1. neighbours, map, clusters
+    nb = nearest_neighbours(unit, max(neighbours, MAP_NEIGHBOURS - 1, OUTLIER_NEIGHBOURS), cfg.SEED)
+    xy = embedding_map(unit, cfg.SEED, nb)
+    groups = find_clusters(unit, clusters, cfg.SEED)
+    # 2. what needs the model and the images
+    input_dir = Path(metadata.get("input", ""))
+    files = [input_dir / p for p in paths]
+    have_images = input_dir.is_dir() and any(f.is_file() for f in files[:50])
+    ckpt = measure.recorded_checkpoint(metadata, checkpoint) if have_images else None
+    errors, copies, sample = _model_measurements(ckpt, files, unit, metadata, cfg, reconstruction, progress)
+    # 3. outliers, duplicates
+    outliers = find_outliers(unit, errors, nb)
+    if duplicate_threshold is not None:
+        threshold = Threshold(float(duplicate_threshold), float("nan"), None, 0, 0)
+    else:
+        threshold = choose_threshold(copies, nb.similarities[sample, 0])
+    duplicates = find_duplicates(unit, threshold.value, nb)
+    # 4. files
+    sprites = make_sprites(files, progress=progress) if have_images else None
+    page_nb = Neighbours(nb.indices[:, :neighbours], nb.similarities[:, :neighbours])
+    _write_csvs(out, paths, xy, groups, outliers, duplicates)
+    notes = _notes(folder, metadata, len(paths), groups, clusters, outliers, threshold, duplicates, have_images, input_dir)
+    write_page(out / "atlas.html", paths, xy, groups, outliers, duplicates, page_nb, sprites,
+               _image_base(input_dir, out) if have_images else None, notes)
+    return Exploration(out, paths, xy, groups, outliers, duplicates, threshold, page_nb, sprites is not None)
+
+
+def _checked_vectors(vectors: np.ndarray, paths: list[str], folder: Path) -> np.ndarray:
+    """Unit rows of the stored vectors, after the checks that make the rest meaningful."""
+    n = len(paths)
+    if n < MIN_IMAGES:
+        raise FeXTError(f"{folder} holds {n} image(s); exploring needs at least {MIN_IMAGES}. "
+                        "Encode a folder with more images (`fext encode --input FOLDER`)")
+    unit = unit_rows(vectors)  # (N, D) float32, loaded into memory once
+    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+    if len(bad):
+        raise FeXTError(f"{folder}: {len(bad)} of {n} vectors contain NaN or infinite values (first: {paths[bad[0]]}); "
+                        "the checkpoint that wrote them is probably broken: encode again with a healthy checkpoint")
+    return unit
+
+
+def _model_measurements(
+    ckpt: Path | None, files: list[Path], unit: np.ndarray, metadata: dict[str, Any], cfg: Config,
+    reconstruction: bool, progress: bool,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
+    """(reconstruction errors or None, edited copies' similarities or None, the sampled rows)."""
+    rng = np.random.default_rng(cfg.SEED)
+    sample = np.sort(rng.choice(len(files), min(COPY_SAMPLE, len(files)), replace=False))
+    if ckpt is None:
+        return None, None, sample
+    from fext.device import select_device
+    from fext.encoding import load_model
+
+    device = select_device(cfg.device.DEVICE, cfg.device.DEVICE_ID)
+    model = load_model(ckpt, device)
+    size = int(metadata["img_size"])
+    copies = measure.copy_similarities(model, [files[i] for i in sample], unit[sample], size, device)
+    readable = ~np.isnan(copies).any(axis=1)
+    copies, sample = (copies[readable], sample[readable]) if readable.any() else (None, sample)
+    errors = None
+    if reconstruction:
+        errors = measure.reconstruction_errors(model, files, size, device, progress)
+        missing = np.isnan(errors)
+        if missing.any():
+            log.warning("%d image(s) could not be read again; their outlier score uses the neighbours only", int(missing.sum()))
+            errors[missing] = np.nanmedian(errors) if (~missing).any() else 0.0
+    return errors, copies, sample
+
+
+def _write_csvs(out: Path, paths: list[str], xy: np.ndarray, groups: Clusters, outliers: Outliers,
+                duplicates: Duplicates) -> None:
+    tables = {
+        "map.csv": [{"path": p, "x": float(x), "y": float(y)} for p, (x, y) in zip(paths, xy)],
+        "clusters.csv": groups.rows(paths),
+        "outliers.csv": outliers.rows(paths),
+        "duplicates.csv": duplicates.rows(paths),
+    }
+    headers = {"map.csv": ["path", "x", "y"], "clusters.csv": ["path", "cluster", "distance"],
+               "outliers.csv": ["rank", "path", "score", "knn_distance", "reconstruction_error"],
+               "duplicates.csv": ["group", "path", "similarity"]}
+    for name, rows in tables.items():
+        with atomic_open(out / name, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=headers[name])
+            writer.writeheader()
+            writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
+
+
+def _cell(value: Any) -> Any:
+    return "" if value is None else round(value, 6) if isinstance(value, float) else value
+
+
+def _image_base(input_dir: Path, out: Path) -> str:
+    """URL of the input folder relative to the page (so the folders can move together), ending in '/'."""
+    try:
+        rel = Path(os.path.relpath(input_dir.resolve(), out.resolve()))
+    except ValueError:  # another drive on Windows
+        return input_dir.resolve().as_uri() + "/"
+    return "/".join(quote(part) for part in rel.parts) + "/"
+
+
+def _notes(
+    folder: Path, metadata: dict[str, Any], n: int, groups: Clusters, asked_k: int | None, outliers: Outliers,
+    threshold: Threshold, duplicates: Duplicates, have_images: bool, input_dir: Path,
+) -> PageNotes:
+    recorded = (metadata.get("checkpoint") or {}).get("name", "unknown checkpoint")
+    if asked_k is not None:
+        k_rule = f"K = {groups.k} as asked (--clusters)."
+    elif groups.silhouette is None:
+        k_rule = "One cluster: too few images to compare several."
+    else:
+        k_rule = (f"K = {groups.k}: the highest mean silhouette ({groups.silhouette:.3f}, cosine) of K in "
+                  f"{', '.join(map(str, CANDIDATE_KS))} up to √N, on at most 4,000 images.")
+    parts = f"distance to its {OUTLIER_NEIGHBOURS} nearest neighbours" + (
+        " and the model's reconstruction error" if outliers.reconstruction_error is not None else
+        " (the reconstruction error joins it when the checkpoint and the images are at hand)")
+    measured = ("set by hand (--duplicate-threshold)" if np.isnan(threshold.false_positive_rate)
+                else threshold.describe())
+    return PageNotes(
+        title=f"FeXT atlas — {folder.name}",
+        summary=f"{n:,} images from {input_dir}, encoded with {recorded} (D = {metadata.get('embedding_dim', '?')}).",
+        clusters=f"k-means on the unit vectors. {k_rule} Spread: mean cosine distance to the centre; "
+                 "medoid: the image nearest the centre.",
+        outliers=f"Score: robust z-score (0 = typical) of the cosine {parts}. Hover or click for details.",
+        duplicates=f"{len(duplicates.groups)} group(s); {measured}.",
+        thumbnails="" if have_images else f"No thumbnails: the encoded images are not at {input_dir}.",
+    )
+
+
+def resolve_embeddings(extraction: Path, name_or_path: str | os.PathLike | None, interactive: bool) -> Path:
+    """The encoded folder to explore: a path, a folder name under ``extraction``, or (omitted) the only one there."""
+    from fext.encoding import is_finished
+
+    if name_or_path:
+        for path in (Path(name_or_path), extraction / str(name_or_path)):
+            if path.is_dir():
+                return path
+        raise FeXTError(f"{name_or_path} is neither a folder nor a folder name under {extraction}")
+    found = sorted(p for p in extraction.iterdir() if p.is_dir() and is_finished(p)) if extraction.is_dir() else []
+    if not found:
+        raise FeXTError(f"No encoded images in {extraction}; run `fext encode` first, or pass an EMBEDDINGS_DIR")
+    if len(found) == 1:
+        log.info("Exploring %s (the only encoded folder)", found[0])
+        return found[0]
+    if not interactive:
+        raise FeXTError(f"Several encoded folders in {extraction}; name one:\n" + "\n".join(f"  {p.name}" for p in found))
+    for i, p in enumerate(found, 1):
+        print(f"  {i}) {p.name}")
+    while not ((answer := input(f"Folder number (1-{len(found)}): ").strip()).isdigit() and 1 <= int(answer) <= len(found)):
+        print(f"Invalid choice {answer!r}: enter a number from 1 to {len(found)}.")
+    return found[int(answer) - 1]
