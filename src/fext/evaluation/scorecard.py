@@ -272,3 +272,75 @@ def scorecard(
         result["knn_accuracy"] = {name: knn_accuracy(v[:n], labels, seed=seed) for name, v in vectors.items()}
         result["knn_k"] = min(KNN_K, n - 1)
     return result
+
+
+MAX_IMAGES = 1000
+"""Held-out images the scorecard of ``fext evaluate`` uses at most (the first of the seeded sample):
+with their copies, 4,000 vectors to rank, a few seconds beyond encoding the copies."""
+
+
+def score_checkpoint(
+    model: Any, pca: Any, images: np.ndarray, device: Any, *, mixed: bool = False, batch_size: int = 64,
+    seed: int = 0, labels: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """:func:`scorecard` of a FeXT ``model`` and a fitted :class:`~fext.evaluation.baseline.PCABaseline`
+    on ``images`` (n, S, S, 3) uint8 (at most :data:`MAX_IMAGES` of them are used)."""
+    import torch
+
+    from fext.data import to_float
+    from fext.device import autocast
+
+    def run(fn: Callable[[Any], Any]) -> Encoder:
+        def encode(batch: np.ndarray) -> np.ndarray:
+            parts = []
+            with torch.inference_mode():
+                for lo in range(0, len(batch), batch_size):
+                    x = to_float(torch.from_numpy(np.ascontiguousarray(batch[lo: lo + batch_size])).to(device))
+                    parts.append(fn(x).float().cpu().numpy())
+            return np.concatenate(parts)
+        return encode
+
+    def features(x: Any) -> Any:
+        with autocast(device, mixed):
+            return model.encode(x)
+
+    on_device = pca.to(device)
+    n = min(len(images), MAX_IMAGES)
+    return scorecard(np.asarray(images[:n]), run(features), run(lambda x: on_device.encode(x.flatten(1))),
+                     labels=None if labels is None else np.asarray(labels)[:n], seed=seed)
+
+
+def report_section(card: dict[str, Any]) -> tuple[str, list[Any]]:
+    """The (title, content) of report.html's scorecard section."""
+    from fext.report import html_list, html_paragraph, html_table
+
+    retrieval = card["retrieval"]
+    labels = {"features": f"FeXT feature vectors ({card['dim']} numbers)", "pca": f"PCA with {card['dim']} components",
+              "pixels": f"raw pixels {PIXEL_SIDE}×{PIXEL_SIDE}", "chance": "chance (random ranking)"}
+    knn = card.get("knn_accuracy") or {}
+    headers = ["vectors", "recall@1", f"recall@{TOP_K}", "mAP"] + ([f"{card['knn_k']}-NN accuracy"] if knn else [])
+    rows = [[labels[k], v["recall@1"], v[f"recall@{TOP_K}"], v["map"]] + ([knn.get(k, "-")] if knn else [])
+            for k, v in retrieval.items()]
+    good = not card["collapse_warning"] and "beat both" in card["verdict"]
+    content = [
+        html_paragraph(card["verdict"], "good" if good else "bad"),
+        html_table(headers, rows),
+        html_paragraph(f"Effective rank of the feature vectors: {card['effective_rank']:.1f} of {card['dim']} "
+                       f"(PCA's: {card['effective_rank_pca']:.1f})."),
+    ]
+    if card["collapse_warning"]:
+        content.append(html_paragraph(card["collapse_warning"], "bad"))
+    content.append(html_list([
+        f"Each of the {card['images']} evaluated images got {card['copies']} transformed copies (seed {card['seed']}): "
+        f"a random crop keeping {CROP_AREA[0]:.0%}–{CROP_AREA[1]:.0%} of the area, a horizontal flip, brightness, "
+        f"contrast and saturation jitter of ±{JITTER:.0%}, JPEG at quality {JPEG_QUALITY[0]}–{JPEG_QUALITY[1]}, "
+        f"and down- and up-scaling. Every image and copy searches all the others by cosine similarity of the "
+        "centred vectors; its copies (or the image it is a copy of) are the right answers.",
+        "recall@k: fraction of searches with a right answer among the first k; mAP: mean average precision.",
+        "PCA is fitted on the training images; raw pixels are the images shrunk to 32×32, the cheapest thumbnail.",
+        "Effective rank: exp of the entropy of the normalised singular values of the centred vectors, the number "
+        "of directions they really use; a small value means collapse.",
+        *([f"k-NN accuracy: each image's class (its folder) predicted by a vote of its {card['knn_k']} nearest "
+           "other images, leave-one-out."] if knn else []),
+    ]))
+    return "Feature scorecard: are the vectors good for search?", content
