@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fext.config import Config, config_to_dict, with_overrides
+from fext import checkpoints
+from fext.config import Config, with_overrides
 from fext.encoding import embed, encode_folder, load_model
 from fext.model import FeXTAutoEncoder
 
@@ -86,7 +87,8 @@ def write_jpegs(folder: Path, count: int, width: int, height: int, distinct: int
 def save_checkpoint(folder: Path, preset: str, img_size: int) -> Path:
     torch.manual_seed(0)
     cfg = with_overrides(Config(), {"model.PRESET": preset, "model.IMG_SIZE": img_size})
-    FeXTAutoEncoder.from_preset(preset, img_size).save_pretrained(folder, extra={"configuration": config_to_dict(cfg)})
+    model = FeXTAutoEncoder.from_preset(preset, img_size)
+    checkpoints.save_checkpoint(folder, model, checkpoints.CheckpointDescription(model.arch, cfg))
     return folder
 
 

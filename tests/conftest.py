@@ -1,4 +1,11 @@
-"""Shared fixtures: a workspace in a temporary folder, a subprocess runner for the real CLI."""
+"""Shared fixtures and helpers: one image generator, a tiny configuration, checkpoints, the real CLI.
+
+- :func:`make_images` writes generated PNGs (every Pillow mode on request); ``image_folder`` is 12 of them.
+- :func:`tiny_config` is the small preset at 64 px on the CPU; ``tiny_cfg`` is it as a fixture.
+- :func:`make_checkpoint` writes an untrained, seeded checkpoint with :func:`fext.checkpoints.save_checkpoint`
+  (no training: fast); ``trained_checkpoint`` is one real training run, made once per session.
+- ``ws`` is an initialised empty workspace; :func:`run_fext` runs ``python -m fext`` in a subprocess.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +16,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
+from fext.checkpoints import CheckpointDescription, DatasetRecord, save_checkpoint
+from fext.config import Config, with_overrides
+from fext.data import select_images
+from fext.model import FeXTAutoEncoder
 from fext.workspace import Workspace
 
 # A runner that starts the suite as a background job may leave SIGINT ignored, and an ignored signal
@@ -51,3 +65,100 @@ def run_fext(*args: str, cwd: Path | None = None, env: dict | None = None, timeo
         [sys.executable, "-m", "fext", *args], cwd=cwd, env=full_env, capture_output=True, text=True,
         timeout=timeout, stdin=subprocess.DEVNULL,
     )
+
+
+TINY = {
+    "model.PRESET": "small", "model.IMG_SIZE": 64, "device.DEVICE": "CPU", "device.NUM_PROCESSORS": 0,
+    "training.EPOCHS": 2, "training.BATCH_SIZE": 4, "training.USE_TENSORBOARD": False,
+    "dataset.VALIDATION_SIZE": 0.25,
+}
+"""On the 12 images of :func:`make_images`: 7 train, 5 validation (the split hashes the names), 2 batches per epoch."""
+
+PIL_MODES = ("RGB", "L", "LA", "P", "RGBA", "CMYK", "I;16", "1")
+"""Modes :func:`make_images` can write; CMYK goes to JPEG (PNG cannot hold it), the others to PNG."""
+
+
+def tiny_config(**overrides: object) -> Config:
+    """The small preset at 64 px on the CPU, 2 epochs of batches of 4, no TensorBoard; ``overrides`` by key path."""
+    return with_overrides(Config(), {**TINY, **overrides})
+
+
+@pytest.fixture
+def tiny_cfg() -> Config:
+    return tiny_config()
+
+
+def make_images(folder: Path, n: int = 12, seed: int = 0, modes: tuple[str, ...] = ("RGB",)) -> list[Path]:
+    """``n`` images of smooth colour gradients plus noise, of varied sizes (48-64 x 64-88), named img_NN.
+
+    Image ``i`` is stored in ``modes[i % len(modes)]``; the pixels drawn do not depend on the modes.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        h, w = 48 + 8 * (i % 3), 64 + 8 * (i % 4)
+        yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+        base = np.stack([xx, yy, (xx + yy) / 2], -1) * rng.uniform(0.3, 1.0, 3) * 255
+        pixels = np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+        image, mode = Image.fromarray(pixels), modes[i % len(modes)]
+        if mode == "I;16":
+            image = Image.fromarray(np.asarray(image.convert("L"), np.uint16) * 257)
+        elif mode != "RGB":
+            image = image.convert(mode)
+        paths.append(folder / f"img_{i:02d}.{'jpg' if mode == 'CMYK' else 'png'}")
+        image.save(paths[-1])
+    return paths
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """A folder of the 12 RGB images of :func:`make_images`."""
+    make_images(tmp_path / "images")
+    return tmp_path / "images"
+
+
+def fake_history(epochs: int = 2, val_loss: float | None = 0.25) -> list[dict]:
+    """history.json entries with plausible metrics (loss falling as 0.5 / epoch)."""
+    return [{"epoch": e, "train": {"loss": 0.5 / e, "cosine": 0.9, "psnr": 10.0 + e},
+             "validation": None if val_loss is None else {"loss": val_loss, "cosine": 0.9, "psnr": 9.5 + e},
+             "lr": 1e-4, "seconds": 1.0, "images_per_second": 9.0} for e in range(1, epochs + 1)]
+
+
+def make_checkpoint(
+    folder: Path, cfg: Config | None = None, root: Path | None = None, *, seed: int = 0, epochs: int = 0,
+    created: str = "2024-01-01T00:00:00",
+) -> Path:
+    """An untrained checkpoint of ``cfg``'s preset (default :func:`tiny_config`), written by save_checkpoint.
+
+    ``root``: the image folder recorded as its dataset (split as training would); ``epochs`` > 0 adds a
+    :func:`fake_history`. Without ``cfg`` and ``root`` it is a bare model (architecture only).
+    """
+    torch.manual_seed(seed)
+    config = cfg or tiny_config()
+    model = FeXTAutoEncoder.from_preset(config.model.PRESET, config.model.IMG_SIZE)
+    dataset = None
+    if root is not None:
+        train, validation = select_images(config, root) if Path(root).is_dir() else ([], [])
+        dataset = DatasetRecord(str(root), len(train), len(validation), 0)
+    description = CheckpointDescription(model.arch, cfg, dataset, created, "0.1.0") if cfg or root else None
+    save_checkpoint(folder, model, description, history=fake_history(epochs) if epochs else None)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real checkpoint: :func:`tiny_config` trained 1 epoch on :func:`make_images` (made once per session).
+
+    Shared: tests must not write into it (copy it first).
+    """
+    from fext.training import train
+
+    ws = Workspace(tmp_path_factory.mktemp("trained")).ensure()
+    make_images(ws.dataset)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(tiny_config(**{"training.EPOCHS": 1}), ws, progress=False)
+    finally:
+        torch.set_num_threads(threads)

@@ -2,31 +2,29 @@
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from fext.checkpoints import checkpoints_table, list_checkpoints, resolve_checkpoint
+from conftest import fake_history, tiny_config
+from fext.checkpoints import (
+    CONFIG, CheckpointDescription, DatasetRecord, checkpoints_table, is_checkpoint, list_checkpoints, load_checkpoint,
+    read_checkpoint, resolve_checkpoint, save_checkpoint,
+)
 from fext.cli import main
 from fext.errors import FeXTError
 from fext.model import FeXTAutoEncoder
 from fext.workspace import Workspace
 
 
-def fake_checkpoint(ws: Workspace, name: str, epochs: int = 2, val_loss: float | None = 0.25) -> None:
-    """A checkpoint folder as `fext train` writes it (weights, config.json, history.json), without training."""
-    folder = ws.checkpoints / name
+def fake_checkpoint(ws: Workspace, name: str, epochs: int = 2, val_loss: float | None = 0.25) -> Path:
+    """A checkpoint as `fext train` writes it (weights, config.json, history.json), without training."""
     model = FeXTAutoEncoder.from_preset("small", 64)
-    model.save_pretrained(folder, extra={
-        "configuration": {"model": {"PRESET": "small", "IMG_SIZE": 64}},
-        "dataset": {"root": str(ws.dataset), "train": 9, "validation": 3, "failed": 1},
-        "created": "2026-01-02T03:04:05", "fext_version": "0.1.0",
-    })
-    history = [{"epoch": e, "train": {"loss": 0.5 / e, "cosine": 0.9, "psnr": 20.0},
-                "validation": None if val_loss is None else {"loss": val_loss, "cosine": 0.9, "psnr": 20.0},
-                "lr": 1e-4, "seconds": 1.0, "images_per_second": 9.0} for e in range(1, epochs + 1)]
-    (folder / "history.json").write_text(json.dumps({"total_epochs": epochs, "epochs": history}))
+    description = CheckpointDescription(model.arch, tiny_config(), DatasetRecord(str(ws.dataset), 9, 3, 1),
+                                        "2026-01-02T03:04:05", "0.1.0")
+    save_checkpoint(ws.checkpoints / name, model, description, history=fake_history(epochs, val_loss))
+    return ws.checkpoints / name
 
 
 @pytest.fixture
@@ -52,7 +50,7 @@ def test_the_table_lists_every_checkpoint_and_broken_folders_without_crashing(wo
         "FeXT_20260101T000000", "small", "64", "2", "12", "0.2500", "0.2500", "2026-01-02T03:04:05"]
     assert rows["FeXT_20260102T000000"].split()[3:7] == ["1", "12", "0.5000", "-"]
     assert "unreadable: no model.safetensors" in rows["FeXT_20260103T000000"]
-    assert "unreadable (JSONDecodeError" in rows[broken.name]
+    assert "unreadable: Cannot read" in rows[broken.name] and "JSONDecodeError" in rows[broken.name]
 
     assert main(["--workspace", str(workspace.root), "checkpoints"]) == 0
     assert "FeXT_20260101T000000" in capsys.readouterr().out
@@ -89,3 +87,33 @@ def test_resume_without_a_name_among_several_checkpoints_lists_them(workspace, c
     assert main(["--workspace", str(workspace.root), "train", "--resume"]) == 1
     err = capsys.readouterr().err
     assert "Several checkpoints" in err and "FeXT_20260102T000000" in err
+
+
+def test_a_checkpoint_round_trips_through_the_format_owner(workspace):
+    folder = fake_checkpoint(workspace, "FeXT_20260101T000000", epochs=3)
+    assert is_checkpoint(folder) and not is_checkpoint(workspace.checkpoints)
+    model, checkpoint = load_checkpoint(folder)
+    saved = FeXTAutoEncoder.from_preset("small", 64)
+    description = checkpoint.description
+    assert description == read_checkpoint(folder).description
+    assert description.configuration == tiny_config() and description.dataset == DatasetRecord(str(workspace.dataset), 9, 3, 1)
+    assert model.arch == saved.arch and [e["epoch"] for e in checkpoint.epochs] == [1, 2, 3]
+    assert checkpoint.last("train") == pytest.approx(0.5 / 3)
+    # A bare model (save_pretrained) is a checkpoint too, with an architecture only.
+    model.save_pretrained(workspace.root / "bare")
+    bare = read_checkpoint(workspace.root / "bare")
+    assert bare.description.configuration is None and bare.history is None
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 load_checkpoint(workspace.root / "bare")[0].state_dict().values()))
+
+
+def test_a_damaged_description_is_one_message_naming_the_file(workspace):
+    folder = fake_checkpoint(workspace, "FeXT_20260101T000000")
+    text = (folder / CONFIG).read_text().replace('"EPOCHS": 2', '"EPOCHS": -1')
+    (folder / CONFIG).write_text(text)
+    with pytest.raises(FeXTError, match="saved configuration is invalid .*training.EPOCHS"):
+        read_checkpoint(folder)
+    (folder / CONFIG).unlink()
+    assert not is_checkpoint(folder)
+    with pytest.raises(FeXTError, match="config.json missing"):
+        load_checkpoint(folder)

@@ -17,7 +17,7 @@ from PIL import Image
 from fext.data import augment, cache, decode, loader
 from fext.data.cache import open_readonly, prepare_images
 from fext.data.decode import ImageDecodeError, image_size, load_image, open_rgb
-from fext.data.discovery import find_images, sample_images, split_images
+from fext.data.discovery import draw_sample, find_images, split_images
 from fext.errors import FeXTError
 
 
@@ -57,11 +57,11 @@ def test_find_images_of_a_missing_folder_is_a_clear_error(tmp_path: Path) -> Non
 
 def test_sample_is_deterministic_sized_and_ordered() -> None:
     paths = [Path(f"/d/{i:04d}.jpg") for i in range(200)]
-    a, b = sample_images(paths, 0.3, seed=1), sample_images(paths, 0.3, seed=1)
+    a, b = draw_sample(paths, 0.3, seed=1), draw_sample(paths, 0.3, seed=1)
     assert a == b and len(a) == 60 and a == sorted(a)
-    assert sample_images(paths, 0.3, seed=2) != a
-    assert sample_images(paths, 1.0, seed=5) == paths
-    assert len(sample_images(paths[:3], 0.01, seed=0)) == 1
+    assert draw_sample(paths, 0.3, seed=2) != a
+    assert draw_sample(paths, 1.0, seed=5) == paths
+    assert len(draw_sample(paths[:3], 0.01, seed=0)) == 1
 
 
 def test_split_is_stable_when_images_are_added_and_removed() -> None:

@@ -18,15 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
+from conftest import make_checkpoint, make_images
 from fext import distributed
-from fext.config import Config, config_to_dict, with_overrides
-from fext.data import prepare_images
+from fext.config import Config, with_overrides
+from fext.data import prepare_images, select_images
 from fext.encoding import EMBEDDINGS, FAILED, INDEX, METADATA, PARTS, STATE, encode_folder
 from fext.model import FeXTAutoEncoder
-from fext.training import select_images, validate
+from fext.training import validate
 from fext.workspace import Workspace
 
 TINY = {
@@ -46,18 +46,6 @@ def run(command: list[str], timeout: float = 100, **env: str) -> subprocess.Comp
     full_env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", distributed.TIMEOUT_ENV: "60", **env})
     return subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
-
-
-def make_images(folder: Path, n: int = 12, seed: int = 0) -> None:
-    """``n`` PNGs of colour gradients plus noise, of varied sizes."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        h, w = 48 + 8 * (i % 3), 64 + 8 * (i % 4)
-        yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
-        base = np.stack([xx, yy, (xx + yy) / 2], -1) * rng.uniform(0.3, 1.0, 3) * 255
-        pixels = np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"img_{i:02d}.png")
 
 
 def new_workspace(root: Path) -> Workspace:
@@ -178,8 +166,7 @@ def read_csv(path: Path) -> list[list[str]]:
 def test_encoding_on_two_ranks_writes_the_files_of_one_process_and_resumes_per_shard(tmp_path):
     cfg = with_overrides(Config(), TINY)
     ckpt = tmp_path / "FeXT_20240101T000000"
-    torch.manual_seed(0)
-    FeXTAutoEncoder.from_preset("small", 64).save_pretrained(ckpt, extra={"configuration": config_to_dict(cfg)})
+    make_checkpoint(ckpt, cfg)
     images = tmp_path / "images"
     make_images(images / "sub", 5, seed=1)
     make_images(images, 8, seed=2)

@@ -1,7 +1,7 @@
 """`fext evaluate`: the PCA baseline, metrics files, figures, report, summary CSV, CLI and bad input.
 
-Checkpoints are fabricated (a freshly initialised small model at 64 px, saved with the training
-contract's config.json and history.json) on a dozen generated images, so no training is needed.
+Checkpoints are fabricated by conftest's make_checkpoint (a freshly initialised small model at 64 px,
+written by save_checkpoint with a history) on a dozen generated images, so no training is needed.
 """
 
 from __future__ import annotations
@@ -10,59 +10,28 @@ import base64
 import csv
 import json
 import logging
-import os
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from fext import metrics as M
+from conftest import make_checkpoint, make_images
+from fext import metrics
 from fext.cli import main
 from fext.config import Config, config_to_dict, with_overrides
-from fext.data import load_image, to_float
+from fext.data import load_image, select_images, to_float
 from fext.errors import FeXTError
 from fext.evaluation import SUMMARY_COLUMNS, evaluate_checkpoints, fit_pca
 from fext.model import FeXTAutoEncoder
 from fext.report import html_image, html_page, html_table
-from fext.training import select_images
 from fext.workspace import Workspace
 
 FILES = ["metrics.json", "per_image_metrics.csv", "report.html", "train_reconstructions.png",
          "validation_reconstructions.png", "worst_reconstructions.png", "latent_pca.png", "training_curves.png"]
 OVERRIDES = {"model.PRESET": "small", "model.IMG_SIZE": 64, "device.DEVICE": "CPU", "device.NUM_PROCESSORS": 0,
              "dataset.VALIDATION_SIZE": 0.25, "training.BATCH_SIZE": 8}
-
-
-def _write_images(folder: Path, count: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:72, 0:88] / 72
-    for i in range(count):
-        img = np.stack([0.5 + 0.4 * np.sin((i + 2) * xx + c) * np.cos((c + 1) * 3 * yy) for c in range(3)], -1)
-        img = np.clip(img + 0.03 * rng.standard_normal(img.shape), 0, 1)
-        Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"img_{i:02d}.png")
-
-
-def _make_checkpoint(ws: Workspace, name: str, cfg: Config, root: Path, seed: int = 0, history: bool = True) -> Path:
-    torch.manual_seed(seed)
-    folder = ws.checkpoints / name
-    train, val = select_images(cfg, root) if root.is_dir() else ([], [])
-    FeXTAutoEncoder.from_preset("small", img_size=64).save_pretrained(folder, extra={
-        "configuration": config_to_dict(cfg),
-        "dataset": {"root": str(root), "train": len(train), "validation": len(val), "failed": 0},
-        "created": "2024-01-01T00:00:00", "fext_version": "0.1.0",
-    })
-    if history:
-        epochs = [{"epoch": e, "train": {"loss": 0.3 / e, "cosine": 0.8, "psnr": 10.0 + e},
-                   "validation": {"loss": 0.32 / e, "cosine": 0.78, "psnr": 9.5 + e},
-                   "lr": 1e-4, "seconds": 1.0, "images_per_second": 9.0} for e in (1, 2, 3)]
-        (folder / "history.json").write_text(json.dumps({"total_epochs": 3, "epochs": epochs}))
-    return folder
 
 
 class _Images(HTMLParser):
@@ -94,10 +63,10 @@ class _Records(logging.Handler):
 def evaluated(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A workspace with two good checkpoints and a broken one, after `evaluate` of the good ones."""
     ws = Workspace(tmp_path_factory.mktemp("ws")).ensure()
-    _write_images(ws.dataset, 12)
+    make_images(ws.dataset)
     cfg = with_overrides(Config(), OVERRIDES)
-    ckpts = [_make_checkpoint(ws, "FeXT_20240101T000000", cfg, ws.dataset, seed=0),
-             _make_checkpoint(ws, "FeXT_20240102T000000", cfg, ws.dataset, seed=1)]
+    ckpts = [make_checkpoint(ws.checkpoints / "FeXT_20240101T000000", cfg, ws.dataset, seed=0, epochs=3),
+             make_checkpoint(ws.checkpoints / "FeXT_20240102T000000", cfg, ws.dataset, seed=1, epochs=3)]
     (ws.checkpoints / "FeXT_20240103T000000").mkdir()  # a run killed before its first save
     records = _Records()
     logger = logging.getLogger("fext")
@@ -190,8 +159,8 @@ def test_metrics_json_and_per_image_csv_agree(evaluated):
     x = to_float(torch.from_numpy(load_image(Path(row["path"]), 64))[None])
     with torch.inference_mode():
         recon = model(x)["reconstruction"]
-    assert float(row["psnr"]) == pytest.approx(M.psnr(x, recon).item(), abs=1e-3)
-    assert float(row["ssim"]) == pytest.approx(M.ssim(x, recon).item(), abs=1e-4)
+    assert float(row["psnr"]) == pytest.approx(metrics.psnr(x, recon).item(), abs=1e-3)
+    assert float(row["ssim"]) == pytest.approx(metrics.ssim(x, recon).item(), abs=1e-4)
 
 
 def test_report_is_self_contained(evaluated):
@@ -223,7 +192,7 @@ def test_summary_has_a_row_per_checkpoint_even_broken(evaluated):
     assert good["preset"] == "small" and good["image_size"] == "64"
     params = sum(p.numel() for p in FeXTAutoEncoder.from_preset("small", img_size=64).parameters())
     assert int(good["parameters"]) == params
-    assert float(good["last_train_loss"]) == pytest.approx(0.1) and float(good["eval_validation_psnr"]) > 0
+    assert float(good["last_train_loss"]) == pytest.approx(0.5 / 3, rel=1e-5) and float(good["eval_validation_psnr"]) > 0
 
 
 def test_comparison_page_of_several_checkpoints(evaluated):
@@ -237,17 +206,15 @@ def test_comparison_page_of_several_checkpoints(evaluated):
     assert (folder / "comparison.png").is_file()
 
 
-def test_cli_evaluate_in_a_subprocess(evaluated, tmp_path):
+def test_cli_evaluate(evaluated, capsys):
     ws = evaluated["ws"]
     name = evaluated["ckpts"][1].name
     ws.config_file.write_text(json.dumps(config_to_dict(evaluated["cfg"])))
     out = ws.validation_checkpoints / name
     for f in out.iterdir():
         f.unlink()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "fext", "--workspace", str(ws.root), "--quiet", "evaluate", name,
-                           "--images", "2"], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    assert main(["--workspace", str(ws.root), "--quiet", "evaluate", name, "--images", "2"]) == 0
+    assert f"Report: {out / 'report.html'}" in capsys.readouterr().out
     for f in FILES:
         assert (out / f).is_file(), f
     assert (ws.validation_checkpoints / "checkpoints_summary.csv").is_file()
@@ -255,7 +222,7 @@ def test_cli_evaluate_in_a_subprocess(evaluated, tmp_path):
 
 def test_moved_images_point_to_dataset_and_dataset_works(evaluated, tmp_path, capsys):
     ws, cfg = evaluated["ws"], evaluated["cfg"]
-    moved = _make_checkpoint(ws, "FeXT_20240104T000000", cfg, tmp_path / "gone")
+    moved = make_checkpoint(ws.checkpoints / "FeXT_20240104T000000", cfg, tmp_path / "gone", epochs=3)
     with pytest.raises(FeXTError, match="--dataset"):
         evaluate_checkpoints([moved], cfg, ws, progress=False)
     assert main(["--workspace", str(ws.root), "evaluate", moved.name]) == 1
@@ -263,7 +230,7 @@ def test_moved_images_point_to_dataset_and_dataset_works(evaluated, tmp_path, ca
     # --dataset evaluates every image of the folder as validation; a broken checkpoint beside it is
     # reported at the end without stopping the good one.
     other = tmp_path / "elsewhere"
-    _write_images(other, 5)
+    make_images(other, 5)
     broken = ws.checkpoints / "FeXT_20240103T000000"
     with pytest.raises(FeXTError, match="1 of 2 checkpoints could not be evaluated"):
         evaluate_checkpoints([moved, broken], cfg, ws, dataset=other, images=3, progress=False)

@@ -15,10 +15,10 @@ import pexpect
 import pytest
 
 import fext
-from conftest import run_fext
+from conftest import make_checkpoint, run_fext
 from fext import cli, menu
-from fext._io import write_json, write_text
-from fext.config import Config, config_to_dict, with_overrides
+from fext._io import write_text
+from fext.config import Config, config_from_dict, config_to_dict, with_overrides
 from fext.errors import FeXTError
 from fext.workspace import Workspace
 
@@ -115,18 +115,7 @@ def tiny_workspace(ws: Workspace, epochs: int = 1) -> dict:
 
 def fabricate_checkpoint(ws: Workspace, name: str, configuration: dict) -> Path:
     """A checkpoint as training writes it (weights, config.json, history.json), made without training."""
-    from fext.model import FeXTAutoEncoder
-
-    folder = ws.checkpoints / name
-    FeXTAutoEncoder.from_preset("small", img_size=64).save_pretrained(folder, extra={
-        "configuration": configuration, "dataset": {"root": str(ws.dataset), "train": 4, "validation": 1, "failed": 0},
-        "created": "2024-01-01T00:00:00", "fext_version": "0.1.0",
-    })
-    metrics = {"loss": 0.3, "cosine": 0.7, "psnr": 9.0}
-    write_json(folder / "history.json", {"total_epochs": 1, "epochs": [
-        {"epoch": 1, "train": metrics, "validation": metrics, "lr": 1e-4, "seconds": 1.0, "images_per_second": 4.0},
-    ]})
-    return folder
+    return make_checkpoint(ws.checkpoints / name, config_from_dict(configuration), ws.dataset, epochs=1)
 
 
 def test_every_action_runs_and_checkpoints_are_chosen_by_number(ws):

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from fext import training
 from fext.cli import main
 from fext.config import Config, LRSchedulerConfig, with_overrides
+from fext.data import select_images
 from fext.errors import FeXTError
 from fext.model import FeXTAutoEncoder
 from fext.training import lr_at, train
@@ -332,7 +333,7 @@ def test_a_split_too_small_for_validation_trains_without_it(tmp_path, caplog):
 
 def test_unreadable_validation_images_train_without_validation(tmp_path, caplog):
     ws = new_workspace(tmp_path)
-    _, validation = training.select_images(tiny_config(), ws.dataset)
+    _, validation = select_images(tiny_config(), ws.dataset)
     for path in validation:
         path.write_bytes(b"")
     with caplog.at_level("WARNING"):

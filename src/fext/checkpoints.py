@@ -1,25 +1,283 @@
-"""Checkpoint folders: finding them, choosing one, and listing them.
+"""The checkpoint format: its file names, how a checkpoint is written, read and recognised, and listed.
 
-A checkpoint is ``resources/checkpoints/FeXT_<YYYYmmddTHHMMSS>/`` holding ``model.safetensors``,
-``config.json`` (``architecture``, the full ``configuration``, the ``dataset`` used),
-``history.json``, ``trainer_state.pt`` and the training figures (see the README).
+A checkpoint is a folder, ``resources/checkpoints/FeXT_<YYYYmmddTHHMMSS>/`` by default, holding
+
+- ``model.safetensors``: the weights (never pickle);
+- ``config.json``: a :class:`CheckpointDescription` (the architecture, the full run configuration,
+  the dataset used, when it was created and by which FeXT version);
+- ``history.json``: per completed epoch, train and validation metrics, learning rate, seconds and
+  images/second (written by training);
+- ``trainer_state.pt``: what an exact resume needs (see :mod:`fext.training.state`), loadable with
+  ``torch.load(..., weights_only=True)``;
+- ``training_history.png``, ``summary.txt``, ``tensorboard/`` and, with SAVE_CHECKPOINTS, one
+  ``epoch_NNN.safetensors`` per epoch.
+
+This module alone names these files and reads or writes ``config.json``, ``model.safetensors`` and
+``trainer_state.pt``: :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`read_checkpoint`
+(no weights) and :func:`is_checkpoint`. Every file is written to a temporary name and renamed.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from fext.errors import FeXTError
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from fext._io import atomic_path, write_json
+from fext.config import Config, config_from_dict, config_to_dict
+from fext.errors import ConfigError, FeXTError
+from fext.model import FeXTAutoEncoder, ModelArchitecture
 from fext.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 HISTORY = "history.json"
 TRAINER_STATE = "trainer_state.pt"
+PLOT = "training_history.png"
+SUMMARY = "summary.txt"
+TENSORBOARD = "tensorboard"
+
+TRAINER_STATE_FORMAT = 1
+"""Version of the trainer_state.pt layout (its ``format`` key)."""
+
+
+def epoch_weights_name(epoch: int) -> str:
+    """The file of one epoch's weights kept with training.SAVE_CHECKPOINTS."""
+    return f"epoch_{epoch:03d}.safetensors"
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """The images a checkpoint was trained on: the folder and how many went to each side."""
+
+    root: str | None = None
+    """Absolute path of the image folder (the split is rebuilt from it and the configuration)."""
+    train: int = 0
+    validation: int = 0
+    failed: int = 0
+    """Images that could not be read."""
+
+
+@dataclass(frozen=True)
+class CheckpointDescription:
+    """What ``config.json`` says: everything about a checkpoint except its weights and history."""
+
+    architecture: ModelArchitecture
+    """Rebuilds the model (``FeXTAutoEncoder(architecture)``)."""
+    configuration: Config | None = None
+    """The resolved run configuration; None for a model saved outside `fext train`."""
+    dataset: DatasetRecord | None = None
+    created: str | None = None
+    """``YYYY-mm-ddTHH:MM:SS`` of the first save."""
+    fext_version: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``config.json`` object; keys that are None are left out."""
+        data: dict[str, Any] = {"architecture": asdict(self.architecture)}
+        if self.configuration is not None:
+            data["configuration"] = config_to_dict(self.configuration)
+        if self.dataset is not None:
+            data["dataset"] = asdict(self.dataset)
+        data.update({k: v for k, v in (("created", self.created), ("fext_version", self.fext_version)) if v})
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any, source: Path) -> CheckpointDescription:
+        """Parse and validate a ``config.json`` object; :class:`FeXTError` naming ``source`` if unusable."""
+        try:
+            if not isinstance(data, dict):
+                raise ValueError("expected a JSON object")
+            spec = data["architecture"]
+            unknown = set(spec) - {f.name for f in fields(ModelArchitecture)}
+            if unknown:
+                raise ValueError(f"unknown architecture keys {sorted(unknown)}")
+            architecture = ModelArchitecture(**spec)
+        except (ValueError, KeyError, TypeError) as e:
+            raise FeXTError(
+                f"{source} does not describe a FeXT model ({type(e).__name__}: {e}). "
+                "The checkpoint is damaged or from another program; train a new one with `fext train`."
+            ) from e
+        try:
+            configuration = config_from_dict(data["configuration"]) if data.get("configuration") else None
+        except ConfigError as e:
+            raise FeXTError(f"{source}: the saved configuration is invalid ({e}); the checkpoint is damaged") from None
+        dataset = data.get("dataset")
+        if dataset:
+            known = {f.name for f in fields(DatasetRecord)}
+            dataset = DatasetRecord(**{k: v for k, v in dataset.items() if k in known})
+        return cls(architecture, configuration, dataset or None, data.get("created"), data.get("fext_version"))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint folder as read from disk (weights not loaded)."""
+
+    path: Path
+    description: CheckpointDescription
+    history: dict[str, Any] | None = None
+    """history.json (``{"total_epochs": N, "epochs": [...]}``), None when absent."""
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def epochs(self) -> list[dict[str, Any]]:
+        return (self.history or {}).get("epochs") or []
+
+    def last(self, split: str, metric: str = "loss") -> float | None:
+        """The last epoch's ``split`` ("train" or "validation") value of ``metric``."""
+        return (self.epochs[-1].get(split) or {}).get(metric) if self.epochs else None
+
+
+def is_checkpoint(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a checkpoint's weights and ``config.json`` (their content is not checked)."""
+    folder = Path(folder)
+    return (folder / WEIGHTS).is_file() and (folder / CONFIG).is_file()
+
+
+def missing_file(folder: Path) -> str | None:
+    """The first checkpoint file ``folder`` lacks (weights, then config.json), or None."""
+    return next((name for name in (WEIGHTS, CONFIG) if not (folder / name).is_file()), None)
+
+
+def save_checkpoint(
+    folder: str | os.PathLike,
+    model: FeXTAutoEncoder,
+    description: CheckpointDescription | None = None,
+    *,
+    history: list[dict[str, Any]] | None = None,
+    trainer_state: dict[str, Any] | None = None,
+    keep_epoch: int | None = None,
+) -> None:
+    """Write a checkpoint into ``folder``: weights and ``config.json``, and what training adds.
+
+    ``description`` defaults to the model's architecture alone. ``trainer_state`` (a dict of
+    tensors, numbers, strings, lists and dicts) is written first: it alone is what a resume reads,
+    so a kill between the writes below leaves at worst the other files one save behind it.
+    ``history``: the completed epochs for history.json; ``keep_epoch``: also keep these weights as
+    ``epoch_NNN.safetensors``.
+    """
+    folder = Path(folder)
+    description = description or CheckpointDescription(model.arch)
+    if description.architecture != model.arch:
+        raise ValueError("the description's architecture is not the model's")
+    if trainer_state is not None:
+        with atomic_path(folder / TRAINER_STATE) as tmp:
+            torch.save({"format": TRAINER_STATE_FORMAT, **trainer_state}, tmp)
+    save_weights(model.state_dict(), folder / WEIGHTS)
+    write_json(folder / CONFIG, description.to_json())
+    if keep_epoch is not None:
+        save_weights(model.state_dict(), folder / epoch_weights_name(keep_epoch))
+    if history is not None:
+        write_json(folder / HISTORY, {"total_epochs": len(history), "epochs": history})
+
+
+def read_description(folder: str | os.PathLike) -> CheckpointDescription:
+    """The typed ``config.json`` of a checkpoint folder; :class:`FeXTError` if missing or unusable."""
+    path = Path(folder) / CONFIG
+    return CheckpointDescription.from_json(_read_json(path), path)
+
+
+def read_checkpoint(folder: str | os.PathLike) -> Checkpoint:
+    """A checkpoint's description and history, without its weights; :class:`FeXTError` if unusable."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FeXTError(f"{folder} is not a FeXT checkpoint: no such folder. Pass a checkpoint folder.")
+    missing = missing_file(folder)
+    if missing:
+        raise FeXTError(f"{folder} is not a FeXT checkpoint: {missing} missing. "
+                        "Pass a folder written by `fext train` (or save_checkpoint).")
+    history = _read_json(folder / HISTORY) if (folder / HISTORY).is_file() else None
+    return Checkpoint(folder, read_description(folder), history)
+
+
+def load_checkpoint(
+    folder: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[FeXTAutoEncoder, Checkpoint]:
+    """The model rebuilt from ``config.json`` with its weights (never pickle), and the checkpoint read."""
+    checkpoint = read_checkpoint(folder)
+    model = FeXTAutoEncoder(checkpoint.description.architecture)
+    load_weights(model, load_weights_file(checkpoint.path / WEIGHTS))
+    return model.to(map_location), checkpoint
+
+
+def load_trainer_state(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """trainer_state.pt of ``folder`` without unpickling arbitrary objects; None if absent."""
+    path = Path(folder) / TRAINER_STATE
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a damaged file of any kind is one message
+        raise FeXTError(
+            f"{path} cannot be read ({type(e).__name__}: {e}); the checkpoint cannot be resumed. "
+            "Its model.safetensors can still be evaluated or used for encoding; start a new run with `fext train`."
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != TRAINER_STATE_FORMAT:
+        raise FeXTError(f"{path} is not a trainer state written by this version of FeXT; start a new run with `fext train`.")
+    return state
+
+
+def save_weights(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Write a state dict as safetensors, atomically (contiguous CPU copies, so channels_last is fine)."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+
+
+def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a safetensors weights file onto the CPU; :class:`FeXTError` if missing or not safetensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FeXTError(f"{path} not found: expected a {WEIGHTS}-style weights file.")
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise FeXTError(
+            f"{path} is not a valid safetensors weights file ({e}). FeXT never loads pickled weights; "
+            "use a file written by FeXT."
+        ) from e
+
+
+def load_weights(model: FeXTAutoEncoder, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state`` into ``model``; :class:`FeXTError` naming the mismatch when it does not fit."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise FeXTError(f"weights do not match the {model.arch.preset} architecture: {e}") from e
+
+
+def count_parameters(folder: Path) -> int | None:
+    """Number of weights in ``model.safetensors``, read from its header (no tensor is loaded)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(folder / WEIGHTS), framework="pt") as f:
+            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    except Exception:  # noqa: BLE001 - a damaged file only leaves the value unknown
+        return None
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file of a checkpoint; :class:`FeXTError` naming the file when it is missing or damaged."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FeXTError(f"{path.parent} is not a FeXT checkpoint: {path.name} is missing") from None
+    except (OSError, ValueError) as e:
+        raise FeXTError(f"Cannot read {path} ({e.__class__.__name__}: {e}); is {path.parent} a FeXT checkpoint?") from None
 
 
 def new_checkpoint_dir(ws: Workspace) -> Path:
@@ -34,11 +292,10 @@ def new_checkpoint_dir(ws: Workspace) -> Path:
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    """One row of `fext checkpoints`; ``error`` is set when the folder cannot be read."""
+    """One folder under ``resources/checkpoints``: the checkpoint read, or why it could not be."""
 
     path: Path
-    config: dict[str, Any] | None = None
-    history: dict[str, Any] | None = None
+    checkpoint: Checkpoint | None = None
     error: str | None = None
 
     @property
@@ -49,25 +306,14 @@ class CheckpointInfo:
     def ok(self) -> bool:
         return self.error is None
 
-    def last(self, split: str, metric: str = "loss") -> float | None:
-        """The last epoch's ``split`` ("train" or "validation") value of ``metric``."""
-        epochs = (self.history or {}).get("epochs") or []
-        return (epochs[-1].get(split) or {}).get(metric) if epochs else None
 
-
-def read_checkpoint(path: Path) -> CheckpointInfo:
-    """Read a checkpoint's config and history without loading weights; never raises."""
+def inspect_checkpoint(path: Path) -> CheckpointInfo:
+    """:func:`read_checkpoint` that never raises: a broken folder gets ``error`` set."""
     try:
-        if not (path / WEIGHTS).is_file():
-            return CheckpointInfo(path, error=f"no {WEIGHTS}")
-        config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
-        history_file = path / HISTORY
-        history = json.loads(history_file.read_text(encoding="utf-8")) if history_file.is_file() else None
-        return CheckpointInfo(path, config, history)
-    except FileNotFoundError as e:
-        return CheckpointInfo(path, error=f"no {Path(e.filename).name}")
-    except (OSError, ValueError) as e:
-        return CheckpointInfo(path, error=f"unreadable ({e.__class__.__name__}: {e})")
+        return CheckpointInfo(path, read_checkpoint(path))
+    except FeXTError as e:
+        missing = missing_file(path)
+        return CheckpointInfo(path, error=f"no {missing}" if missing else str(e))
 
 
 def list_checkpoints(ws: Workspace) -> list[CheckpointInfo]:
@@ -75,7 +321,7 @@ def list_checkpoints(ws: Workspace) -> list[CheckpointInfo]:
     if not ws.checkpoints.is_dir():
         return []
     dirs = sorted(p for p in ws.checkpoints.iterdir() if p.is_dir() and not p.name.startswith("."))
-    return [read_checkpoint(p) for p in dirs]
+    return [inspect_checkpoint(p) for p in dirs]
 
 
 def resolve_checkpoint(ws: Workspace, name_or_path: str | Path | None, interactive: bool = False) -> Path:
@@ -84,15 +330,12 @@ def resolve_checkpoint(ws: Workspace, name_or_path: str | Path | None, interacti
     Omitted: the only checkpoint is used (said in a log line); with several, a numbered choice on a
     terminal, else an error listing them.
     """
-    import logging
-
-    log = logging.getLogger(__name__)
     if name_or_path:
-        candidates = [Path(name_or_path), ws.checkpoints / str(name_or_path)]
-        for path in candidates:
+        for path in (Path(name_or_path), ws.checkpoints / str(name_or_path)):
             if path.is_dir():
-                if not (path / WEIGHTS).is_file():
-                    raise FeXTError(f"{path} is not a FeXT checkpoint: {WEIGHTS} is missing")
+                missing = missing_file(path)
+                if missing:
+                    raise FeXTError(f"{path} is not a FeXT checkpoint: {missing} is missing")
                 return path.resolve()
         names = ", ".join(c.name for c in list_checkpoints(ws) if c.ok) or "none"
         raise FeXTError(f"Checkpoint {name_or_path!s} not found (looked for a path and in {ws.checkpoints}); available: {names}")
@@ -139,16 +382,13 @@ def checkpoints_table(ws: Workspace) -> str:
         return "-" if v is None else f"{v:.4f}"
 
     rows = []
-    for c in infos:
-        if not c.ok:
-            rows.append([c.name, f"unreadable: {c.error}", "", "", "", "", "", ""])
+    for info in infos:
+        c = info.checkpoint
+        if c is None:
+            rows.append([info.name, f"unreadable: {info.error}", "", "", "", "", "", ""])
             continue
-        arch = c.config.get("architecture", {})
-        data = c.config.get("dataset", {})
-        epochs = len((c.history or {}).get("epochs") or [])
-        images = data.get("train", 0) + data.get("validation", 0) if data else "-"
-        rows.append([
-            c.name, arch.get("preset", "?"), arch.get("img_size", "?"), epochs, images,
-            fmt(c.last("train")), fmt(c.last("validation")), c.config.get("created", "-"),
-        ])
+        d = c.description
+        images = d.dataset.train + d.dataset.validation if d.dataset else "-"
+        rows.append([c.name, d.architecture.preset, d.architecture.img_size, len(c.epochs), images,
+                     fmt(c.last("train")), fmt(c.last("validation")), d.created or "-"])
     return format_table(["name", "preset", "size", "epochs", "images", "train loss", "val loss", "created"], rows)

@@ -252,10 +252,10 @@ def dump_weights(model: torch.nn.Module) -> None:
     """Test hook: write this rank's weights to ``$FEXT_DEBUG_DUMP_RANK_WEIGHTS/rank<R>.safetensors``."""
     folder = os.environ.get(DUMP_WEIGHTS_ENV, "").strip()
     if folder:
-        from fext.model import save_state_file
+        from fext.checkpoints import save_weights
 
         Path(folder).mkdir(parents=True, exist_ok=True)
-        save_state_file(model.state_dict(), Path(folder) / f"rank{rank()}.safetensors")
+        save_weights(model.state_dict(), Path(folder) / f"rank{rank()}.safetensors")
 
 
 def torchrun_command(nproc: int, argv: Sequence[str]) -> list[str]:

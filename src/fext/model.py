@@ -1,31 +1,24 @@
-"""The FeXT convolutional autoencoder, its presets, and its checkpoint files.
+"""The FeXT convolutional autoencoder and its presets.
 
 ``FeXTAutoEncoder.from_preset("base")`` builds the design's model; ``encode`` gives an image's feature
-vector; ``save_pretrained`` / ``from_pretrained`` write and read ``config.json`` + ``model.safetensors``
-(no pickle anywhere). ``model_complexity`` and ``describe`` report size and cost for summary files.
+vector; ``save_pretrained`` / ``from_pretrained`` write and read a checkpoint through
+:mod:`fext.checkpoints`, the owner of that format (no pickle anywhere). ``model_complexity`` and
+``describe`` report size and cost for summary files.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import os
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from fext._io import atomic_path, write_json
-from fext.errors import FeXTError
 from fext.layers import CompressionStack, DecoderStage, DecompressionStack, ResidualConvStack, clamp_unit
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 MAX_IMG_SIZE = 1024
 
 # The model keeps its weights channels_last and converts its inputs (a no-op when they already are),
@@ -191,29 +184,19 @@ class FeXTAutoEncoder(nn.Module):
         latent = self.encode(x)
         return {"reconstruction": self.decode(latent), "latent": latent}
 
-    def save_pretrained(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> None:
-        """Write ``config.json`` ({"architecture": ..., **extra}) and ``model.safetensors`` into ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_state_file(self.state_dict(), directory / WEIGHTS_NAME)
-        write_json(directory / CONFIG_NAME, {"architecture": asdict(self.arch), **(extra or {})})
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write the weights and ``config.json`` (architecture only) into ``directory``: a checkpoint of
+        :mod:`fext.checkpoints`, which `fext train` extends with its configuration and history."""
+        from fext.checkpoints import save_checkpoint  # the checkpoint format sits above the model
+
+        save_checkpoint(directory, self)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> FeXTAutoEncoder:
-        """Rebuild the model from ``config.json["architecture"]`` and load ``model.safetensors`` (never pickle)."""
-        directory = Path(directory)
-        weights = directory / WEIGHTS_NAME
-        if not directory.is_dir():
-            raise FeXTError(f"{directory} is not a FeXT checkpoint: no such folder. Pass a checkpoint folder.")
-        for required in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (directory / required).is_file():
-                raise FeXTError(
-                    f"{directory} is not a FeXT checkpoint: {required} missing. "
-                    "Pass a folder written by `fext train` (or save_pretrained)."
-                )
-        model = cls(architecture_from_config(directory / CONFIG_NAME))
-        load_weights(model, load_state_file(weights))
-        return model.to(map_location)
+        """Rebuild the model from a checkpoint's ``config.json`` and load its weights (never pickle)."""
+        from fext.checkpoints import load_checkpoint
+
+        return load_checkpoint(directory, map_location)[0]
 
 
 def _run_stages(stages: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
@@ -221,51 +204,6 @@ def _run_stages(stages: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
     for stage in stages:
         x = stage(x)  # halves H and W
     return x
-
-
-def architecture_from_config(path: str | os.PathLike) -> ModelArchitecture:
-    """The :class:`ModelArchitecture` stored in a checkpoint's ``config.json``; :class:`FeXTError` if unusable."""
-    try:
-        spec = json.loads(Path(path).read_text(encoding="utf-8"))["architecture"]
-        names = {f.name for f in fields(ModelArchitecture)}
-        unknown = set(spec) - names
-        if unknown:
-            raise ValueError(f"unknown architecture keys {sorted(unknown)}")
-        return ModelArchitecture(**spec)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise FeXTError(
-            f"{path} does not describe a FeXT model ({type(e).__name__}: {e}). "
-            "The checkpoint is damaged or from another program; train a new one with `fext train`."
-        ) from e
-
-
-def save_state_file(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
-    """Write a state dict as safetensors, atomically (contiguous CPU copies, so channels_last is fine)."""
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
-
-
-def load_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a safetensors weights file onto the CPU; :class:`FeXTError` if missing or not safetensors."""
-    path = Path(path)
-    if not path.is_file():
-        raise FeXTError(f"{path} not found: expected a {WEIGHTS_NAME}-style weights file.")
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise FeXTError(
-            f"{path} is not a valid safetensors weights file ({e}). FeXT never loads pickled weights; "
-            "use a file written by FeXT."
-        ) from e
-
-
-def load_weights(model: FeXTAutoEncoder, state: dict[str, torch.Tensor]) -> None:
-    """Copy ``state`` into ``model``; :class:`FeXTError` naming the mismatch when it does not fit."""
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise FeXTError(f"weights do not match the {model.arch.preset} architecture: {e}") from e
 
 
 def model_complexity(model: FeXTAutoEncoder, img_size: int | None = None) -> tuple[int, int]:
@@ -305,3 +243,4 @@ def describe(model: FeXTAutoEncoder) -> str:
     lines.append(f"  parameters: {params:,}")
     lines.append(f"  forward FLOPs/image: {flops / 1e9:.2f} G")
     return "\n".join(lines)
+

@@ -31,7 +31,7 @@ from fext.analysis import report
 from fext.analysis.flags import ISSUES, Issue, find_issues
 from fext.analysis.stats import STAT_COLUMNS, ImageRecord, measure_image
 from fext.config import Config, config_to_dict
-from fext.data import IMAGE_EXTENSIONS, find_images
+from fext.data import IMAGE_EXTENSIONS, find_images, select_images
 from fext.errors import FeXTError
 from fext.workspace import Workspace
 
@@ -84,7 +84,6 @@ def analyze(cfg: Config, ws: Workspace, *, dataset: Path | None = None, progress
             f"No image found in {root} (looked for {' '.join(sorted(IMAGE_EXTENSIONS))}). "
             "Put images there, or pass another folder with --dataset DIR."
         )
-    from fext.training import select_images  # the training stack is only needed for this
 
     train, validation = select_images(cfg, root)  # the split `fext train` will use
     rel = functools.partial(_relative, root=root)

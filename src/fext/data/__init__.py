@@ -12,8 +12,9 @@ from fext.data.discovery import (
     IMAGE_EXTENSIONS,
     Split,
     discover_split,
+    draw_sample,
     find_images,
-    sample_images,
+    select_images,
     split_images,
 )
 from fext.data.loader import DecodedBatch, decode_batches, iterate_batches, to_float
@@ -27,6 +28,7 @@ __all__ = [
     "augment_batch",
     "decode_batches",
     "discover_split",
+    "draw_sample",
     "find_images",
     "image_size",
     "iterate_batches",
@@ -34,7 +36,7 @@ __all__ = [
     "open_readonly",
     "open_rgb",
     "prepare_images",
-    "sample_images",
+    "select_images",
     "split_images",
     "to_float",
 ]

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fext.config import Config
 from fext.errors import FeXTError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
@@ -65,7 +66,7 @@ def find_images(root: Path) -> list[Path]:
     return [path for _, path in found]
 
 
-def sample_images(paths: Sequence[Path], fraction: float, seed: int) -> list[Path]:
+def draw_sample(paths: Sequence[Path], fraction: float, seed: int) -> list[Path]:
     """Draw ``round(fraction * len(paths))`` images (at least one) with ``seed``.
 
     The sample keeps the order of ``paths``. ``fraction`` 1.0 returns every path.
@@ -128,9 +129,23 @@ def discover_split(
             f"No image found in {root} (looked for {extensions} in any letter case, "
             "hidden files skipped). Put images there or point to another folder."
         )
-    sampled = sample_images(paths, sample_size, seed)
+    sampled = draw_sample(paths, sample_size, seed)
     train, validation = split_images(sampled, root, validation_size, split_seed)
     return Split(root=root, train=train, validation=validation)
+
+
+def select_images(cfg: Config, root: Path) -> tuple[list[Path], list[Path]]:
+    """The (train, validation) images of a run on ``root``: found, sampled with SEED, split with SPLIT_SEED.
+
+    Training, evaluation and analysis all call this, so they agree on a checkpoint's split. A split
+    too small to hold both sides (one image) puts everything in train. Raises :class:`FeXTError`
+    for a missing or empty folder.
+    """
+    d = cfg.dataset
+    split = discover_split(Path(root), d.SAMPLE_SIZE, cfg.SEED, d.VALIDATION_SIZE, d.SPLIT_SEED)
+    if not split.train:
+        return split.validation, []
+    return split.train, split.validation
 
 
 def _relative_posix(path: Path, root: Path) -> str:

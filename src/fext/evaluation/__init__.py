@@ -16,7 +16,7 @@ from fext.evaluation.evaluate import (
     evaluate_checkpoint,
     evaluate_checkpoints,
 )
-from fext.evaluation.summary import SUMMARY_COLUMNS, write_comparison, write_summary
+from fext.evaluation.summary import SUMMARY_COLUMNS, write_checkpoints_summary, write_comparison
 
 __all__ = [
     "MAX_TRAIN_IMAGES",
@@ -28,5 +28,5 @@ __all__ = [
     "evaluate_checkpoints",
     "fit_pca",
     "write_comparison",
-    "write_summary",
+    "write_checkpoints_summary",
 ]

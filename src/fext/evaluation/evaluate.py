@@ -36,14 +36,14 @@ from tqdm import tqdm
 import fext
 from fext import metrics as M
 from fext._io import atomic_open, save_figure, write_json, write_text
-from fext.checkpoints import CONFIG, HISTORY, WEIGHTS, read_checkpoint
-from fext.config import Config, config_from_dict
-from fext.data import CachedImages, find_images, prepare_images, to_float
+from fext.checkpoints import HISTORY, CheckpointDescription, load_checkpoint, missing_file
+from fext.config import Config
+from fext.data import CachedImages, find_images, prepare_images, select_images, to_float
 from fext.device import autocast, select_device
-from fext.errors import ConfigError, FeXTError
+from fext.errors import FeXTError
 from fext.evaluation import figures, pages
 from fext.evaluation.baseline import PCABaseline, fit_pca, project_2d_3d
-from fext.evaluation.summary import METRICS_FILE, write_comparison, write_summary
+from fext.evaluation.summary import METRICS_FILE, write_checkpoints_summary, write_comparison
 from fext.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def evaluate_checkpoints(
                 log.error("Could not evaluate %s: %s", Path(ckpt).name, e)
                 failed.append(f"{Path(ckpt).name}: {e}")
     finally:
-        write_summary(ws, extra=[Path(c) for c in ckpts])
+        write_checkpoints_summary(ws, extra=[Path(c) for c in ckpts])
     comparison = write_comparison(ws, extra=[Path(c) for c in ckpts])
     if comparison:
         log.info("Comparison of the evaluated checkpoints: %s", comparison)
@@ -145,24 +145,24 @@ def evaluate_checkpoint(
     progress: bool = True,
 ) -> Path:
     """Evaluate one checkpoint folder and write its outputs; return ``validation/checkpoints/<name>``."""
-    from fext.model import FeXTAutoEncoder
-
     start = time.perf_counter()
     ckpt = Path(ckpt).absolute()
     if not ckpt.is_dir():
         raise FeXTError(f"Checkpoint folder {ckpt} not found; list the checkpoints with `fext checkpoints`")
-    if not (ckpt / WEIGHTS).is_file():
+    missing = missing_file(ckpt)
+    if missing:
         raise FeXTError(
-            f"{ckpt} has no {WEIGHTS}: it is not a usable checkpoint (a run stopped before its first save?). "
+            f"{ckpt} has no {missing}: it is not a usable checkpoint (a run stopped before its first save?). "
             "Evaluate another one (see `fext checkpoints`)."
         )
-    info = read_checkpoint(ckpt)
-    if not info.ok:
-        raise FeXTError(f"Cannot read checkpoint {ckpt}: {info.error}. Evaluate another one (see `fext checkpoints`).")
+    try:
+        model, checkpoint = load_checkpoint(ckpt)
+    except FeXTError as e:
+        raise FeXTError(f"Cannot read checkpoint {ckpt}: {e} Evaluate another one (see `fext checkpoints`).") from None
     device = device or select_device(cfg.device.DEVICE, cfg.device.DEVICE_ID)
-    model = FeXTAutoEncoder.from_pretrained(ckpt).to(device).eval()
+    model = model.to(device).eval()
     arch = model.arch
-    train, validation, root, source = _select_splits(ckpt, info.config, cfg, dataset)
+    train, validation, root, source = _select_splits(ckpt, checkpoint.description, dataset)
     out = ws.validation_checkpoints / ckpt.name
     out.mkdir(parents=True, exist_ok=True)
     log.info("Evaluating %s on %s (%d train, %d validation images) -> %s",
@@ -190,7 +190,7 @@ def evaluate_checkpoint(
     pca, pca_note = _fit_baseline(train if train.evaluated else held_out, held_out, arch.feature_dim, device)
     pca_scores = _score_pca(pca, held_out.cached, cfg.training.BATCH_SIZE, device)
 
-    history = info.history or {}
+    history = checkpoint.history or {}
     _write_figures(out, arch, train, validation, held_out, pca, images, cfg, root, history, ckpt.name)
 
     result = {
@@ -228,24 +228,19 @@ def evaluate_checkpoint(
     }
     write_json(out / METRICS_FILE, result)
     _write_per_image(out / PER_IMAGE_FILE, train, validation, held_out, pca_scores)
-    write_text(out / REPORT_FILE, pages.checkpoint_report(out, result, info.config or {}))
+    write_text(out / REPORT_FILE, pages.checkpoint_report(out, result, checkpoint.description.to_json()))
     _log_result(result, held_out.name, out)
     return out
 
 
 def _select_splits(
-    ckpt: Path, config: dict[str, Any] | None, cfg: Config, dataset: Path | None
+    ckpt: Path, description: CheckpointDescription, dataset: Path | None
 ) -> tuple[SplitImages, SplitImages, Path, str]:
     """(train, validation, root, source) for a checkpoint, from its recorded data or ``dataset``."""
-    from fext.training import select_images
-
-    config = config or {}
-    recorded = config.get("dataset") or {}
-    try:
-        ckpt_cfg = config_from_dict(config.get("configuration") or {})
-    except ConfigError as e:
-        raise FeXTError(f"{ckpt / CONFIG}: the saved configuration is invalid ({e}); the checkpoint is damaged") from None
-    root = Path(recorded["root"]) if recorded.get("root") else None
+    recorded = description.dataset
+    # A model saved outside `fext train` records no configuration: its split is the default one.
+    ckpt_cfg = description.configuration or Config()
+    root = Path(recorded.root) if recorded and recorded.root else None
 
     if dataset is not None:
         dataset = Path(dataset).expanduser().absolute()
@@ -265,19 +260,18 @@ def _select_splits(
 
     hint = f"evaluate on another folder with `fext evaluate {ckpt.name} --dataset DIR`"
     if root is None:
-        raise FeXTError(f"{ckpt / CONFIG} does not record where the training images are; {hint}")
+        raise FeXTError(f"{ckpt.name} does not record where the training images are; {hint}")
     if not root.is_dir():
         raise FeXTError(f"The training images of {ckpt.name} are gone: {root} does not exist (moved or deleted?); {hint}")
     try:
         train, validation = select_images(ckpt_cfg, root)
     except FeXTError as e:
         raise FeXTError(f"The training images of {ckpt.name} cannot be found: {e} To use other images, {hint}") from None
-    expected = {recorded.get("train", 0) + recorded.get("validation", 0),
-                recorded.get("train", 0) + recorded.get("validation", 0) + recorded.get("failed", 0)}
-    if recorded and len(train) + len(validation) not in expected:
+    expected = {recorded.train + recorded.validation, recorded.train + recorded.validation + recorded.failed}
+    if len(train) + len(validation) not in expected:
         log.warning("%s now holds %d images for this checkpoint where training used %d train + %d validation: "
                     "the folder changed since, so the split is not exactly the training one",
-                    root, len(train) + len(validation), recorded.get("train", 0), recorded.get("validation", 0))
+                    root, len(train) + len(validation), recorded.train, recorded.validation)
     return SplitImages("train", train), SplitImages("validation", validation), root, "training split"
 
 

@@ -15,13 +15,12 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from fext._io import atomic_open, save_figure, write_text
-from fext.checkpoints import WEIGHTS, CheckpointInfo, list_checkpoints, read_checkpoint
+from fext.checkpoints import CheckpointInfo, count_parameters, inspect_checkpoint, list_checkpoints
 from fext.evaluation import figures, pages
 from fext.workspace import Workspace
 
@@ -40,17 +39,6 @@ SUMMARY_COLUMNS = [
     "eval_validation_mae", "eval_validation_psnr", "eval_validation_ssim",
     "pca_validation_psnr", "pca_validation_ssim", "evaluated",
 ]
-
-
-def count_parameters(checkpoint: Path) -> int | None:
-    """Number of weights in ``model.safetensors``, read from its header (no tensor is loaded)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(checkpoint / WEIGHTS), framework="pt") as f:
-            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
-    except Exception:  # noqa: BLE001 - a damaged file only leaves the cell empty
-        return None
 
 
 def load_metrics(ws: Workspace, name: str) -> dict[str, Any] | None:
@@ -76,35 +64,36 @@ def summary_row(info: CheckpointInfo, metrics: dict[str, Any] | None) -> dict[st
     if not info.ok:
         row["status"] = f"unreadable: {info.error}"
         return row
-    conf = (info.config or {}).get("configuration") or {}
-    data, model, dev = conf.get("dataset", {}), conf.get("model", {}), conf.get("device", {})
-    train = conf.get("training", {})
-    arch = (info.config or {}).get("architecture") or {}
-    history = info.history or {}
-    epochs = history.get("total_epochs") or len(history.get("epochs") or []) or train.get("EPOCHS")
+    c = info.checkpoint
+    conf, arch = c.description.configuration, c.description.architecture
+    history = c.history or {}
+
+    def setting(read: Any) -> Any:
+        return read(conf) if conf is not None else None
+
     row.update({
         "status": "ok" if conf else "ok (no configuration recorded)",
-        "sample_size": data.get("SAMPLE_SIZE"),
-        "validation_size": data.get("VALIDATION_SIZE"),
-        "seed": conf.get("SEED"),
-        "precision_bits": (16 if dev.get("MIXED_PRECISION") else 32) if dev else None,
-        "epochs": epochs,
-        "learning_rate": (train.get("LR_SCHEDULER") or {}).get("INITIAL_LR"),
-        "batch_size": train.get("BATCH_SIZE"),
-        "split_seed": data.get("SPLIT_SEED"),
-        "image_augment": data.get("IMG_AUGMENT"),
-        "jit_compile": model.get("JIT_COMPILE"),
-        "jit_backend": model.get("JIT_BACKEND"),
-        "device": dev.get("DEVICE"),
-        "device_id": dev.get("DEVICE_ID"),
-        "number_of_processors": dev.get("NUM_PROCESSORS"),
-        "tensorboard": train.get("USE_TENSORBOARD"),
-        "preset": arch.get("preset", model.get("PRESET")),
-        "image_size": arch.get("img_size", model.get("IMG_SIZE")),
+        "sample_size": setting(lambda k: k.dataset.SAMPLE_SIZE),
+        "validation_size": setting(lambda k: k.dataset.VALIDATION_SIZE),
+        "seed": setting(lambda k: k.SEED),
+        "precision_bits": setting(lambda k: 16 if k.device.MIXED_PRECISION else 32),
+        "epochs": history.get("total_epochs") or len(c.epochs) or setting(lambda k: k.training.EPOCHS),
+        "learning_rate": setting(lambda k: k.training.LR_SCHEDULER.INITIAL_LR),
+        "batch_size": setting(lambda k: k.training.BATCH_SIZE),
+        "split_seed": setting(lambda k: k.dataset.SPLIT_SEED),
+        "image_augment": setting(lambda k: k.dataset.IMG_AUGMENT),
+        "jit_compile": setting(lambda k: k.model.JIT_COMPILE),
+        "jit_backend": setting(lambda k: k.model.JIT_BACKEND),
+        "device": setting(lambda k: k.device.DEVICE),
+        "device_id": setting(lambda k: k.device.DEVICE_ID),
+        "number_of_processors": setting(lambda k: k.device.NUM_PROCESSORS),
+        "tensorboard": setting(lambda k: k.training.USE_TENSORBOARD),
+        "preset": arch.preset,
+        "image_size": arch.img_size,
         "parameters": count_parameters(info.path),
-        "last_train_loss": info.last("train"),
-        "last_validation_loss": info.last("validation"),
-        "created": (info.config or {}).get("created"),
+        "last_train_loss": c.last("train"),
+        "last_validation_loss": c.last("validation"),
+        "created": c.description.created,
     })
     if metrics:
         split = (metrics.get("baseline_pca") or {}).get("evaluated_on", "validation")
@@ -126,12 +115,12 @@ def workspace_checkpoints(ws: Workspace, extra: Iterable[Path] = ()) -> list[Che
     for path in extra:
         path = Path(path)
         if path.resolve() not in known:
-            infos.append(read_checkpoint(path))
+            infos.append(inspect_checkpoint(path))
             known.add(path.resolve())
     return infos
 
 
-def write_summary(ws: Workspace, extra: Iterable[Path] = ()) -> Path:
+def write_checkpoints_summary(ws: Workspace, extra: Iterable[Path] = ()) -> Path:
     """Rewrite ``checkpoints_summary.csv`` (one row per checkpoint) and return its path."""
     path = ws.validation_checkpoints / SUMMARY_FILE
     rows = [summary_row(c, load_metrics(ws, c.name) if c.ok else None) for c in workspace_checkpoints(ws, extra)]

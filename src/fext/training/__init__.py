@@ -1,7 +1,6 @@
 """Training: ``fext train`` from scratch or from a checkpoint, the loop, the schedule, the saved state.
 
-- :mod:`~fext.training.run`: :func:`train` (a whole run), :func:`fit` (its epochs),
-  :func:`select_images` (a run's train/validation images).
+- :mod:`~fext.training.run`: :func:`train` (a whole run), :func:`fit` (its epochs).
 - :mod:`~fext.training.loop`: :func:`train_one_epoch`, :func:`validate`, Ctrl-C handling.
 - :mod:`~fext.training.objectives`: what a step optimises per ``training.RECIPE`` (inputs, loss).
 - :mod:`~fext.training.schedule`: :func:`lr_at`, the learning rate at a step.
@@ -11,7 +10,7 @@
 
 from fext.training.loop import train_one_epoch, validate
 from fext.training.objectives import reconstruction_loss
-from fext.training.run import TrainingInterrupted, fit, resumed_config, select_images, train
+from fext.training.run import TrainingInterrupted, fit, resumed_config, train
 from fext.training.schedule import LR_FLOOR, lr_at
 
 __all__ = [
@@ -21,7 +20,6 @@ __all__ = [
     "lr_at",
     "reconstruction_loss",
     "resumed_config",
-    "select_images",
     "train",
     "train_one_epoch",
     "validate",

@@ -1,8 +1,7 @@
 """A training run from start to finish: images, model, optimizer, the epochs, and the checkpoint.
 
 :func:`train` starts a run (``fext train``) or continues one (``fext train --resume``);
-:func:`fit` runs its epochs and saves after each; :func:`select_images` is the run's image list,
-which evaluation reuses to find a checkpoint's split.
+:func:`fit` runs its epochs and saves after each through :func:`fext.checkpoints.save_checkpoint`.
 """
 
 from __future__ import annotations
@@ -10,7 +9,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +18,23 @@ import torch
 import fext
 from fext import distributed
 from fext._allocator import keep_freed_memory
-from fext.checkpoints import CONFIG, HISTORY, TRAINER_STATE, WEIGHTS, new_checkpoint_dir
-from fext.config import Config, config_from_dict, config_to_dict
-from fext.data import CachedImages, discover_split, open_readonly, prepare_images
+from fext.checkpoints import (
+    PLOT, SUMMARY, TENSORBOARD, WEIGHTS, Checkpoint, CheckpointDescription, DatasetRecord, load_trainer_state, load_weights,
+    load_weights_file, new_checkpoint_dir, read_checkpoint, save_checkpoint,
+)
+from fext.config import Config, config_to_dict
+from fext.data import CachedImages, open_readonly, prepare_images, select_images
 from fext.device import autocast_dtype, explain_compile_failure, needs_grad_scaler
 from fext.errors import FeXTError
-from fext.model import FeXTAutoEncoder, architecture_from_config, describe, load_state_file, load_weights, save_state_file
+from fext.model import FeXTAutoEncoder, describe
 from fext.training import outputs
 from fext.training.loop import GracefulStop, NonFiniteLoss, train_one_epoch, validate
 from fext.training.state import (
-    Progress, capture_rng, load_trainer_state, progress_from_state, restore_rng, save_trainer_state, seed_everything,
+    Progress, capture_rng, progress_from_state, restore_rng, seed_everything, trainer_state,
 )
 from fext.workspace import Workspace
 
 log = logging.getLogger(__name__)
-
-PLOT = "training_history.png"
-SUMMARY = "summary.txt"
-TENSORBOARD = "tensorboard"
 
 
 class TrainingInterrupted(FeXTError):
@@ -45,25 +43,10 @@ class TrainingInterrupted(FeXTError):
     exit_code = 130
 
 
-def select_images(cfg: Config, root: Path) -> tuple[list[Path], list[Path]]:
-    """The (train, validation) images of a run on ``root``: found, sampled with SEED, split with SPLIT_SEED.
-
-    A split too small to hold both sides (one image) puts everything in train. Raises
-    :class:`FeXTError` for a missing or empty folder.
-    """
-    d = cfg.dataset
-    split = discover_split(Path(root), d.SAMPLE_SIZE, cfg.SEED, d.VALIDATION_SIZE, d.SPLIT_SEED)
-    if not split.train:
-        return split.validation, []
-    return split.train, split.validation
-
-
-def resumed_config(saved: dict[str, Any], current: Config) -> Config:
+def resumed_config(saved: Config, current: Config) -> Config:
     """The checkpoint's configuration, with ADDITIONAL_EPOCHS and the device section from ``current``."""
-    data = dict(saved)
-    data["training"] = {**data.get("training", {}), "ADDITIONAL_EPOCHS": current.training.ADDITIONAL_EPOCHS}
-    data["device"] = config_to_dict(current.device)
-    return config_from_dict(data)
+    training = replace(saved.training, ADDITIONAL_EPOCHS=current.training.ADDITIONAL_EPOCHS)
+    return replace(saved, training=training, device=current.device)
 
 
 @dataclass
@@ -81,7 +64,8 @@ class Run:
     images: CachedImages
     train_rows: torch.Tensor
     val_rows: torch.Tensor
-    extra: dict[str, Any]
+    description: CheckpointDescription
+    """config.json: the same at every save of the run."""
     progress: Progress
     saved: str | None
     """What the checkpoint on disk holds ("epoch 3", "epoch 3 + 12 batches"), None before the first save."""
@@ -131,11 +115,12 @@ def _train(
     ws.ensure()
     fresh = resume is None
     if fresh:
-        saved_info, state, root = None, None, Path(dataset or ws.dataset)
+        saved, state, root = None, None, Path(dataset or ws.dataset)
     else:
         folder = Path(resume)
-        cfg, saved_info, state = _open_checkpoint(folder, cfg)
-        root = Path(dataset or saved_info.get("dataset", {}).get("root") or ws.dataset)
+        cfg, saved, state = _open_checkpoint(folder, cfg)
+        recorded = saved.description.dataset
+        root = Path(dataset or (recorded.root if recorded else None) or ws.dataset)
     seed_everything(distributed.rank_seed(cfg.SEED, rank))
 
     # Images: find, sample and split; decode into the cache once (later epochs and runs decode nothing).
@@ -148,11 +133,11 @@ def _train(
                         f"`fext train --resume {folder.name} --dataset NEW_FOLDER`.") from None
     images = _cached_images(train_paths + val_paths, cfg, ws, progress)
     train_rows, val_rows = _rows(images, train_paths, val_paths, root, cfg)
-    dataset_info = {"root": str(Path(root).absolute()), "train": len(train_rows), "validation": len(val_rows),
-                    "failed": len(images.failures)}
-    if saved_info and saved_info.get("dataset", {}).get("train") not in (None, len(train_rows)):
+    dataset_info = DatasetRecord(str(Path(root).absolute()), len(train_rows), len(val_rows), len(images.failures))
+    recorded = saved.description.dataset if saved else None
+    if recorded and recorded.train != len(train_rows):
         log.warning("The images changed since the checkpoint was made: %d training images now, %d then.",
-                    len(train_rows), saved_info["dataset"]["train"])
+                    len(train_rows), recorded.train)
 
     # Model, optimizer, grad scaler, generators, position: fresh (seeded) or from the checkpoint.
     if device.type == "cpu":
@@ -160,8 +145,8 @@ def _train(
     if fresh:
         model = FeXTAutoEncoder.from_preset(cfg.model.PRESET, cfg.model.IMG_SIZE)
     else:
-        model = FeXTAutoEncoder(architecture_from_config(folder / CONFIG))
-        load_weights(model, state["model"] if state else load_state_file(folder / WEIGHTS))
+        model = FeXTAutoEncoder(saved.description.architecture)
+        load_weights(model, state["model"] if state else load_weights_file(folder / WEIGHTS))
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.training.LR_SCHEDULER.INITIAL_LR,
                                  fused=device.type == "cuda")
@@ -171,7 +156,7 @@ def _train(
         run_progress = Progress()
     else:
         batches_per_epoch = -(-len(distributed.shard(train_rows, pad=True)) // cfg.training.BATCH_SIZE)
-        run_progress = _restore(folder, state, optimizer, scaler, augment, batches_per_epoch)
+        run_progress = _restore(saved, state, optimizer, scaler, augment, batches_per_epoch)
     if cfg.device.MIXED_PRECISION and device.type == "cpu" and not _cpu_has_native_bf16():
         log.warning("device.MIXED_PRECISION: this CPU has no bf16 instructions (AVX512-BF16 or AMX), so bf16 "
                     "autocast is emulated and usually slower than float32; consider device.MIXED_PRECISION false.")
@@ -186,17 +171,17 @@ def _train(
                         "first batch.", run_progress.epoch + 1)
             run_progress.batch, run_progress.partial = 0, {}
 
-    # The checkpoint folder (rank 0 names and makes it): config.json's extra keys, summary.txt.
+    # The checkpoint folder (rank 0 names and makes it): its description (config.json), summary.txt.
     if fresh:
         if main:
             folder = new_checkpoint_dir(ws)
             folder.mkdir(parents=True)
         folder = Path(distributed.broadcast_object(str(folder) if main else None))
-    extra = {"configuration": config_to_dict(cfg), "dataset": dataset_info,
-             "created": (saved_info or {}).get("created") or time.strftime("%Y-%m-%dT%H:%M:%S"),
-             "fext_version": fext.__version__}
+    description = CheckpointDescription(
+        model.arch, cfg, dataset_info, (saved and saved.description.created) or time.strftime("%Y-%m-%dT%H:%M:%S"),
+        fext.__version__)
     if main:
-        _write_summary(folder, fresh, cfg, model, device, extra, images, run_progress)
+        _write_summary(folder, fresh, cfg, model, device, description, images, run_progress)
 
     epochs = run_progress.epoch + (cfg.training.EPOCHS if fresh else cfg.training.ADDITIONAL_EPOCHS)
     log.info("Training %s (%s preset, %d px) on %d images, %d for validation, epochs %d to %d on %s; checkpoint %s",
@@ -207,7 +192,7 @@ def _train(
                  "scaled with it.", distributed.world_size(), cfg.training.BATCH_SIZE * distributed.world_size(),
                  cfg.training.BATCH_SIZE)
     run = Run(cfg, folder, device, model, forward, optimizer, scaler, augment, images, train_rows, val_rows,
-              extra, run_progress, saved=None if fresh else _describe_position(run_progress),
+              description, run_progress, saved=None if fresh else _describe_position(run_progress),
               validate_forward=validate_forward)
     try:
         distributed.fail_point()
@@ -237,24 +222,22 @@ def _cached_images(paths: list[Path], cfg: Config, ws: Workspace, progress: bool
                         "machines the workspace must be on a file system they all share.") from None
 
 
-def _open_checkpoint(folder: Path, current: Config) -> tuple[Config, dict[str, Any], dict[str, Any] | None]:
-    """(the configuration to resume with, config.json, trainer_state.pt or None) of a checkpoint folder."""
+def _open_checkpoint(folder: Path, current: Config) -> tuple[Config, Checkpoint, dict[str, Any] | None]:
+    """(the configuration to resume with, the checkpoint, its trainer state or None) of a checkpoint folder."""
     for stale in folder.glob(".*.tmp"):  # left by a process killed while writing a file
         stale.unlink(missing_ok=True)
-    saved_info = _read_json(folder / CONFIG)
-    if not isinstance(saved_info.get("configuration"), dict):
-        raise FeXTError(f"{folder / CONFIG} holds no training configuration (the model was not saved by "
+    saved = read_checkpoint(folder)
+    if saved.description.configuration is None:
+        raise FeXTError(f"{folder.name} holds no training configuration (the model was not saved by "
                         "`fext train`), so it cannot be resumed; train a new model with `fext train`.")
-    state = None
-    if (folder / TRAINER_STATE).is_file():
-        state = load_trainer_state(folder / TRAINER_STATE)
-    else:
-        log.warning("%s has no %s: resuming from its weights with a fresh optimizer.", folder.name, TRAINER_STATE)
-    return resumed_config(saved_info["configuration"], current), saved_info, state
+    state = load_trainer_state(folder)
+    if state is None:
+        log.warning("%s has no trainer state: resuming from its weights with a fresh optimizer.", folder.name)
+    return resumed_config(saved.description.configuration, current), saved, state
 
 
 def _restore(
-    folder: Path,
+    saved: Checkpoint,
     state: dict[str, Any] | None,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
@@ -268,7 +251,7 @@ def _restore(
     the same number of processes), or reseeds from the seed, rank and step.
     """
     if state is None:
-        history = (_read_json(folder / HISTORY) if (folder / HISTORY).is_file() else {}).get("epochs", [])
+        history = saved.epochs
         return Progress(epoch=len(history), step=len(history) * batches_per_epoch, history=history)
     optimizer.load_state_dict(state["optimizer"])
     if scaler.is_enabled() and state["scaler"]:
@@ -298,23 +281,23 @@ def _rank_rng(state: dict[str, Any]) -> dict[str, Any] | None:
 
 def _write_summary(
     folder: Path, fresh: bool, cfg: Config, model: FeXTAutoEncoder, device: torch.device,
-    extra: dict[str, Any], images: CachedImages, p: Progress,
+    description: CheckpointDescription, images: CachedImages, p: Progress,
 ) -> None:
     """summary.txt: written by a new run, a line appended by each resume."""
     environment = (f"fext {fext.__version__}, torch {torch.__version__}, device {device}, mixed precision "
                    f"{autocast_dtype(device) if cfg.device.MIXED_PRECISION else 'off'}, "
                    f"torch.compile {cfg.model.JIT_BACKEND if cfg.model.JIT_COMPILE else 'off'}")
-    data = extra["dataset"]
+    data = description.dataset
     if fresh:
         failures = [(str(path), reason) for path, reason in images.failures]
         outputs.write_summary(folder / SUMMARY, outputs.summary_text(
-            folder.name, describe(model), data, failures, extra["configuration"],
-            f"created {extra['created']}, {environment}"))
+            folder.name, describe(model), asdict(data), failures, config_to_dict(cfg),
+            f"created {description.created}, {environment}"))
     else:
         outputs.append_summary(folder / SUMMARY, (
             f"Resumed {time.strftime('%Y-%m-%dT%H:%M:%S')} at {_describe_position(p)} (step {p.step}) for "
-            f"{cfg.training.ADDITIONAL_EPOCHS} more epochs; {environment}; {data['train']} train, "
-            f"{data['validation']} validation images, {data['failed']} unreadable"))
+            f"{cfg.training.ADDITIONAL_EPOCHS} more epochs; {environment}; {data.train} train, "
+            f"{data.validation} validation images, {data.failed} unreadable"))
 
 
 def fit(run: Run, epochs: int, show_bar: bool = True) -> None:
@@ -385,11 +368,9 @@ def _save(run: Run, tensorboard: outputs.TensorBoardLog, entry: dict[str, Any] |
     if not distributed.is_main():
         run.saved = _describe_position(p)
         return
-    save_trainer_state(folder / TRAINER_STATE, p, run.model, run.optimizer, run.scaler, run.augment, rank_rngs)
-    run.model.save_pretrained(folder, extra=run.extra)
-    if entry is not None and run.cfg.training.SAVE_CHECKPOINTS:
-        save_state_file(run.model.state_dict(), folder / f"epoch_{entry['epoch']:03d}.safetensors")
-    outputs.write_history(folder / HISTORY, p.history)
+    keep = entry["epoch"] if entry is not None and run.cfg.training.SAVE_CHECKPOINTS else None
+    save_checkpoint(folder, run.model, run.description, history=p.history, keep_epoch=keep,
+                    trainer_state=trainer_state(p, run.model, run.optimizer, run.scaler, run.augment, rank_rngs))
     if p.history:
         outputs.plot_history(folder / PLOT, p.history, f"{folder.name}: {run.cfg.model.PRESET} preset, "
                              f"{run.cfg.model.IMG_SIZE} px, {len(run.train_rows)} training images")
@@ -440,15 +421,3 @@ def _rows(
     elif not val_rows:
         log.warning("None of the %d validation images could be read: training without validation.", len(val_paths))
     return torch.tensor(train_rows, dtype=torch.int64), torch.tensor(val_rows, dtype=torch.int64)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise FeXTError(f"Cannot read {path} ({e}); is {path.parent} a FeXT checkpoint?") from None
-    if not isinstance(data, dict):
-        raise FeXTError(f"{path} is not a FeXT checkpoint file; is {path.parent} a FeXT checkpoint?")
-    return data

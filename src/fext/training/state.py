@@ -1,7 +1,7 @@
-"""``trainer_state.pt``: everything a resumed run needs to continue as if it had never stopped.
+"""``trainer_state.pt``'s content: everything a resumed run needs to continue as if it had never stopped.
 
-The file is written first at every save and holds, in one atomic file, the model weights, the
-optimizer and grad-scaler states, the position in the run (completed epochs, global step, batches
+:func:`fext.checkpoints.save_checkpoint` writes it first at every save. It holds, in one atomic
+file, the model weights, the optimizer and grad-scaler states, the position in the run (completed epochs, global step, batches
 done in a running epoch and its partial metric sums), every random number generator and the
 history. A run of several processes (torchrun) also stores every rank's generators in
 ``rng_ranks`` (``rng`` is rank 0's). Resuming trusts this file alone, so a process killed
@@ -16,17 +16,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-
-from fext._io import atomic_path
-from fext.errors import FeXTError
-
-FORMAT = 1
-"""Version of the trainer_state.pt layout."""
 
 
 @dataclass
@@ -87,18 +80,19 @@ def restore_rng(rng: dict[str, Any], augment: torch.Generator) -> list[str]:
     return skipped
 
 
-def save_trainer_state(
-    path: Path,
+def trainer_state(
     progress: Progress,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     augment: torch.Generator,
     rank_rngs: list[dict[str, Any]] | None = None,
-) -> None:
-    """Write trainer_state.pt atomically; ``rank_rngs``: every rank's :func:`capture_rng`, in rank order."""
+) -> dict[str, Any]:
+    """The content of trainer_state.pt (written by :func:`fext.checkpoints.save_checkpoint`).
+
+    ``rank_rngs``: every rank's :func:`capture_rng`, in rank order.
+    """
     state = {
-        "format": FORMAT,
         "epoch": progress.epoch,
         "step": progress.step,
         "batch": progress.batch,
@@ -111,21 +105,6 @@ def save_trainer_state(
     }
     if rank_rngs:
         state["rng_ranks"] = rank_rngs
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_trainer_state(path: Path) -> dict[str, Any]:
-    """Read trainer_state.pt without unpickling arbitrary objects; :class:`FeXTError` if unusable."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - a damaged file of any kind is one message
-        raise FeXTError(
-            f"{path} cannot be read ({type(e).__name__}: {e}); the checkpoint cannot be resumed. "
-            "Its model.safetensors can still be evaluated or used for encoding; start a new run with `fext train`."
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise FeXTError(f"{path} is not a trainer state written by this version of FeXT; start a new run with `fext train`.")
     return state
 
 
