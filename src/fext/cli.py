@@ -190,6 +190,17 @@ def _cmd_search(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explore(ctx: Context, args: argparse.Namespace) -> int:
+    from fext.explore.run import explore, resolve_embeddings
+
+    folder = resolve_embeddings(ctx.workspace.extraction, args.embeddings, ctx.interactive)
+    result = explore(folder, args.output, clusters=args.clusters, neighbours=args.neighbours, config=ctx.config,
+                     checkpoint=args.checkpoint, duplicate_threshold=args.duplicate_threshold,
+                     reconstruction=not args.no_reconstruction, progress=ctx.progress)
+    print(result.summary())
+    return 0
+
+
 def _cmd_setup(ctx: Context, args: argparse.Namespace) -> int:
     from fext import setup_commands
 
@@ -288,6 +299,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, metavar="CKPT",
                    help="where the checkpoint that wrote the embeddings is now, if it moved (default: metadata.json)")
     p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("explore", help="map, clusters, outliers and near-duplicates of encoded images: atlas.html + CSVs")
+    p.add_argument("embeddings", nargs="?", metavar="EMBEDDINGS_DIR",
+                   help="a folder written by `fext encode`, or its name under resources/extraction (omitted: the only one, or a choice)")
+    p.add_argument("--output", type=Path, help="output folder (default: EMBEDDINGS_DIR/explore)")
+    p.add_argument("--clusters", type=int, metavar="K", help="number of clusters (default: chosen by the silhouette)")
+    p.add_argument("--neighbours", type=int, default=10, metavar="N", help="neighbours shown for a clicked image (default 10)")
+    p.add_argument("--duplicate-threshold", type=float, metavar="SIM",
+                   help="cosine similarity that makes near-duplicates (default: measured on edited copies of your images)")
+    p.add_argument("--no-reconstruction", action="store_true",
+                   help="leave the model's reconstruction error out of the outlier score (saves a pass over the images)")
+    p.add_argument("--checkpoint", type=Path, metavar="CKPT",
+                   help="where the checkpoint that wrote the embeddings is now, if it moved (default: metadata.json)")
+    p.set_defaults(func=_cmd_explore)
 
     p = sub.add_parser("setup", help="4) setup and maintenance")
     p.add_argument("action", choices=["install", "update", "clean-logs"],

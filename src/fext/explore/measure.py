@@ -87,10 +87,16 @@ def copy_similarities(model: Any, files: list[Path], vectors: np.ndarray, img_si
 
     out = np.full((len(files), len(EDITS)), np.nan)
     unit = unit_rows(vectors)
-    for i, path in enumerate(files):
-        try:
-            copies = edited_copies(path, img_size)
-        except (ImageDecodeError, OSError):
-            continue
-        out[i] = unit_rows(embed(model, copies, device)) @ unit[i]
+    per_batch = max(1, BATCH // len(EDITS))
+    for lo in range(0, len(files), per_batch):
+        rows, copies = [], []
+        for i in range(lo, min(lo + per_batch, len(files))):
+            try:
+                copies.append(edited_copies(files[i], img_size))
+            except (ImageDecodeError, OSError):
+                continue
+            rows.append(i)
+        if rows:
+            z = unit_rows(embed(model, np.concatenate(copies), device)).reshape(len(rows), len(EDITS), -1)
+            out[rows] = np.einsum("med,md->me", z, unit[rows])
     return out

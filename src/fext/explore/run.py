@@ -36,6 +36,7 @@ MIN_IMAGES = 3
 COPY_SAMPLE = 200
 """Images whose edited copies are encoded to measure the duplicate threshold."""
 OUTPUT = "explore"
+CSV_FILES = ("map.csv", "clusters.csv", "outliers.csv", "duplicates.csv")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,22 @@ class Exploration:
     threshold: Threshold
     neighbours: Neighbours
     thumbnails: bool
+
+    def summary(self, top: int = 5) -> str:
+        """What the command prints: the files, the clusters, the most unusual images, the duplicates."""
+        lines = [f"Atlas: {self.output / 'atlas.html'}" + ("" if self.thumbnails else " (no thumbnails: images not found)"),
+                 f"CSV: {', '.join(name for name in CSV_FILES)} in {self.output}",
+                 f"{len(self.paths)} images, {self.clusters.k} clusters"
+                 + (f" (silhouette {self.clusters.silhouette:.3f})" if self.clusters.silhouette is not None else "")]
+        lines.append("Most unusual: " + ", ".join(
+            f"{self.paths[r]} ({self.outliers.score[r]:.1f})" for r in self.outliers.ranking()[:top]))
+        if np.isnan(self.threshold.false_positive_rate):
+            lines.append(f"Duplicate threshold {self.threshold.value:.4f} (cosine similarity, set by hand)")
+        else:
+            lines.append(self.threshold.describe()[0].upper() + self.threshold.describe()[1:])
+        lines.append(f"{len(self.duplicates.groups)} group(s) of near-duplicates, "
+                     f"{sum(len(g) for g in self.duplicates.groups)} images")
+        return "\n".join(lines)
 
 
 def explore(
@@ -154,7 +171,7 @@ def _model_measurements(
 
 def _write_csvs(out: Path, paths: list[str], xy: np.ndarray, groups: Clusters, outliers: Outliers,
                 duplicates: Duplicates) -> None:
-    tables = {
+    tables = {  # in the order of CSV_FILES
         "map.csv": [{"path": p, "x": float(x), "y": float(y)} for p, (x, y) in zip(paths, xy)],
         "clusters.csv": groups.rows(paths),
         "outliers.csv": outliers.rows(paths),
@@ -219,7 +236,7 @@ def resolve_embeddings(extraction: Path, name_or_path: str | os.PathLike | None,
         for path in (Path(name_or_path), extraction / str(name_or_path)):
             if path.is_dir():
                 return path
-        raise FeXTError(f"{name_or_path} is neither a folder nor a folder name under {extraction}")
+        raise FeXTError(f"{name_or_path} is neither a folder nor a folder name under {extraction}; pass a folder written by `fext encode`")
     found = sorted(p for p in extraction.iterdir() if p.is_dir() and is_finished(p)) if extraction.is_dir() else []
     if not found:
         raise FeXTError(f"No encoded images in {extraction}; run `fext encode` first, or pass an EMBEDDINGS_DIR")
