@@ -292,7 +292,7 @@ def test_unexpected_error_is_one_line_and_logged(ctx, monkeypatch, capsys, caplo
 
     monkeypatch.setattr(cli, "_cmd_analyze", broken)
     caplog.set_level("DEBUG")
-    assert menu.run_action(ctx, "Analyze image dataset", ["analyze"]) is False
+    assert menu.run_action(ctx, "Analyze image dataset", ["analyze"], cli.build_parser) is False
     failure = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(failure) == 1 and "\n" not in failure[0].getMessage()
     assert "ZeroDivisionError: division by zero" in failure[0].getMessage()
@@ -309,19 +309,19 @@ def test_action_errors_and_interrupts_return_to_the_menu(ctx, monkeypatch, capsy
 
     monkeypatch.setattr(cli, "_cmd_analyze", fails)
     monkeypatch.setattr(cli, "_cmd_train", interrupted)
-    assert menu.run_action(ctx, "Analyze image dataset", ["analyze"]) is False
+    assert menu.run_action(ctx, "Analyze image dataset", ["analyze"], cli.build_parser) is False
     assert "error: no usable image in the dataset" in capsys.readouterr().out
-    assert menu.run_action(ctx, "Train from scratch", ["train"]) is False
+    assert menu.run_action(ctx, "Train from scratch", ["train"], cli.build_parser) is False
     assert "Train from scratch interrupted; back to the menu." in capsys.readouterr().out
 
 
 def test_menu_reloads_the_configuration_for_each_action(ctx, monkeypatch):
     seen = []
     monkeypatch.setattr(cli, "_cmd_analyze", lambda ctx, args: seen.append(ctx.config.training.EPOCHS) or 0)
-    assert menu.run_action(ctx, "Analyze image dataset", ["analyze"])
+    assert menu.run_action(ctx, "Analyze image dataset", ["analyze"], cli.build_parser)
     text = ctx.workspace.config_file.read_text()
     ctx.workspace.config_file.write_text(re.sub(r'"EPOCHS": \d+', '"EPOCHS": 3', text))
-    assert menu.run_action(ctx, "Analyze image dataset", ["analyze"])
+    assert menu.run_action(ctx, "Analyze image dataset", ["analyze"], cli.build_parser)
     assert seen == [20, 3]
 
 

@@ -44,6 +44,10 @@ class Context:
             self._config = load_config(path, self.overrides)
         return self._config
 
+    def reload_config(self) -> None:
+        """Read the configuration file again at the next use (the menu does before each action)."""
+        self._config = None
+
     @property
     def progress(self) -> bool:
         """Progress bars are shown on a terminal unless --quiet."""
@@ -213,7 +217,7 @@ def _cmd_setup(ctx: Context, args: argparse.Namespace) -> int:
 def _cmd_menu(ctx: Context, args: argparse.Namespace) -> int:
     from fext.menu import run_menu
 
-    return run_menu(ctx)
+    return run_menu(ctx, build_parser)
 
 
 def _global_options(after_command: bool) -> argparse.ArgumentParser:

@@ -1,21 +1,35 @@
 """The navigation menu of the seed (§5.1): ``fext`` alone on a terminal, or ``fext menu``.
 
 Every entry runs the same command handler as the command line (the entry's ``fext`` arguments
-are parsed by the CLI's own parser), so the menu and the commands cannot drift apart. An action
+are parsed by the CLI's own parser, which the CLI hands over: the menu imports nothing of it), so
+the menu and the commands cannot drift apart. An action
 that fails prints its message and the menu carries on; Ctrl-C during an action returns to the
 menu; end of input or Ctrl-C at a prompt leaves with status 0.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
-from typing import TYPE_CHECKING, Union
+from collections.abc import Callable
+from typing import Protocol, Union
 
 from fext.errors import FeXTError
+from fext.workspace import Workspace
 
-if TYPE_CHECKING:
-    from fext.cli import Context
+
+class Context(Protocol):
+    """What the menu needs of the CLI's context (:class:`fext.cli.Context`)."""
+
+    workspace: Workspace
+    interactive: bool
+
+    def reload_config(self) -> None: ...
+
+
+NewParser = Callable[[], argparse.ArgumentParser]
+"""Builds the CLI's parser, whose subcommands carry their handler as ``func(ctx, args)``."""
 
 log = logging.getLogger(__name__)
 
@@ -80,31 +94,30 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {int(seconds % 60)} s"
 
 
-def run_action(ctx: Context, label: str, argv: list[str]) -> bool:
+def run_action(ctx: Context, label: str, argv: list[str], new_parser: NewParser) -> bool:
     """Run the command ``fext ARGV`` inside the menu; True when it succeeded.
 
     Errors are shown and swallowed so the menu carries on; EOFError (input ended at a prompt
     inside the action, e.g. the checkpoint choice) propagates so the menu can leave.
     """
     from fext.checkpoints import resolve_checkpoint
-    from fext.cli import build_parser
 
     # Re-read configurations.json at each action: the user may edit it while the menu is open.
-    ctx._config = None
+    ctx.reload_config()
     print(f"\n--- {label} (fext {' '.join(a for a in argv if a != CHECKPOINT)}) ---", flush=True)
     started = time.monotonic()
     try:
         if CHECKPOINT in argv:
             chosen = str(resolve_checkpoint(ctx.workspace, None, interactive=ctx.interactive))
             argv = [chosen if a == CHECKPOINT else a for a in argv]
-        args = build_parser().parse_args(argv)
+        args = new_parser().parse_args(argv)
         status = args.func(ctx, args)
     except FeXTError as e:
         log.debug("%s failed", label, exc_info=True)
         print(f"error: {e}", flush=True)
         flag, question = OFFERED_FLAGS.get(argv[0], (None, None))
         if flag and flag in str(e) and flag not in argv and ask_yes_no(question):
-            return run_action(ctx, label, [*argv, flag])
+            return run_action(ctx, label, [*argv, flag], new_parser)
         return False
     except KeyboardInterrupt:
         print(f"\n{label} interrupted; back to the menu.", flush=True)
@@ -136,7 +149,7 @@ def _show(menu: Menu, workspace: str | None = None) -> None:
     print(flush=True)
 
 
-def _run_menu(ctx: Context, menu: Menu, top: bool) -> None:
+def _run_menu(ctx: Context, menu: Menu, top: bool, new_parser: NewParser) -> None:
     """Show ``menu`` until Back (sub-menu) or Exit (main menu) is chosen."""
     entries = menu[1]
     while True:
@@ -145,15 +158,18 @@ def _run_menu(ctx: Context, menu: Menu, top: bool) -> None:
         if action is None:
             return
         if isinstance(action, tuple):
-            _run_menu(ctx, action, top=False)
+            _run_menu(ctx, action, top=False, new_parser=new_parser)
         else:
-            run_action(ctx, label, action)
+            run_action(ctx, label, action, new_parser)
 
 
-def run_menu(ctx: Context) -> int:
-    """Run the navigation menu until Exit, end of input or Ctrl-C at a prompt; return 0."""
+def run_menu(ctx: Context, new_parser: NewParser) -> int:
+    """Run the navigation menu until Exit, end of input or Ctrl-C at a prompt; return 0.
+
+    ``new_parser``: the CLI's parser factory; each action parses its arguments with a new parser.
+    """
     try:
-        _run_menu(ctx, MAIN_MENU, top=True)
+        _run_menu(ctx, MAIN_MENU, top=True, new_parser=new_parser)
     except (EOFError, KeyboardInterrupt):
         print(flush=True)
     print("Goodbye.", flush=True)
