@@ -181,3 +181,39 @@ def test_variance_term_keeps_the_latent_from_collapsing():
     collapsed, kept = spread(0.0), spread(1.0)
     assert kept > 0.5, kept
     assert collapsed < 0.2 * kept, (collapsed, kept)
+
+
+def test_evaluate_writes_the_scorecard_with_baselines_on_the_right_split(tmp_path):
+    import csv
+    import json
+
+    from conftest import make_checkpoint, make_images, tiny_config
+    from fext.errors import FeXTError
+    from fext.evaluation import evaluate_checkpoints
+    from fext.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws").ensure()
+    for i, name in enumerate(("cats", "dogs")):
+        make_images(ws.dataset / name, n=10, seed=i)
+    cfg = tiny_config(**{"dataset.VALIDATION_SIZE": 0.4})
+    ckpt = make_checkpoint(ws.checkpoints / "FeXT_20240101T000000", cfg, ws.dataset, epochs=1)
+    out = evaluate_checkpoints([ckpt], cfg, ws, images=2, progress=False, labels_from_folders=True)[0]
+    metrics = json.loads((out / "metrics.json").read_text())
+    card, splits = metrics["scorecard"], metrics["splits"]
+    # Scored on the validation images, with PCA fitted on the training images only.
+    assert card["images"] == splits["validation"]["evaluated"] > 1
+    assert metrics["baseline_pca"]["fitted_on"] == splits["train"]["evaluated"]
+    assert metrics["baseline_pca"]["evaluated_on"] == "validation"
+    assert set(card["retrieval"]) == {"features", "pca", "pixels", "chance"}
+    assert card["dim"] == metrics["latent_dim"] and card["effective_rank"] >= 0
+    assert set(card["knn_accuracy"]) == {"features", "pca", "pixels"}
+    report = (out / "report.html").read_text()
+    assert "Feature scorecard" in report and card["verdict"].split(" (")[0] in report
+    with open(ws.validation_checkpoints / "checkpoints_summary.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    assert float(row["features_map"]) == pytest.approx(card["retrieval"]["features"]["map"], rel=1e-5)
+    assert row["recipe"] == "views"
+    flat = tmp_path / "flat"
+    make_images(flat, n=6)
+    with pytest.raises(FeXTError, match="class folder"):
+        evaluate_checkpoints([ckpt], cfg, ws, dataset=flat, progress=False, labels_from_folders=True)

@@ -108,8 +108,12 @@ class CheckpointDescription:
                 f"{source} does not describe a FeXT model ({type(e).__name__}: {e}). "
                 "The checkpoint is damaged or from another program; train a new one with `fext train`."
             ) from e
+        saved = data.get("configuration")
+        if isinstance(saved, dict) and isinstance(saved.get("training", {}), dict):
+            # Checkpoints from before training.RECIPE existed were trained with the seed's recipe: they resume with it.
+            saved = {**saved, "training": {"RECIPE": "seed", **saved.get("training", {})}}
         try:
-            configuration = config_from_dict(data["configuration"]) if data.get("configuration") else None
+            configuration = config_from_dict(saved) if saved else None
         except ConfigError as e:
             raise FeXTError(f"{source}: the saved configuration is invalid ({e}); the checkpoint is damaged") from None
         dataset = data.get("dataset")

@@ -156,7 +156,8 @@ def _cmd_evaluate(ctx: Context, args: argparse.Namespace) -> int:
         ckpts = [resolve_checkpoint(ctx.workspace, c, interactive=False) for c in args.checkpoints]
     else:
         ckpts = [resolve_checkpoint(ctx.workspace, None, interactive=ctx.interactive)]
-    for out in evaluate_checkpoints(ckpts, ctx.config, ctx.workspace, dataset=args.dataset, images=args.images, progress=ctx.progress):
+    for out in evaluate_checkpoints(ckpts, ctx.config, ctx.workspace, dataset=args.dataset, images=args.images,
+                                    progress=ctx.progress, labels_from_folders=args.labels_from_folders):
         print(f"Report: {out / 'report.html'}")
     return 0
 
@@ -283,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="evaluate every checkpoint")
     p.add_argument("--dataset", type=Path, help="evaluate on this image folder instead of the checkpoint's training images")
     p.add_argument("--images", type=int, default=6, metavar="N", help="images per reconstruction figure (default 6)")
+    p.add_argument("--labels-from-folders", action="store_true",
+                   help="each image's first folder under the dataset is its class: adds k-NN accuracy to the scorecard")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("encode", help="3) encode a folder of images into feature vectors (.npy)")

@@ -8,7 +8,9 @@ For each checkpoint, :func:`evaluate_checkpoint`:
 2. decodes them through the decoded-image cache and runs the model in batches under
    ``torch.inference_mode`` (device and mixed precision from the current configuration);
 3. computes MAE, cosine, PSNR and SSIM per image on both splits;
-4. fits the PCA baseline on training images and scores it on the same validation images;
+4. fits the PCA baseline on training images and scores it on the same validation images, then
+   computes the feature scorecard (:mod:`~fext.evaluation.scorecard`) of the model's vectors beside
+   that PCA and raw pixels;
 5. writes ``metrics.json``, ``per_image_metrics.csv``, the figures and ``report.html`` into
    ``resources/validation/checkpoints/<name>/``.
 
@@ -42,6 +44,7 @@ from fext.data import CachedImages, find_images, prepare_images, select_images, 
 from fext.device import autocast, select_device
 from fext.errors import FeXTError
 from fext.evaluation import figures, pages
+from fext.evaluation.scorecard import folder_labels, score_checkpoint
 from fext.evaluation.baseline import PCABaseline, fit_pca, project_2d_3d
 from fext.evaluation.summary import METRICS_FILE, write_checkpoints_summary, write_comparison
 from fext.workspace import Workspace
@@ -96,11 +99,14 @@ def evaluate_checkpoints(
     dataset: Path | None = None,
     images: int = 6,
     progress: bool = True,
+    labels_from_folders: bool = False,
 ) -> list[Path]:
     """Evaluate each checkpoint folder of ``ckpts``; return their output folders.
 
     ``dataset``: evaluate on every image of this folder instead of each checkpoint's own
-    validation split. ``images``: images per reconstruction figure. The summary CSV is rewritten
+    validation split. ``images``: images per reconstruction figure. ``labels_from_folders``: the
+    first folder of each image under the dataset is its class (k-NN accuracy in the scorecard).
+    The summary CSV is rewritten
     even when an evaluation fails; with several checkpoints, one that fails is reported and the
     others are still evaluated (a :class:`FeXTError` listing the failures is raised at the end).
     """
@@ -118,7 +124,8 @@ def evaluate_checkpoints(
         for ckpt in ckpts:
             try:
                 done.append(evaluate_checkpoint(Path(ckpt), cfg, ws, device=device, dataset=dataset,
-                                                images=images, progress=progress))
+                                                images=images, progress=progress,
+                                                labels_from_folders=labels_from_folders))
             except FeXTError as e:
                 if len(ckpts) == 1:
                     raise
@@ -143,6 +150,7 @@ def evaluate_checkpoint(
     dataset: Path | None = None,
     images: int = 6,
     progress: bool = True,
+    labels_from_folders: bool = False,
 ) -> Path:
     """Evaluate one checkpoint folder and write its outputs; return ``validation/checkpoints/<name>``."""
     start = time.perf_counter()
@@ -189,6 +197,9 @@ def evaluate_checkpoint(
 
     pca, pca_note = _fit_baseline(train if train.evaluated else held_out, held_out, arch.feature_dim, device)
     pca_scores = _score_pca(pca, held_out.cached, cfg.training.BATCH_SIZE, device)
+    labels = folder_labels(held_out.cached.paths, root) if labels_from_folders else None
+    card = score_checkpoint(model, pca, held_out.cached.array, device, mixed=cfg.device.MIXED_PRECISION,
+                            batch_size=max(cfg.training.BATCH_SIZE, 64), seed=cfg.SEED, labels=labels)
 
     history = checkpoint.history or {}
     _write_figures(out, arch, train, validation, held_out, pca, images, cfg, root, history, ckpt.name)
@@ -224,11 +235,13 @@ def evaluate_checkpoint(
         },
         "failed": [{"path": str(p), "reason": r} for s in (train, validation) for p, r in s.failures],
         "psnr_cap_db": M.PSNR_CAP,
+        "scorecard": card,
         "seconds": time.perf_counter() - start,
     }
     write_json(out / METRICS_FILE, result)
     _write_per_image(out / PER_IMAGE_FILE, train, validation, held_out, pca_scores)
     write_text(out / REPORT_FILE, pages.checkpoint_report(out, result, checkpoint.description.to_json()))
+    log.info("Feature scorecard: %s", card["verdict"])
     _log_result(result, held_out.name, out)
     return out
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fext.evaluation import scorecard
 from fext.metrics import PSNR_CAP
 from fext.report import Raw, html_image, html_list, html_page, html_paragraph, html_table, png_file_to_data_uri
 
@@ -121,6 +122,8 @@ def checkpoint_report(out_dir: Path, metrics: dict[str, Any], checkpoint_config:
         ("Summary", html_table(["", ""], facts)),
         ("Does the autoencoder beat the best linear compressor of the same size?", [*verdict(metrics), metrics_table(metrics)]),
     ]
+    if metrics.get("scorecard"):
+        sections.insert(1, scorecard.report_section(metrics["scorecard"]))
     curves = _figure(out_dir, "training_curves.png", "Train and validation metrics per epoch (history.json)")
     sections.append(("Training curves", curves or html_paragraph("No training history in this checkpoint.", "note")))
     recon = [f for f in (

@@ -344,3 +344,29 @@ def report_section(card: dict[str, Any]) -> tuple[str, list[Any]]:
            "other images, leave-one-out."] if knn else []),
     ]))
     return "Feature scorecard: are the vectors good for search?", content
+
+
+def folder_labels(paths: list[Any], root: Any) -> np.ndarray:
+    """The class of each image for ``--labels-from-folders``: the first folder of its path under ``root``.
+
+    Raises :class:`~fext.errors.FeXTError` when an image lies directly in ``root`` or there are fewer
+    than two classes: a folder per class is what the option expects.
+    """
+    from pathlib import Path
+
+    from fext.errors import FeXTError
+
+    labels = []
+    for p in paths:
+        try:
+            parts = Path(p).relative_to(root).parts
+        except ValueError:
+            parts = ()
+        if len(parts) < 2:
+            raise FeXTError(f"--labels-from-folders: {p} is not inside a class folder of {root}. Put the images of "
+                            "each class in a folder of their own (ROOT/<class>/image.jpg), or leave out the option.")
+        labels.append(parts[0])
+    if len(set(labels)) < 2:
+        raise FeXTError(f"--labels-from-folders: the evaluated images of {root} are all in one folder ({labels[0]!r}): "
+                        "k-NN accuracy needs at least two classes, one folder each.")
+    return np.asarray(labels)

@@ -37,7 +37,8 @@ SUMMARY_COLUMNS = [
     "device_id", "number_of_processors", "tensorboard", "preset", "image_size", "parameters",
     "last_train_loss", "last_validation_loss", "created",
     "eval_validation_mae", "eval_validation_psnr", "eval_validation_ssim",
-    "pca_validation_psnr", "pca_validation_ssim", "evaluated",
+    "pca_validation_psnr", "pca_validation_ssim", "recipe",
+    "features_map", "pca_map", "pixels_map", "features_recall_at_1", "effective_rank", "evaluated",
 ]
 
 
@@ -88,6 +89,7 @@ def summary_row(info: CheckpointInfo, metrics: dict[str, Any] | None) -> dict[st
         "device_id": setting(lambda k: k.device.DEVICE_ID),
         "number_of_processors": setting(lambda k: k.device.NUM_PROCESSORS),
         "tensorboard": setting(lambda k: k.training.USE_TENSORBOARD),
+        "recipe": setting(lambda k: k.training.RECIPE),
         "preset": arch.preset,
         "image_size": arch.img_size,
         "parameters": count_parameters(info.path),
@@ -103,6 +105,11 @@ def summary_row(info: CheckpointInfo, metrics: dict[str, Any] | None) -> dict[st
             "eval_validation_ssim": _stat(metrics, "model", split, "ssim", "mean"),
             "pca_validation_psnr": _stat(metrics, "baseline_pca", split, "psnr", "mean"),
             "pca_validation_ssim": _stat(metrics, "baseline_pca", split, "ssim", "mean"),
+            "features_map": _stat(metrics, "scorecard", "retrieval", "features", "map"),
+            "pca_map": _stat(metrics, "scorecard", "retrieval", "pca", "map"),
+            "pixels_map": _stat(metrics, "scorecard", "retrieval", "pixels", "map"),
+            "features_recall_at_1": _stat(metrics, "scorecard", "retrieval", "features", "recall@1"),
+            "effective_rank": _stat(metrics, "scorecard", "effective_rank"),
             "evaluated": metrics.get("evaluated"),
         })
     return row
