@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==$(TORCH_VERSION)
 
 BIN := $(VENV)/bin
 
-.PHONY: demo test venv clean
+.PHONY: demo test test-fast venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ venv: $(VENV)/.installed
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+# The same suite without the tests marked slow (torchrun, pseudo-terminal, SIGKILL, demo).
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: venv
 	$(BIN)/python -m fext.demo

@@ -14,7 +14,6 @@ import pytest
 import scipy.ndimage as ndi
 from PIL import Image
 
-from conftest import run_fext
 from fext.analysis import analyze
 from fext.analysis.flags import ISSUES, hamming_nearest
 from fext.analysis.stats import (
@@ -355,30 +354,30 @@ def test_all_unreadable_is_an_error_with_reasons(tmp_path: Path) -> None:
     assert "empty.png,unreadable,empty file" in (ws.validation_dataset / "issues.csv").read_text()
 
 
-# The command line, in real subprocesses
+# The command line
 
-def test_cli_analyze_with_worker_processes(tmp_path: Path) -> None:
+def test_cli_analyze_with_worker_processes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ws = tmp_path / "ws"
     data = ws / "resources" / "dataset"
     data.mkdir(parents=True)
     for k in range(4):
         _save(data, f"img_{k}.png", textured(k))
     (data / "bad.png").write_bytes(b"junk")
-    result = run_fext("--workspace", str(ws), "--set", "device.NUM_PROCESSORS=2", "analyze")
-    assert result.returncode == 0, result.stderr
-    assert "Analyzed 5 image files" in result.stdout and re.search(r"unreadable\s+1", result.stdout)
+    assert main(["--workspace", str(ws), "--set", "device.NUM_PROCESSORS=2", "analyze"]) == 0
+    stdout = capsys.readouterr().out
+    assert "Analyzed 5 image files" in stdout and re.search(r"unreadable\s+1", stdout)
     out = ws / "resources" / "validation" / "dataset"
     with open(out / "image_statistics.csv", encoding="utf-8") as f:
         assert [r["name"] for r in csv.DictReader(f)] == [f"img_{k}.png" for k in range(4)]
     assert (out / "report.html").stat().st_size > 0
 
 
-def test_cli_empty_dataset_is_a_clear_error(tmp_path: Path) -> None:
+def test_cli_empty_dataset_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ws = tmp_path / "ws"
     (ws / "resources" / "dataset").mkdir(parents=True)
-    result = run_fext("--workspace", str(ws), "analyze")
-    assert result.returncode == 1
-    assert "No image found" in result.stderr and "Traceback" not in result.stderr
+    assert main(["--workspace", str(ws), "analyze"]) == 1
+    stderr = capsys.readouterr().err
+    assert "No image found" in stderr and "Traceback" not in stderr
 
 
 def test_cli_missing_dataset_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

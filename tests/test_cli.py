@@ -18,9 +18,9 @@ def test_init_creates_the_workspace_layout(tmp_path):
     assert ws.env_template.read_text().startswith("# FeXT environment variables")
 
 
-def test_workspace_comes_from_the_environment_variable(tmp_path):
-    proc = run_fext("init", env={"FEXT_WORKSPACE": str(tmp_path / "w")})
-    assert proc.returncode == 0, proc.stderr
+def test_workspace_comes_from_the_environment_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEXT_WORKSPACE", str(tmp_path / "w"))
+    assert main(["init"]) == 0
     assert (tmp_path / "w" / "settings" / "configurations.json").is_file()
 
 

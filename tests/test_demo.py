@@ -8,11 +8,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from fext import demo
 from fext.workspace import Workspace
 
 
+@pytest.mark.slow
 def test_demo_runs_every_stage_and_says_where_things_are(tmp_path):
     root = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if k not in ("FEXT_WORKSPACE", "FEXT_LOG_LEVEL")}

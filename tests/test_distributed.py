@@ -92,6 +92,7 @@ def trained(tmp_path_factory) -> dict:
             "straight": history(checkpoints(straight)[0])}
 
 
+@pytest.mark.slow
 def test_an_epoch_on_two_ranks_ends_with_the_same_weights_in_one_checkpoint(trained):
     ws, root, first = trained["ws"], trained["root"], trained["first"]
     assert len(checkpoints(ws)) == 1
@@ -109,6 +110,7 @@ def test_an_epoch_on_two_ranks_ends_with_the_same_weights_in_one_checkpoint(trai
     assert "Process 0 of 2" in log_text and "Process 1 of 2" not in log_text
 
 
+@pytest.mark.slow
 def test_validation_metrics_over_two_ranks_are_the_exact_average(trained):
     """The validation images split 3 + 2 over the ranks give the mean of one process over all 5."""
     ws = trained["ws"]
@@ -128,6 +130,7 @@ def test_validation_metrics_over_two_ranks_are_the_exact_average(trained):
     assert got == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_under_torchrun_continues_exactly_with_the_same_weights_on_every_rank(trained):
     ws, root = trained["ws"], trained["root"]
     (folder,) = checkpoints(ws)
@@ -146,6 +149,7 @@ def test_resume_under_torchrun_continues_exactly_with_the_same_weights_on_every_
         assert h["epochs"][1][split] == pytest.approx(trained["straight"]["epochs"][1][split], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_a_failing_rank_stops_the_whole_run_with_its_message(tmp_path):
     ws = new_workspace(tmp_path / "ws")
     started = time.monotonic()
@@ -163,6 +167,7 @@ def read_csv(path: Path) -> list[list[str]]:
         return list(csv.reader(f))
 
 
+@pytest.mark.slow
 def test_encoding_on_two_ranks_writes_the_files_of_one_process_and_resumes_per_shard(tmp_path):
     cfg = with_overrides(Config(), TINY)
     ckpt = tmp_path / "FeXT_20240101T000000"

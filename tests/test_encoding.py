@@ -215,6 +215,7 @@ def _interrupt_when_done(proc: subprocess.Popen, state: Path, min_done: int, sig
     raise AssertionError("the encoding never recorded progress")
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_and_ctrl_c_gives_the_files_of_one_run(tmp_path, ckpt):
     images = tmp_path / "images"
     make_images(images, 40, seed=4)

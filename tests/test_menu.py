@@ -61,6 +61,7 @@ def assert_entries(text: str, entries: list[str]) -> None:
     assert -1 not in positions and positions == sorted(positions), text
 
 
+@pytest.mark.slow
 def test_navigation_invalid_choices_back_and_exit(ws):
     m = Menu(ws)
     text, n = m.prompt()
@@ -118,6 +119,7 @@ def fabricate_checkpoint(ws: Workspace, name: str, configuration: dict) -> Path:
     return make_checkpoint(ws.checkpoints / name, config_from_dict(configuration), ws.dataset, epochs=1)
 
 
+@pytest.mark.slow
 def test_every_action_runs_and_checkpoints_are_chosen_by_number(ws):
     """Analyze, train, resume, evaluate, encode from the menu; with two checkpoints the numbered choice asks."""
     configuration = tiny_workspace(ws)
@@ -186,6 +188,7 @@ def test_every_action_runs_and_checkpoints_are_chosen_by_number(ws):
     assert "Traceback" not in m.seen and "unexpectedly" not in m.seen
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_training_returns_to_the_menu(ws):
     tiny_workspace(ws, epochs=500)
     m = Menu(ws, timeout=120)
@@ -204,6 +207,7 @@ def test_ctrl_c_during_training_returns_to_the_menu(ws):
     assert m.finish() == 0
 
 
+@pytest.mark.slow
 def test_failing_actions_keep_the_menu_and_ctrl_d_leaves(ws):
     """With no images and no checkpoints every action fails with its message, and the menu carries on."""
     m = Menu(ws)
@@ -227,6 +231,7 @@ def test_failing_actions_keep_the_menu_and_ctrl_d_leaves(ws):
     assert "Goodbye." in m.seen and "Traceback" not in m.seen
 
 
+@pytest.mark.slow
 def test_ctrl_c_at_a_prompt_leaves_cleanly(ws):
     m = Menu(ws)
     m.prompt()
@@ -237,6 +242,7 @@ def test_ctrl_c_at_a_prompt_leaves_cleanly(ws):
     assert "Goodbye." in m.seen and "Traceback" not in m.seen and "Interrupted" not in m.seen
 
 
+@pytest.mark.slow
 def test_setup_entries(ws, tmp_path):
     """Install and update explain that a package copy is no checkout; remove logs removes only log files.
 

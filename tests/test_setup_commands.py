@@ -13,6 +13,7 @@ import pytest
 import fext
 from conftest import run_fext
 from fext import setup_commands
+from fext.cli import main
 from fext.errors import FeXTError
 from fext.workspace import Workspace
 
@@ -121,11 +122,10 @@ def test_clean_logs_removes_only_log_files(ws):
     assert setup_commands.clean_logs(ws) == f"Removed 0 log files from {ws.logs}"
 
 
-def test_clean_logs_command_keeps_logging_afterwards(ws):
+def test_clean_logs_command_keeps_logging_afterwards(ws, capsys):
     keep = make_logs(ws)
-    proc = run_fext("--workspace", str(ws.root), "setup", "clean-logs")
-    assert proc.returncode == 0, proc.stderr
+    assert main(["--workspace", str(ws.root), "setup", "clean-logs"]) == 0
     # The four files above plus the log file this very run had opened.
-    assert f"Removed 5 log files from {ws.logs}" in proc.stdout
+    assert f"Removed 5 log files from {ws.logs}" in capsys.readouterr().out
     assert all(p.exists() for p in keep)
     assert setup_commands.log_files(ws) == []

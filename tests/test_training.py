@@ -285,6 +285,7 @@ def test_sigint_to_the_cli_leaves_a_resumable_checkpoint(tmp_path):
     assert trainer_state(folder)["step"] == 2 * (state["epoch"] + 1)
 
 
+@pytest.mark.slow
 def test_a_run_killed_with_sigkill_resumes_from_its_last_completed_epoch(tmp_path, capsys):
     ws = new_workspace(tmp_path)
     proc = _start_training(ws)

@@ -19,8 +19,8 @@ import fext
 from fext import distributed
 from fext._allocator import keep_freed_memory
 from fext.checkpoints import (
-    PLOT, SUMMARY, TENSORBOARD, WEIGHTS, Checkpoint, CheckpointDescription, DatasetRecord, load_trainer_state, load_weights,
-    load_weights_file, new_checkpoint_dir, read_checkpoint, save_checkpoint,
+    PLOT, SUMMARY, TENSORBOARD, TRAINER_STATE, WEIGHTS, Checkpoint, CheckpointDescription, DatasetRecord,
+    load_trainer_state, load_weights, load_weights_file, new_checkpoint_dir, read_checkpoint, save_checkpoint,
 )
 from fext.config import Config, config_to_dict
 from fext.data import CachedImages, open_readonly, prepare_images, select_images
@@ -232,7 +232,7 @@ def _open_checkpoint(folder: Path, current: Config) -> tuple[Config, Checkpoint,
                         "`fext train`), so it cannot be resumed; train a new model with `fext train`.")
     state = load_trainer_state(folder)
     if state is None:
-        log.warning("%s has no trainer state: resuming from its weights with a fresh optimizer.", folder.name)
+        log.warning("%s has no %s: resuming from its weights with a fresh optimizer.", folder.name, TRAINER_STATE)
     return resumed_config(saved.description.configuration, current), saved, state
 
 
