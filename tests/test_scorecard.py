@@ -217,3 +217,17 @@ def test_evaluate_writes_the_scorecard_with_baselines_on_the_right_split(tmp_pat
     make_images(flat, n=6)
     with pytest.raises(FeXTError, match="class folder"):
         evaluate_checkpoints([ckpt], cfg, ws, dataset=flat, progress=False, labels_from_folders=True)
+
+
+def test_a_checkpoint_from_before_recipes_keeps_the_seed_recipe(tmp_path):
+    import json
+
+    from conftest import make_checkpoint, make_images, tiny_config
+    from fext.checkpoints import load_checkpoint
+
+    make_images(tmp_path / "images", n=4)
+    ckpt = make_checkpoint(tmp_path / "FeXT_20240101T000000", tiny_config(), tmp_path / "images")
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["configuration"]["training"].pop("RECIPE") == "views"
+    (ckpt / "config.json").write_text(json.dumps(config))
+    assert load_checkpoint(ckpt)[1].description.configuration.training.RECIPE == "seed"
