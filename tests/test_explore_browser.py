@@ -1,0 +1,154 @@
+"""atlas.html in a real browser: Debian's chromium, headless, driven by selenium through the system chromedriver.
+
+Nothing downloads a browser: the browser and driver paths are passed explicitly, so
+selenium-manager never runs. .ci/run installs chromium and chromium-driver with apt-get.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_explore import CPU, encoded  # noqa: F401 - the module fixture of encoded real images
+
+from fext.explore import explore
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+NEIGHBOURS = 5
+BACKGROUND = (0x17, 0x1A, 0x1C)  # the canvas background drawn by atlas.js
+
+
+def _chromium_or_skip() -> None:
+    """Install chromium with apt-get when missing and possible; skip, saying why, when not."""
+    if CHROMIUM.exists() and CHROMEDRIVER.exists():
+        return
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        subprocess.run(["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"], capture_output=True, timeout=900)
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip("chromium and chromium-driver are not installed and could not be installed "
+                    "(apt-get install chromium chromium-driver; .ci/run does it)")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    _chromium_or_skip()
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra: pip install -e .[dev]")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    # An explicit driver path means selenium-manager (which could download a browser) never runs.
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def page(browser, encoded):  # noqa: F811 - the fixture imported above
+    """The atlas of the encoded images, open in the browser, thumbnails decoded."""
+    result = explore(encoded, encoded.parent / "atlas", neighbours=NEIGHBOURS, config=CPU, reconstruction=False)
+    url = (result.output / "atlas.html").as_uri()
+    browser.get(url)
+    _wait(lambda: browser.execute_script("return document.body.dataset.ready === '1'"))
+    browser.execute_async_script("window.atlas.ready.then(() => arguments[0]())")
+    return browser, result, url
+
+
+def test_the_canvas_is_drawn(page):
+    browser, result, _ = page
+    canvas = browser.find_element("id", "map")
+    pixels = np.asarray(Image.open(io.BytesIO(canvas.screenshot_as_png)).convert("RGB")).astype(int)
+    drawn = (np.abs(pixels - np.array(BACKGROUND)).sum(axis=2) > 60).sum()
+    assert drawn >= len(result.paths) * 4  # every point is at least a 3x3 dot, some overlap
+
+
+def test_hover_shows_the_thumbnail_and_click_shows_the_neighbours(page):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    browser, result, _ = page
+    row = int(result.outliers.ranking()[0])  # the most unusual image stands alone: no other point under the pointer
+    canvas = browser.find_element("id", "map")
+    x, y = browser.execute_script(f"return window.atlas.screenOf({row})")
+    rect = browser.execute_script("return arguments[0].getBoundingClientRect().toJSON()", canvas)
+    offset = (round(x - rect["left"] - rect["width"] / 2), round(y - rect["top"] - rect["height"] / 2))
+    ActionChains(browser).move_to_element_with_offset(canvas, *offset).perform()
+    tip = browser.find_element("id", "tip")
+    _wait(lambda: tip.is_displayed() and tip.get_attribute("data-row") == str(row))
+    assert result.paths[row] in tip.text
+    assert _wait(lambda: browser.execute_script(_TILE_INK, tip.find_element("css selector", "canvas"))) > 100
+
+    ActionChains(browser).move_to_element_with_offset(canvas, *offset).click().perform()
+    items = browser.find_elements("css selector", "#neighbours li")
+    assert [int(li.get_attribute("data-row")) for li in items] == result.neighbours.indices[row].tolist()
+    sims = [float(li.find_element("class name", "sim").text) for li in items]
+    assert sims == pytest.approx(result.neighbours.similarities[row].tolist(), abs=1e-3) and sims == sorted(sims, reverse=True)
+    assert browser.find_element("css selector", "#detail h3").text == result.paths[row]
+    large = browser.find_element("css selector", "#detail img.large")  # the original file, opened by relative path
+    assert _wait(lambda: browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", large)) == 128
+
+
+def test_box_selection_search_and_csv_download(page, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    browser, result, _ = page
+    browser.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)})
+    browser.find_element("css selector", "input[name=mode][value=box]").click()
+    canvas = browser.find_element("id", "map")
+    size = canvas.size
+    (ActionChains(browser).move_to_element_with_offset(canvas, -size["width"] // 2 + 2, -size["height"] // 2 + 2)
+     .click_and_hold().move_by_offset(size["width"] - 4, size["height"] - 4).release().perform())
+    assert browser.find_element("id", "selected-count").text == str(len(result.paths))
+    browser.find_element("id", "download").click()
+    csv_file = tmp_path / "selection.csv"
+    _wait(lambda: csv_file.is_file() and csv_file.stat().st_size > 0)
+    lines = csv_file.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "path,cluster,outlier_score" and sorted(line.split(",")[0] for line in lines[1:]) == sorted(result.paths)
+    search = browser.find_element("id", "search")
+    search.send_keys("sub/")
+    assert browser.find_element("id", "match-count").text == "10 matches"
+    search.clear()
+
+
+def test_the_page_made_no_network_request(page):
+    browser, _, url = page
+    requests = []
+    for entry in browser.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            requests.append((message["params"].get("documentURL", ""), message["params"]["request"]["url"]))
+    from_page = [u for doc, u in requests if doc == url]
+    assert from_page and all(u.split(":", 1)[0] in ("file", "data", "blob") for u in from_page)
+    assert not [u for _, u in requests if u.split(":", 1)[0] in ("http", "https", "ws", "wss")]
+
+
+_TILE_INK = """
+const c = arguments[0], d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && Math.abs(d[i] - 34) + Math.abs(d[i + 1] - 34) + Math.abs(d[i + 2] - 34) > 30) n++;
+return n;
+"""
+
+
+def _wait(condition, timeout: float = 10.0):
+    """Poll ``condition`` until it returns something truthy; return it (fail after ``timeout`` seconds)."""
+    end = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value or time.monotonic() > end:
+            assert value, "timed out waiting for the page"
+            return value
+        time.sleep(0.05)
