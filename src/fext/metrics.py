@@ -63,5 +63,6 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5)
     return s.flatten(1).mean(1)
 
 
-METRICS = {"loss": mae, "cosine": cosine, "psnr": psnr, "ssim": ssim}
-"""Every metric by the name used in history.json and metrics.json (``loss`` is the MAE)."""
+METRICS = {"mae": mae, "cosine": cosine, "psnr": psnr, "ssim": ssim}
+"""Every per-image metric by the name used in metrics.json and per_image_metrics.csv (history.json
+calls the MAE ``loss``, as it is the training loss)."""

@@ -24,28 +24,28 @@ from __future__ import annotations
 import csv
 import logging
 import random
-import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import fext
-from fext import metrics as M
 from fext._io import atomic_open, save_figure, write_json, write_text
 from fext.checkpoints import HISTORY, CheckpointDescription, load_checkpoint, missing_file
 from fext.config import Config
-from fext.data import CachedImages, find_images, prepare_images, select_images, to_float
-from fext.device import autocast, select_device
+from fext.data import find_images, prepare_images, select_images
+from fext.device import select_device
 from fext.errors import FeXTError
+from fext.metrics import PSNR_CAP
 from fext.evaluation import figures, pages
+from fext.evaluation.baseline import PCABaseline, project_2d_3d
 from fext.evaluation.scorecard import folder_labels, score_checkpoint
-from fext.evaluation.baseline import PCABaseline, fit_pca, project_2d_3d
+from fext.evaluation.scoring import (
+    METRICS, SplitImages, fit_baseline, original_images, score_model, score_pca, summarize, to_hwc,
+)
 from fext.evaluation.summary import METRICS_FILE, write_checkpoints_summary, write_comparison
 from fext.workspace import Workspace
 
@@ -55,40 +55,8 @@ MAX_TRAIN_IMAGES = 2000
 """Training images evaluated per checkpoint at most: a sample drawn with SEED (enough for a mean ± 2 %)."""
 MAX_VALIDATION_IMAGES = 10000
 """Validation (or ``--dataset``) images evaluated at most, also a sample drawn with SEED."""
-PCA_MAX_IMAGES = 2000
-"""Training images the PCA baseline is fitted on at most."""
-PCA_MAX_BYTES = 1 << 30
-"""Memory of the (n, 3·S·S) float32 matrix the PCA is fitted on: lowers n for large images."""
-
-METRIC_FUNCTIONS = {"mae": M.mae, "cosine": M.cosine, "psnr": M.psnr, "ssim": M.ssim}
-"""Per-image metrics by the names used in metrics.json and per_image_metrics.csv (mae = the loss)."""
-
 REPORT_FILE = "report.html"
 PER_IMAGE_FILE = "per_image_metrics.csv"
-
-
-@dataclass
-class SplitImages:
-    """One split of a checkpoint's images: all its paths, the sample evaluated, and the results."""
-
-    name: str
-    paths: list[Path]
-    sample: list[Path] = field(default_factory=list)
-    cached: CachedImages | None = None
-    scores: dict[str, np.ndarray] = field(default_factory=dict)
-    latents: np.ndarray | None = None
-    shown: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
-    """Rows of ``cached`` drawn for the reconstruction figure."""
-    kept: dict[int, np.ndarray] = field(default_factory=dict)
-    """Reconstructions (S, S, 3) of the shown rows and of the worst ones, kept from the scoring pass."""
-
-    @property
-    def evaluated(self) -> int:
-        return len(self.cached) if self.cached is not None else 0
-
-    @property
-    def failures(self) -> list[tuple[Path, str]]:
-        return list(self.cached.failures) if self.cached is not None else []
 
 
 def evaluate_checkpoints(
@@ -189,14 +157,14 @@ def evaluate_checkpoint(
         split.cached = prepare_images(split.sample, arch.img_size, ws.cache, workers, progress=progress,
                                       desc=f"Decoding {split.name} images")
         split.shown = np.sort(rng.choice(split.evaluated, size=_figure_count(images, split), replace=False))
-        _score_model(model, split, device, cfg.device.MIXED_PRECISION, cfg.training.BATCH_SIZE, images, progress)
+        score_model(model, split, device, cfg.device.MIXED_PRECISION, cfg.training.BATCH_SIZE, images, progress)
     held_out = validation if validation.evaluated else train
     if held_out is train:
         log.warning("No validation image (VALIDATION_SIZE is 0, or too few images to split): the PCA baseline, "
                     "the worst reconstructions and the latent plot use training images.")
 
-    pca, pca_note = _fit_baseline(train if train.evaluated else held_out, held_out, arch.feature_dim, device)
-    pca_scores = _score_pca(pca, held_out.cached, cfg.training.BATCH_SIZE, device)
+    pca, pca_note = fit_baseline(train if train.evaluated else held_out, held_out, arch.feature_dim, device)
+    pca_scores = score_pca(pca, held_out.cached, cfg.training.BATCH_SIZE, device)
     labels = folder_labels(held_out.cached.paths, root) if labels_from_folders else None
     card = score_checkpoint(model, pca, held_out.cached.array, device, mixed=cfg.device.MIXED_PRECISION,
                             batch_size=max(cfg.training.BATCH_SIZE, 64), seed=cfg.SEED, labels=labels)
@@ -218,23 +186,23 @@ def evaluate_checkpoint(
         "epochs": history.get("total_epochs") or len(history.get("epochs") or []) or None,
         "dataset": {"root": str(root), "source": source},
         "splits": {s.name: _split_facts(s, caps[s.name]) for s in (train, validation)},
-        "model": {s.name: _stats(s.scores) if s.evaluated else None for s in (train, validation)},
+        "model": {s.name: summarize(s.scores) if s.evaluated else None for s in (train, validation)},
         "baseline_pca": {
             "components": pca.k,
             "requested": pca.requested,
             "fitted_on": pca.fitted_on,
             "explained_variance": pca.explained_variance_ratio,
             "evaluated_on": held_out.name,
-            held_out.name: _stats(pca_scores),
+            held_out.name: summarize(pca_scores),
             "note": pca_note,
         },
         "model_beats_pca": {
             m: bool(held_out.scores[m].mean() < pca_scores[m].mean()) if m == "mae"
             else bool(held_out.scores[m].mean() > pca_scores[m].mean())
-            for m in METRIC_FUNCTIONS
+            for m in METRICS
         },
         "failed": [{"path": str(p), "reason": r} for s in (train, validation) for p, r in s.failures],
-        "psnr_cap_db": M.PSNR_CAP,
+        "psnr_cap_db": PSNR_CAP,
         "scorecard": card,
         "seconds": time.perf_counter() - start,
     }
@@ -296,105 +264,6 @@ def _seeded_sample(paths: list[Path], cap: int, seed: int) -> list[Path]:
     return [paths[i] for i in keep]
 
 
-def _score_model(
-    model: torch.nn.Module,
-    split: SplitImages,
-    device: torch.device,
-    mixed: bool,
-    batch_size: int,
-    worst: int,
-    progress: bool,
-) -> None:
-    """One pass of the model over ``split.cached``: fills ``scores`` (n,) per metric, ``latents`` (n, D),
-    and ``kept``, the reconstructions of the ``shown`` rows and of the ``worst`` highest-MAE rows
-    (so the figures need no second pass)."""
-    cached = split.cached
-    n = len(cached)
-    scores = {m: np.empty(n, dtype=np.float64) for m in METRIC_FUNCTIONS}
-    latents: np.ndarray | None = None
-    shown = set(split.shown.tolist())
-    worst_kept: dict[int, np.ndarray] = {}
-    show = progress and sys.stdout.isatty()
-    with torch.inference_mode(), tqdm(total=n, desc=f"Evaluating {split.name}", unit="img", disable=not show) as bar:
-        for lo in range(0, n, batch_size):
-            rows = np.arange(lo, min(n, lo + batch_size))
-            x = to_float(cached.batch(rows).to(device, non_blocking=True))  # (B, 3, S, S)
-            with autocast(device, mixed):
-                out = model(x)
-            recon = out["reconstruction"].float()  # (B, 3, S, S)
-            for m, fn in METRIC_FUNCTIONS.items():
-                scores[m][rows] = fn(x, recon).cpu().numpy()
-            z = out["latent"].float().flatten(1).cpu().numpy()  # (B, D)
-            if latents is None:
-                latents = np.empty((n, z.shape[1]), dtype=np.float32)
-            latents[rows] = z
-            # Keep this batch's candidates for the worst images, then drop all but the ``worst`` highest MAE.
-            floor = min(scores["mae"][r] for r in worst_kept) if len(worst_kept) >= worst else -np.inf
-            wanted = [i for i, r in enumerate(rows) if r in shown or scores["mae"][r] > floor]
-            if wanted:
-                for i, image in zip(wanted, _hwc(recon[wanted])):
-                    r = int(rows[i])
-                    if r in shown:
-                        split.kept[r] = image
-                    if scores["mae"][r] > floor:
-                        worst_kept[r] = image
-                for r in sorted(worst_kept, key=lambda r: scores["mae"][r])[: max(0, len(worst_kept) - worst)]:
-                    del worst_kept[r]
-            bar.update(len(rows))
-    split.kept.update(worst_kept)
-    split.scores, split.latents = scores, latents
-
-
-def _originals(cached: CachedImages, rows: np.ndarray) -> np.ndarray:
-    """Images at ``rows`` as (N, S, S, 3) float arrays in [0, 1]."""
-    return cached.batch(rows).numpy().astype(np.float32) / 255.0
-
-
-def _hwc(x: torch.Tensor) -> np.ndarray:
-    return x.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def _fit_baseline(fit_split: SplitImages, held_out: SplitImages, latent_dim: int,
-                  device: torch.device) -> tuple[PCABaseline, str]:
-    """PCA with ``latent_dim`` components (or fewer) fitted on up to PCA_MAX_IMAGES of ``fit_split``."""
-    cached = fit_split.cached
-    d = 3 * cached.img_size**2
-    n = min(len(cached), PCA_MAX_IMAGES, max(2, PCA_MAX_BYTES // (4 * d)))
-    # The evaluated sample is already drawn with SEED: its first n images are a seeded sample too.
-    x = torch.empty(n, d, dtype=torch.float32)
-    for lo in range(0, n, 256):
-        hi = min(n, lo + 256)
-        x[lo:hi] = to_float(cached.batch(np.arange(lo, hi))).flatten(1)
-    t0 = time.perf_counter()
-    pca = fit_pca(x, latent_dim, device=device)
-    log.info("PCA baseline: %d components fitted on %d %s images in %.1f s (%.1f%% of their variance)",
-             pca.k, n, fit_split.name, time.perf_counter() - t0, 100 * pca.explained_variance_ratio)
-    notes = []
-    if fit_split is held_out:
-        notes.append(f"The PCA was fitted on the same {held_out.name} images it is scored on (there was no "
-                     "separate set to fit or to score on), which flatters the baseline.")
-    if pca.k < latent_dim:
-        notes.append(f"The PCA has {pca.k} components, fewer than the model's {latent_dim} latent numbers: "
-                     f"it was fitted on {n} images, and n images span at most n - 1 dimensions.")
-    return pca, " ".join(notes)
-
-
-def _score_pca(pca: PCABaseline, cached: CachedImages, batch_size: int, device: torch.device) -> dict[str, np.ndarray]:
-    """Per-image metrics (n,) of the PCA reconstructions of ``cached``."""
-    n = len(cached)
-    scores = {m: np.empty(n, dtype=np.float64) for m in METRIC_FUNCTIONS}
-    step = max(batch_size, 64)
-    on_device = pca.to(device)
-    with torch.inference_mode():
-        for lo in range(0, n, step):
-            rows = np.arange(lo, min(n, lo + step))
-            x = to_float(cached.batch(rows).to(device))  # (B, 3, S, S)
-            recon = on_device.reconstruct(x)
-            for m, fn in METRIC_FUNCTIONS.items():
-                scores[m][rows] = fn(x, recon).cpu().numpy()
-    return scores
-
-
 def _figure_count(images: int, split: SplitImages) -> int:
     """``images``, or fewer when the split holds fewer (said in a log line)."""
     if split.evaluated < images:
@@ -414,10 +283,10 @@ def _write_figures(
             target.unlink(missing_ok=True)
             continue
         rows = split.shown
-        originals, recons = _originals(split.cached, rows), np.stack([split.kept[int(r)] for r in rows])
+        originals, recons = original_images(split.cached, rows), np.stack([split.kept[int(r)] for r in rows])
         baseline = None
         if split is held_out:
-            baseline = _hwc(pca.reconstruct(torch.from_numpy(originals).permute(0, 3, 1, 2)))
+            baseline = to_hwc(pca.reconstruct(torch.from_numpy(originals).permute(0, 3, 1, 2)))
         fig = figures.reconstruction_sheet(
             f"{name}: {split.name} images ({len(rows)} drawn with SEED={cfg.SEED})",
             figures.names_of([split.cached.paths[i] for i in rows], root),
@@ -427,7 +296,7 @@ def _write_figures(
         save_figure(fig, target, dpi=100)
 
     worst = np.argsort(-held_out.scores["mae"], kind="stable")[: min(n, held_out.evaluated)]
-    originals, recons = _originals(held_out.cached, worst), np.stack([held_out.kept[int(r)] for r in worst])
+    originals, recons = original_images(held_out.cached, worst), np.stack([held_out.kept[int(r)] for r in worst])
     fig = figures.worst_sheet(
         f"{name}: the {len(worst)} {held_out.name} images reconstructed worst (highest MAE)",
         figures.names_of([held_out.cached.paths[i] for i in worst], root),
@@ -451,15 +320,6 @@ def _write_figures(
         log.info("No %s with epochs in the checkpoint: no training curves", HISTORY)
 
 
-def _stats(scores: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """Mean, std, min, median and max of each per-image metric."""
-    return {
-        m: {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()),
-            "median": float(np.median(v)), "max": float(v.max())}
-        for m, v in scores.items()
-    }
-
-
 def _split_facts(split: SplitImages, cap: int) -> dict[str, Any] | None:
     if not split.paths:
         return None
@@ -469,7 +329,7 @@ def _split_facts(split: SplitImages, cap: int) -> dict[str, Any] | None:
 def _write_per_image(path: Path, train: SplitImages, validation: SplitImages, held_out: SplitImages,
                      pca_scores: dict[str, np.ndarray]) -> None:
     """One row per evaluated image: split, path, the model's metrics and, on held-out images, PCA's."""
-    names = list(METRIC_FUNCTIONS)
+    names = list(METRICS)
     with atomic_open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["split", "path", *names, *[f"pca_{m}" for m in names]])
