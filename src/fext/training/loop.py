@@ -27,7 +27,7 @@ from fext.device import autocast
 from fext.metrics import cosine, mae, psnr
 from fext.training.objectives import training_inputs, training_loss
 from fext.training.schedule import lr_at, set_lr
-from fext.training.state import Progress
+from fext.training.state import RunPosition
 
 log = logging.getLogger(__name__)
 
@@ -101,34 +101,34 @@ def train_one_epoch(
     train_rows: torch.Tensor,
     cfg: Config,
     device: torch.device,
-    progress: Progress,
+    position: RunPosition,
     augment: torch.Generator,
     stop: GracefulStop,
     show_bar: bool = True,
 ) -> EpochResult:
-    """Train epoch ``progress.epoch + 1`` from batch ``progress.batch`` on (0, or where a run stopped).
+    """Train epoch ``position.epoch + 1`` from batch ``position.batch`` on (0, or where a run stopped).
 
     ``forward`` is the (possibly compiled, possibly DDP) model; ``train_rows`` the cache rows of
     the training images, of which this rank takes its share of each epoch's order (all of them
     in one process); the metrics returned are over the images of all ranks. Updates
-    ``progress.step``, ``progress.batch`` and ``progress.partial`` (running sums) after every
+    ``position.step``, ``position.batch`` and ``position.partial`` (running sums) after every
     batch, so an interruption leaves them describing the state exactly.
     Raises :class:`NonFiniteLoss` before the update of a batch whose loss is nan or inf.
     """
-    epoch, batch_size = progress.epoch + 1, cfg.training.BATCH_SIZE
+    epoch, batch_size = position.epoch + 1, cfg.training.BATCH_SIZE
     order = distributed.shard(train_rows[epoch_order(len(train_rows), cfg.SEED, epoch)], pad=True)
     n_batches = math.ceil(len(order) / batch_size)
-    sums = {k: progress.partial.get(k, 0.0) for k in ("loss", "cosine", "psnr", "images", "seconds")}
+    sums = {k: position.partial.get(k, 0.0) for k in ("loss", "cosine", "psnr", "images", "seconds")}
     model.train()
-    bar = tqdm(total=n_batches, initial=progress.batch, desc=f"Epoch {epoch}", unit="batch",
+    bar = tqdm(total=n_batches, initial=position.batch, desc=f"Epoch {epoch}", unit="batch",
                leave=False, disable=not show_bar, dynamic_ncols=True)
     start = time.perf_counter() - sums["seconds"]
     try:
-        for b in range(progress.batch, n_batches):
+        for b in range(position.batch, n_batches):
             if stop.requested is not None:
                 break
             # 1. Learning rate of this update, from the global step (the schedule survives resumes).
-            lr = lr_at(progress.step, cfg.training.LR_SCHEDULER)
+            lr = lr_at(position.step, cfg.training.LR_SCHEDULER)
             set_lr(optimizer, lr)
             # 2. Gather the batch from the cache; convert on the device (a uint8 copy is 4x smaller).
             x = images.batch(order[b * batch_size : (b + 1) * batch_size])  # (B, S, S, 3) uint8
@@ -139,12 +139,12 @@ def train_one_epoch(
             # 4. Forward under autocast; the recipe's loss is computed in float32.
             with autocast(device, cfg.device.MIXED_PRECISION):
                 out = forward(inputs)
-            loss, _ = training_loss(out, target, cfg)
+            loss, terms = training_loss(out, target, cfg)
             reconstruction = out["reconstruction"]
             # 5. Refuse a non-finite loss before it reaches the weights.
             loss_value = loss.item()
             if not distributed.all_true(math.isfinite(loss_value)):  # every rank stops at the same batch
-                raise NonFiniteLoss(loss_value, epoch, b + 1, progress.step + 1)
+                raise NonFiniteLoss(loss_value, epoch, b + 1, position.step + 1)
             # 6. Backward and update (the scaler is a pass-through unless fp16 autocast needs it).
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -153,19 +153,20 @@ def train_one_epoch(
             # 7. Running per-image sums of the train metrics, and the position in the run.
             with torch.no_grad():
                 r, per_image = reconstruction.detach().float(), len(x) / len(target)  # 1 or 1/2 (two views)
-                sums["loss"] += loss_value * len(x)
+                # The reported train loss is the reconstruction MAE in every recipe, comparable to validation's.
+                sums["loss"] += (terms["reconstruction"].item() if terms else loss_value) * len(x)
                 sums["cosine"] += cosine(r, target).sum().item() * per_image
                 sums["psnr"] += psnr(r, target).sum().item() * per_image
             sums["images"] += len(x)
             sums["seconds"] = time.perf_counter() - start
-            progress.step += 1
-            progress.batch = b + 1
-            progress.partial = dict(sums)
+            position.step += 1
+            position.batch = b + 1
+            position.partial = dict(sums)
             bar.update(1)
             bar.set_postfix(loss=f"{sums['loss'] / sums['images']:.4f}", img_s=f"{sums['images'] / sums['seconds']:.1f}")
     finally:
         bar.close()
-    interrupted = progress.batch < n_batches
+    interrupted = position.batch < n_batches
     if not interrupted:
         totals = distributed.all_reduce_sum([sums[k] for k in ("loss", "cosine", "psnr", "images")])
         sums.update(zip(("loss", "cosine", "psnr", "images"), totals))
@@ -174,7 +175,7 @@ def train_one_epoch(
         metrics={k: sums[k] / n for k in ("loss", "cosine", "psnr")},
         images=int(sums["images"]),
         seconds=sums["seconds"],
-        lr=lr_at(max(progress.step - 1, 0), cfg.training.LR_SCHEDULER),  # of the last update
+        lr=lr_at(max(position.step - 1, 0), cfg.training.LR_SCHEDULER),  # of the last update
         interrupted=interrupted,
     )
 

@@ -30,7 +30,7 @@ from fext.model import FeXTAutoEncoder, describe
 from fext.training import outputs
 from fext.training.loop import GracefulStop, NonFiniteLoss, train_one_epoch, validate
 from fext.training.state import (
-    Progress, capture_rng, progress_from_state, restore_rng, seed_everything, trainer_state,
+    RunPosition, capture_rng, position_from_state, restore_rng, seed_everything, trainer_state,
 )
 from fext.workspace import Workspace
 
@@ -66,7 +66,7 @@ class Run:
     val_rows: torch.Tensor
     description: CheckpointDescription
     """config.json: the same at every save of the run."""
-    progress: Progress
+    position: RunPosition
     saved: str | None
     """What the checkpoint on disk holds ("epoch 3", "epoch 3 + 12 batches"), None before the first save."""
     validate_forward: Any = None
@@ -153,10 +153,10 @@ def _train(
     scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(device, cfg.device.MIXED_PRECISION))
     augment = torch.Generator().manual_seed(distributed.rank_seed(cfg.SEED + 1, rank))
     if fresh:
-        run_progress = Progress()
+        position = RunPosition()
     else:
         batches_per_epoch = -(-len(distributed.shard(train_rows, pad=True)) // cfg.training.BATCH_SIZE)
-        run_progress = _restore(saved, state, optimizer, scaler, augment, batches_per_epoch)
+        position = _restore(saved, state, optimizer, scaler, augment, batches_per_epoch)
     if cfg.device.MIXED_PRECISION and device.type == "cpu" and not _cpu_has_native_bf16():
         log.warning("device.MIXED_PRECISION: this CPU has no bf16 instructions (AVX512-BF16 or AMX), so bf16 "
                     "autocast is emulated and usually slower than float32; consider device.MIXED_PRECISION false.")
@@ -166,10 +166,10 @@ def _train(
         validate_forward = forward
         ddp = distributed.ddp_model(model, device)
         forward = torch.compile(ddp, backend=cfg.model.JIT_BACKEND) if cfg.model.JIT_COMPILE else ddp
-        if run_progress.batch:
+        if position.batch:
             log.warning("The checkpoint stopped inside epoch %d: under torchrun that epoch starts again from its "
-                        "first batch.", run_progress.epoch + 1)
-            run_progress.batch, run_progress.partial = 0, {}
+                        "first batch.", position.epoch + 1)
+            position.batch, position.partial = 0, {}
 
     # The checkpoint folder (rank 0 names and makes it): its description (config.json), summary.txt.
     if fresh:
@@ -181,18 +181,18 @@ def _train(
         model.arch, cfg, dataset_info, (saved and saved.description.created) or time.strftime("%Y-%m-%dT%H:%M:%S"),
         fext.__version__)
     if main:
-        _write_summary(folder, fresh, cfg, model, device, description, images, run_progress)
+        _write_summary(folder, fresh, cfg, model, device, description, images, position)
 
-    epochs = run_progress.epoch + (cfg.training.EPOCHS if fresh else cfg.training.ADDITIONAL_EPOCHS)
+    epochs = position.epoch + (cfg.training.EPOCHS if fresh else cfg.training.ADDITIONAL_EPOCHS)
     log.info("Training %s (%s preset, %d px) on %d images, %d for validation, epochs %d to %d on %s; checkpoint %s",
              "from scratch" if fresh else f"from {folder.name}", cfg.model.PRESET, cfg.model.IMG_SIZE,
-             len(train_rows), len(val_rows), run_progress.epoch + 1, epochs, device, folder)
+             len(train_rows), len(val_rows), position.epoch + 1, epochs, device, folder)
     if distributed.active():
         log.info("%d processes: global batch %d (training.BATCH_SIZE %d per process); the learning rate is not "
                  "scaled with it.", distributed.world_size(), cfg.training.BATCH_SIZE * distributed.world_size(),
                  cfg.training.BATCH_SIZE)
     run = Run(cfg, folder, device, model, forward, optimizer, scaler, augment, images, train_rows, val_rows,
-              description, run_progress, saved=None if fresh else _describe_position(run_progress),
+              description, position, saved=None if fresh else _describe_position(position),
               validate_forward=validate_forward)
     try:
         distributed.fail_point()
@@ -243,7 +243,7 @@ def _restore(
     scaler: torch.amp.GradScaler,
     augment: torch.Generator,
     batches_per_epoch: int,
-) -> Progress:
+) -> RunPosition:
     """Load the optimizer, scaler and generator states; return where the run stands.
 
     Without a trainer state the history gives the epochs done, and the schedule step is
@@ -252,7 +252,7 @@ def _restore(
     """
     if state is None:
         history = saved.epochs
-        return Progress(epoch=len(history), step=len(history) * batches_per_epoch, history=history)
+        return RunPosition(epoch=len(history), step=len(history) * batches_per_epoch, history=history)
     optimizer.load_state_dict(state["optimizer"])
     if scaler.is_enabled() and state["scaler"]:
         scaler.load_state_dict(state["scaler"])
@@ -263,11 +263,11 @@ def _restore(
         augment.manual_seed(seed + 1)
         log.info("Rank %d: the trainer state holds no generator state for it (saved by another number of "
                  "processes); reseeded.", distributed.rank())
-        return progress_from_state(state)
+        return position_from_state(state)
     skipped = restore_rng(rng, augment)
     if skipped:
         log.warning("Not restored on this machine: %s (reseeded).", ", ".join(skipped))
-    return progress_from_state(state)
+    return position_from_state(state)
 
 
 def _rank_rng(state: dict[str, Any]) -> dict[str, Any] | None:
@@ -281,7 +281,7 @@ def _rank_rng(state: dict[str, Any]) -> dict[str, Any] | None:
 
 def _write_summary(
     folder: Path, fresh: bool, cfg: Config, model: FeXTAutoEncoder, device: torch.device,
-    description: CheckpointDescription, images: CachedImages, p: Progress,
+    description: CheckpointDescription, images: CachedImages, p: RunPosition,
 ) -> None:
     """summary.txt: written by a new run, a line appended by each resume."""
     environment = (f"fext {fext.__version__}, torch {torch.__version__}, device {device}, mixed precision "
@@ -307,7 +307,7 @@ def fit(run: Run, epochs: int, show_bar: bool = True) -> None:
     :class:`TrainingInterrupted` is raised. A non-finite loss raises :class:`FeXTError`; the
     checkpoint on disk (the last completed epoch) is kept.
     """
-    p, cfg = run.progress, run.cfg
+    p, cfg = run.position, run.cfg
     use_tensorboard = cfg.training.USE_TENSORBOARD and distributed.is_main()
     tensorboard = outputs.TensorBoardLog(run.folder / TENSORBOARD, use_tensorboard, first_epoch=p.epoch + 1)
     val_rows = distributed.shard(run.val_rows, pad=False)
@@ -363,7 +363,7 @@ def _save(run: Run, tensorboard: outputs.TensorBoardLog, entry: dict[str, Any] |
     trainer_state.pt goes first: it alone is what a resume reads, so a kill between the writes
     below leaves at worst user-facing files one save behind it, never a state that mixes saves.
     """
-    p, folder = run.progress, run.folder
+    p, folder = run.position, run.folder
     rank_rngs = distributed.gather_objects(capture_rng(run.augment)) if distributed.active() else None
     if not distributed.is_main():
         run.saved = _describe_position(p)
@@ -387,7 +387,7 @@ def _cpu_has_native_bf16() -> bool:
     return any(p() for p in probes)
 
 
-def _describe_position(p: Progress) -> str:
+def _describe_position(p: RunPosition) -> str:
     batches = f"{p.batch} batch" + ("es" if p.batch > 1 else "")
     return f"epoch {p.epoch}" + (f" + {batches} of epoch {p.epoch + 1}" if p.batch else "")
 

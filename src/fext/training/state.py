@@ -23,7 +23,7 @@ import torch
 
 
 @dataclass
-class Progress:
+class RunPosition:
     """Where a run stands; saved in trainer_state.pt.
 
     ``epoch`` epochs are complete; ``step`` optimizer updates were made in total (the schedule's
@@ -81,7 +81,7 @@ def restore_rng(rng: dict[str, Any], augment: torch.Generator) -> list[str]:
 
 
 def trainer_state(
-    progress: Progress,
+    position: RunPosition,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
@@ -93,11 +93,11 @@ def trainer_state(
     ``rank_rngs``: every rank's :func:`capture_rng`, in rank order.
     """
     state = {
-        "epoch": progress.epoch,
-        "step": progress.step,
-        "batch": progress.batch,
-        "partial": dict(progress.partial),
-        "history": progress.history,
+        "epoch": position.epoch,
+        "step": position.step,
+        "batch": position.batch,
+        "partial": dict(position.partial),
+        "history": position.history,
         "model": {k: v.detach().to("cpu") for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
@@ -108,9 +108,9 @@ def trainer_state(
     return state
 
 
-def progress_from_state(state: dict[str, Any]) -> Progress:
-    """The :class:`Progress` stored in a loaded trainer state."""
-    return Progress(
+def position_from_state(state: dict[str, Any]) -> RunPosition:
+    """The :class:`RunPosition` stored in a loaded trainer state."""
+    return RunPosition(
         epoch=int(state["epoch"]), step=int(state["step"]), batch=int(state["batch"]),
         partial=dict(state["partial"]), history=list(state["history"]),
     )
