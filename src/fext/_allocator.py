@@ -4,8 +4,7 @@ glibc serves every allocation above its mmap threshold (at most 32 MB) with a fr
 returns it to the system on ``free``. PyTorch frees a training step's activations (about 100 MB each
 for the base preset at batch 25) every step, so every step faults in freshly zeroed pages again:
 that roughly triples the cost of the cheap per-pixel operations. Serving everything from the heap
-and never trimming it measured base fp32 training at 8.0 instead of 6.0 images/second on a 2-core
-CPU. The price: memory freed by the process is kept for reuse instead of being returned to the
+and never trimming it avoids that (the measurement is in benchmarks/README.md). The price: memory freed by the process is kept for reuse instead of being returned to the
 system, so the resident size stays at its peak (a few batches), which is what a long run reaches
 anyway.
 """

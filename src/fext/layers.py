@@ -35,7 +35,7 @@ class LayerNormReLU2d(LayerNorm2d):
     """:class:`LayerNorm2d` then ReLU, in place on the normalised tensor (which layer norm's backward does not need).
 
     The ReLU runs on the (B, H, W, C) result before permuting back: in place on the permuted view, autograd
-    would have to replay the view in backward, which measured almost 2× slower for the whole unit.
+    would have to replay the view in backward, which is much slower (benchmarks/README.md).
     """
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -47,7 +47,7 @@ class _PadRightBottom(torch.autograd.Function):
 
     ``F.pad`` zero-fills the whole output before copying the input in, and its backward copies the
     gradient slice; writing the input once, zeroing only the new row and column, and returning the
-    gradient slice as a view measured 5-8% faster per residual unit (base stage 1, CPU, forward+backward).
+    gradient slice as a view is faster (benchmarks/README.md).
     """
 
     @staticmethod
@@ -101,8 +101,7 @@ class ResidualConvUnit(nn.Module):
     The 2×2 stride-1 convolution keeps H and W ("same" padding): an even kernel needs one extra row and
     column, added on the right and bottom like Keras does. Explicit padding measured faster than
     ``padding="same"`` for channels_last, which pads through a slower path. The shortcut is the
-    identity, or a 1×1 convolution when the channel count changes. ReLU, as in VGG16: it measured 3% faster
-    for a base training step than GELU on a 2-core CPU.
+    identity, or a 1×1 convolution when the channel count changes. ReLU, as in VGG16, and cheaper than GELU.
 
     Inference (gradients off) takes a faster route to the same values. On maps at least
     :data:`PADDED_CONV_MIN_SIZE` wide the convolution pads one row and column on every side, which

@@ -22,9 +22,8 @@ from fext.layers import CompressionStack, DecoderStage, DecompressionStack, Resi
 MAX_IMG_SIZE = 1024
 
 # The model keeps its weights channels_last and converts its inputs (a no-op when they already are),
-# so callers need do nothing. Measured on a 2-core AVX-512 Xeon, batch 25, 128 px, one training step
-# (forward, backward, Adam), CPU seconds on one thread: base 6.4 s channels_last vs 7.0 s NCHW, small
-# 0.31 s vs 0.38 s. On GPUs channels_last lets cuDNN pick its NHWC kernels (tensor cores under autocast).
+# so callers need do nothing: a training step is faster so on CPUs (benchmarks/README.md), and on GPUs
+# channels_last lets cuDNN pick its NHWC kernels (tensor cores under autocast).
 CHANNELS_LAST = True
 
 INFERENCE_CHUNK_BYTES = 16 * 2**20

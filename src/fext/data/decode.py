@@ -8,12 +8,12 @@ the model's square input.
 
 Resize: the image is squashed to size x size (the model's input is square; no crop, so
 nothing is cut off). JPEGs are first decoded at reduced size with ``Image.draft`` (libjpeg's
-1/2, 1/4 or 1/8 scale DCT, the smallest that stays at least as large as the target: about
-2x faster for a 500x375 photo at 128 px). The final resize is antialiased bilinear (a
-triangle filter widened with the scale factor, so no aliasing at any factor; at the <= 2x
-left after the draft it is close to bicubic) computed by torch's vectorised uint8 kernel:
-the same pixels as Pillow's ``BILINEAR`` (within 1 level) in about half the time, and
-about 2.5x faster than Pillow's ``BICUBIC``.
+1/2, 1/4 or 1/8 scale DCT, the smallest that stays at least as large as the target), which
+skips most of the decoding work. The final resize is antialiased bilinear (a triangle filter
+widened with the scale factor, so no aliasing at any factor; at the <= 2x left after the
+draft it is close to bicubic) computed by torch's vectorised uint8 kernel: the same pixels as
+Pillow's ``BILINEAR`` (within 1 level), faster than Pillow's resizes (figures in
+benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def resize_rgb(image: Image.Image, size: int) -> np.ndarray:
     x = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
     planes = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     planes = planes[0].numpy()
-    # The kernel returns (3, S, S); three plane copies interleave it 3x faster than a permuted copy.
+    # The kernel returns (3, S, S); three plane copies interleave it faster than one permuted copy.
     out = np.empty((size, size, 3), dtype=np.uint8)
     for channel in range(3):
         out[:, :, channel] = planes[channel]
