@@ -56,6 +56,11 @@ def format_value(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def shorten(name: str, width: int) -> str:
+    """``name`` cut to ``width`` characters from the left ("…" then its end), for titles and labels."""
+    return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
 def png_file_to_data_uri(path: str | os.PathLike) -> str:
     """A PNG file on disk as a ``data:`` URI, to embed figures already saved."""
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")

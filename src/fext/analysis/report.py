@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from fext._io import atomic_open, save_figure
 from fext.analysis.flags import ISSUES, Issue
 from fext.analysis.stats import STAT_COLUMNS, ImageRecord
-from fext.data import ImageDecodeError, open_rgb
+from fext.data import thumbnail
 from fext.report import Raw, escape, html_image, html_page, html_paragraph, html_table, png_file_to_data_uri
 
 GALLERY_CAP = 24
@@ -108,11 +108,10 @@ def save_png(fig: Figure, path: Path) -> str:
 
 
 def _thumbnail(path: Path) -> str | None:
-    try:
-        image = open_rgb(path, draft_size=THUMBNAIL_SIDE)
-    except ImageDecodeError:
+    """The image as a small JPEG data URI, or None if unreadable."""
+    image = thumbnail(path, THUMBNAIL_SIDE)
+    if image is None:
         return None
-    image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
     buf = io.BytesIO()
     image.save(buf, format="JPEG", quality=75)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

@@ -7,7 +7,7 @@ training batches; ``loader`` yields batches from the cache or straight from file
 
 from fext.data.augment import augment_batch
 from fext.data.cache import CachedImages, open_readonly, prepare_images
-from fext.data.decode import ImageDecodeError, image_size, load_image, open_rgb
+from fext.data.decode import ImageDecodeError, image_size, load_image, open_rgb, thumbnail
 from fext.data.discovery import (
     IMAGE_EXTENSIONS,
     Split,
@@ -38,5 +38,6 @@ __all__ = [
     "prepare_images",
     "select_images",
     "split_images",
+    "thumbnail",
     "to_float",
 ]

@@ -53,6 +53,19 @@ def open_rgb(path: Path, draft_size: int | None = None) -> Image.Image:
     return image
 
 
+def thumbnail(path: Path, side: int) -> Image.Image | None:
+    """The image at ``path`` shrunk to fit ``side`` × ``side`` (aspect kept), or None if unreadable.
+
+    For pictures of images in reports, contact sheets and figures, where a bad file is left out.
+    """
+    try:
+        image = open_rgb(path, draft_size=side)
+    except ImageDecodeError:
+        return None
+    image.thumbnail((side, side))
+    return image
+
+
 def image_size(path: Path) -> tuple[int, int]:
     """``(width, height)`` as displayed (EXIF orientation applied), read from the header only."""
     path = Path(path)

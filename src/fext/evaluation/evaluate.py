@@ -219,8 +219,11 @@ def _select_splits(
 ) -> tuple[SplitImages, SplitImages, Path, str]:
     """(train, validation, root, source) for a checkpoint, from its recorded data or ``dataset``."""
     recorded = description.dataset
-    # A model saved outside `fext train` records no configuration: its split is the default one.
-    ckpt_cfg = description.configuration or Config()
+    ckpt_cfg = description.configuration
+    if ckpt_cfg is None:  # a model saved outside `fext train`
+        log.info("%s records no configuration: its images are split as the default configuration splits them",
+                 ckpt.name)
+        ckpt_cfg = Config()
     root = Path(recorded.root) if recorded and recorded.root else None
 
     if dataset is not None:

@@ -14,6 +14,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from fext.report import shorten
+
 PAIRS_PER_ROW = 3
 """Original/reconstruction pairs per row of a reconstruction sheet."""
 
@@ -24,10 +26,6 @@ def _show(ax: Any, image: np.ndarray, title: str = "") -> None:
     ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=8)
-
-
-def _short(name: str, width: int = 24) -> str:
-    return name if len(name) <= width else "…" + name[-(width - 1) :]
 
 
 def reconstruction_sheet(
@@ -61,7 +59,7 @@ def reconstruction_sheet(
         r, c = divmod(i, pairs)
         row = axes[r]
         row[per_image * c].set_axis_on()
-        _show(row[per_image * c], originals[i], f"original\n{_short(names[i])}")
+        _show(row[per_image * c], originals[i], f"original\n{shorten(names[i], 24)}")
         row[per_image * c + 1].set_axis_on()
         _show(row[per_image * c + 1], reconstructions[i], f"autoencoder\nPSNR {psnr[i]:.1f} dB · SSIM {ssim[i]:.3f}")
         if baseline is not None:
@@ -93,7 +91,7 @@ def worst_sheet(
     fig.subplots_adjust(left=0.01, right=0.86, bottom=0.01, top=1 - 0.9 / height, wspace=0.06, hspace=0.35)
     im = None
     for i in range(n):
-        _show(axes[i, 0], originals[i], f"#{i + 1} {_short(names[i])}")
+        _show(axes[i, 0], originals[i], f"#{i + 1} {shorten(names[i], 24)}")
         _show(axes[i, 1], reconstructions[i], f"reconstruction\nMAE {mae[i]:.4f} · PSNR {psnr[i]:.1f} dB")
         im = axes[i, 2].imshow(errors[i], cmap="inferno", vmin=0.0, vmax=vmax)
         axes[i, 2].set_xticks([])
@@ -194,7 +192,7 @@ def comparison_figure(names: Sequence[str], model: dict[str, Sequence], baseline
         b_mean, b_std = baseline[metric]
         ax.bar(x - width / 2, m_mean, width, yerr=m_std, capsize=3, label="autoencoder", color="tab:blue")
         ax.bar(x + width / 2, b_mean, width, yerr=b_std, capsize=3, label="PCA baseline", color="tab:orange")
-        ax.set_xticks(x, [_short(nm, 20) for nm in names], rotation=30, ha="right", fontsize=8)
+        ax.set_xticks(x, [shorten(nm, 20) for nm in names], rotation=30, ha="right", fontsize=8)
         ax.set_ylabel(label)
         ax.set_title(metric.upper(), fontsize=10)
         ax.grid(axis="y", alpha=0.3)
