@@ -38,12 +38,17 @@ SETS = [arg for key, value in TINY.items()
         for arg in ("--set", f"{key}={json.dumps(value) if isinstance(value, bool) else value}")]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "fext"]
 FEXT = [sys.executable, "-m", "fext"]
+HOOKS = Path(__file__).parent / "hooks"
+FAIL_RANK, DUMP_WEIGHTS = "FEXT_TEST_FAIL_RANK", "FEXT_TEST_DUMP_WEIGHTS"
+HOOK_ENV = {FAIL_RANK, DUMP_WEIGHTS}
 
 
 def run(command: list[str], timeout: float = 100, **env: str) -> subprocess.CompletedProcess:
     """Run a command with one thread per process and a short collective timeout; text output."""
     full_env = {k: v for k, v in os.environ.items() if k != "FEXT_WORKSPACE"}
     full_env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", distributed.TIMEOUT_ENV: "60", **env})
+    if HOOK_ENV & env.keys():  # the test hooks, installed at startup in every process (see hooks/sitecustomize.py)
+        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HOOKS), full_env.get("PYTHONPATH")]))
     return subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
 
@@ -77,13 +82,13 @@ def trained(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("ddp")
     ws = new_workspace(root / "ws")
     first = run([*FEXT, "--workspace", str(ws.root), *SETS, "train", "--nproc", "2"],
-                **{distributed.DUMP_WEIGHTS_ENV: str(root / "dump1")})
+                **{DUMP_WEIGHTS: str(root / "dump1")})
     assert first.returncode == 0, first.stderr
     folder = checkpoints(ws)[0]
     after_one = {"history": history(folder), "weights": load_file(str(folder / "model.safetensors")),
                  "state": torch.load(folder / "trainer_state.pt", weights_only=True)}
     second = run([*TORCHRUN, "--workspace", str(ws.root), *SETS, "--set", "training.ADDITIONAL_EPOCHS=1",
-                  "train", "--resume"], **{distributed.DUMP_WEIGHTS_ENV: str(root / "dump2")})
+                  "train", "--resume"], **{DUMP_WEIGHTS: str(root / "dump2")})
     assert second.returncode == 0, second.stderr
     straight = new_workspace(root / "straight")
     both = run([*TORCHRUN, "--workspace", str(straight.root), *SETS, "--set", "training.EPOCHS=2", "train"])
@@ -154,7 +159,7 @@ def test_a_failing_rank_stops_the_whole_run_with_its_message(tmp_path):
     ws = new_workspace(tmp_path / "ws")
     started = time.monotonic()
     result = run([*TORCHRUN, "--workspace", str(ws.root), *SETS, "train"], timeout=90,
-                 **{distributed.FAIL_RANK_ENV: "1"})
+                 **{FAIL_RANK: "1"})
     assert result.returncode != 0
     assert time.monotonic() - started < 60
     assert "error: Rank 1 failed on purpose" in result.stderr
@@ -182,7 +187,7 @@ def test_encoding_on_two_ranks_writes_the_files_of_one_process_and_resumes_per_s
     command = [*TORCHRUN, "--workspace", str(tmp_path / "ws"), *SETS, "encode", str(ckpt), "--input", str(images),
                "--output", str(out), "--batch-size", "4"]
     # Rank 1 fails once its part is written: the run stops, both parts stay for the next run.
-    failed = run(command, **{distributed.FAIL_RANK_ENV: "1"})
+    failed = run(command, **{FAIL_RANK: "1"})
     assert failed.returncode != 0 and "Rank 1 failed on purpose" in failed.stderr
     part = json.loads((out / PARTS / "00001-of-00002" / STATE).read_text())
     assert part["done"] == part["images"] == 7

@@ -353,6 +353,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: log level {level!r} (--log-level or FEXT_LOG_LEVEL) is not one of DEBUG, INFO, WARNING, ERROR",
               file=sys.stderr)
         return 2
+    timeout = os.environ.get("FEXT_DIST_TIMEOUT", "").strip()
+    if timeout:  # how long a process of a torchrun launch waits for the others
+        try:
+            seconds = float(timeout)
+        except ValueError:
+            print(f"error: FEXT_DIST_TIMEOUT={timeout!r} is not a number of seconds; set it to e.g. 1800", file=sys.stderr)
+            return 2
+        from fext.distributed import set_timeout
+
+        set_timeout(seconds)
     setup_logging(ws, level, quiet=args.quiet)
     ctx = Context(workspace=ws, overrides=args.overrides, quiet=args.quiet, interactive=interactive)
     try:

@@ -3,8 +3,10 @@
 ``torchrun`` (``python -m torch.distributed.run``) starts one process per GPU (or per CPU
 worker) and tells each who it is through environment variables: ``RANK`` (0 .. WORLD_SIZE-1
 over all machines), ``WORLD_SIZE``, ``LOCAL_RANK`` (its number on this machine, hence its GPU
-``cuda:LOCAL_RANK``), ``MASTER_ADDR`` and ``MASTER_PORT`` (where rank 0 listens). This module
-reads them (the CLI only looks at RANK and WORLD_SIZE, to log and prompt once):
+``cuda:LOCAL_RANK``), ``MASTER_ADDR`` and ``MASTER_PORT`` (where rank 0 listens). These are the
+launcher's contract, not configuration: this module reads them, as ``torch.distributed`` does (the
+CLI only looks at RANK and WORLD_SIZE, to log and prompt once).
+
 
 - :func:`session` opens the process group of a command (nccl for training on GPUs, gloo on
   CPUs and for encoding) and yields this process's device; outside torchrun, or with one
@@ -21,15 +23,9 @@ When a rank fails, torchrun sends SIGTERM to the others: inside a session that r
 ``SystemExit`` (exit status 143), so they unwind (a new run removes its unsaved checkpoint
 folder, an encoding keeps what it has done) instead of waiting on the failed rank.
 
-Environment variables of FeXT itself, all read here:
-
-- ``FEXT_DIST_TIMEOUT``: seconds a collective (a barrier, a gradient all-reduce) may wait for
-  the other ranks before the run fails (default 1800). Raise it when the first decoding of a
-  huge dataset by rank 0 makes the other ranks wait longer at the barrier.
-- ``FEXT_DEBUG_FAIL_RANK=R`` (tests): rank R raises an error, in training right before the
-  first epoch, in encoding once its part is encoded.
-- ``FEXT_DEBUG_DUMP_RANK_WEIGHTS=DIR`` (tests): at the end of training every rank writes its
-  weights to ``DIR/rank<R>.safetensors``, to check that the ranks ended with the same model.
+How long a collective (a barrier, a gradient all-reduce) may wait for the other ranks before the
+run fails is set once, at the command line's edge, by :func:`set_timeout` (the CLI reads
+``FEXT_DIST_TIMEOUT``; default 1800 s).
 """
 
 from __future__ import annotations
@@ -43,7 +39,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,9 +49,9 @@ from fext.errors import ConfigError, FeXTError
 log = logging.getLogger(__name__)
 
 TIMEOUT_ENV = "FEXT_DIST_TIMEOUT"
-FAIL_RANK_ENV = "FEXT_DEBUG_FAIL_RANK"
-DUMP_WEIGHTS_ENV = "FEXT_DEBUG_DUMP_RANK_WEIGHTS"
+"""The environment variable the CLI reads for :func:`set_timeout`."""
 DEFAULT_TIMEOUT_SECONDS = 1800.0
+_timeout_seconds = DEFAULT_TIMEOUT_SECONDS
 
 
 def launched() -> bool:
@@ -84,13 +79,10 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def _timeout() -> datetime.timedelta:
-    raw = os.environ.get(TIMEOUT_ENV, "").strip()
-    try:
-        seconds = float(raw) if raw else DEFAULT_TIMEOUT_SECONDS
-    except ValueError:
-        raise ConfigError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds; set it to e.g. 1800") from None
-    return datetime.timedelta(seconds=max(seconds, 1.0))
+def set_timeout(seconds: float) -> None:
+    """How long a collective of the sessions opened from now on may wait for the other ranks (at least 1 s)."""
+    global _timeout_seconds
+    _timeout_seconds = max(float(seconds), 1.0)
 
 
 def device_for(device: str, device_id: int = 0) -> torch.device:
@@ -132,7 +124,7 @@ def session(device: str, device_id: int = 0, *, gpu_collectives: bool = True) ->
     backend = "nccl" if dev.type == "cuda" and gpu_collectives else "gloo"
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    dist.init_process_group(backend, timeout=_timeout(), device_id=dev if backend == "nccl" else None)
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=_timeout_seconds), device_id=dev if backend == "nccl" else None)
     log.info("Process %d of %d (%s backend) on %s", dist.get_rank(), dist.get_world_size(), backend, dev)
     # torchrun stops the other ranks with SIGTERM when one fails: unwind (run `finally` blocks) rather than vanish.
     main_thread = threading.current_thread() is threading.main_thread()
@@ -241,23 +233,6 @@ def ddp_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def fail_point() -> None:
-    """Test hook: raise on the rank named by ``FEXT_DEBUG_FAIL_RANK`` (see the module docstring)."""
-    target = os.environ.get(FAIL_RANK_ENV, "").strip()
-    if active() and target and target == str(rank()):
-        raise FeXTError(f"Rank {rank()} failed on purpose ({FAIL_RANK_ENV}={target}).")
-
-
-def dump_weights(model: torch.nn.Module) -> None:
-    """Test hook: write this rank's weights to ``$FEXT_DEBUG_DUMP_RANK_WEIGHTS/rank<R>.safetensors``."""
-    folder = os.environ.get(DUMP_WEIGHTS_ENV, "").strip()
-    if folder:
-        from fext.checkpoints import save_weights
-
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        save_weights(model.state_dict(), Path(folder) / f"rank{rank()}.safetensors")
-
-
 def torchrun_command(nproc: int, argv: Sequence[str]) -> list[str]:
     """``python -m torch.distributed.run --standalone --nproc_per_node=N -m fext ARGV`` (``--nproc`` removed)."""
     args, skip = [], False
@@ -295,8 +270,6 @@ def launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
 
 
 __all__ = [
-    "DUMP_WEIGHTS_ENV",
-    "FAIL_RANK_ENV",
     "TIMEOUT_ENV",
     "active",
     "all_reduce_sum",
@@ -306,8 +279,6 @@ __all__ = [
     "contiguous_shard",
     "ddp_model",
     "device_for",
-    "dump_weights",
-    "fail_point",
     "gather_objects",
     "is_main",
     "launch_torchrun",
@@ -315,6 +286,7 @@ __all__ = [
     "rank",
     "rank_seed",
     "session",
+    "set_timeout",
     "shard",
     "torchrun_command",
     "world_size",

@@ -70,7 +70,6 @@ def encode_sharded(
             if part_state is not None and part_state["done"] < stop - start:
                 resumable.encode_missing(part, part_state, ckpt, paths[start:stop], names[start:stop], arch.img_size,
                                          batch_size, cfg, device, progress and rank == 0)
-        distributed.fail_point()
         distributed.barrier()
         if rank == 0:
             state = join_parts(output, run, world)

@@ -141,7 +141,7 @@ def _train(
 
     # Model, optimizer, grad scaler, generators, position: fresh (seeded) or from the checkpoint.
     if device.type == "cpu":
-        keep_freed_memory()  # +30% CPU training speed: activations are not re-mapped every step
+        keep_freed_memory()  # activations are not re-mapped every step (benchmarks/README.md)
     if fresh:
         model = FeXTAutoEncoder.from_preset(cfg.model.PRESET, cfg.model.IMG_SIZE)
     else:
@@ -195,14 +195,12 @@ def _train(
               description, position, saved=None if fresh else _describe_position(position),
               validate_forward=validate_forward)
     try:
-        distributed.fail_point()
         fit(run, epochs, show_bar=progress and main)
     except BaseException:
         if fresh and run.saved is None and main:
             # Nothing resumable was written: leave no half-made checkpoint folder behind.
             shutil.rmtree(folder, ignore_errors=True)
         raise
-    distributed.dump_weights(model)
     log.info("Done: %s", folder)
     return folder
 
