@@ -10,12 +10,12 @@ import argparse
 import logging
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fext.config import Config, load_config
 from fext.errors import FeXTError
+from fext.logs import setup_logging
 from fext.workspace import Workspace, load_env_file
 
 log = logging.getLogger("fext")
@@ -57,34 +57,6 @@ class Context:
 def _first_process() -> bool:
     """True except in the ranks other than 0 of a torchrun launch (which say things once, through rank 0)."""
     return os.environ.get("RANK", "0") == "0"
-
-
-def setup_logging(ws: Workspace, level: str = "INFO", quiet: bool = False) -> None:
-    """Log to the terminal (stderr) and to ``resources/logs/fext_<date>.log``."""
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    root.setLevel(logging.DEBUG)
-    rank = os.environ.get("RANK", "0")  # set by torchrun: the other ranks only report errors
-    console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.WARNING if quiet else getattr(logging, level.upper(), logging.INFO))
-    console.setFormatter(logging.Formatter("%(message)s"))
-    if rank != "0":
-        console.setLevel(logging.ERROR)
-        console.setFormatter(logging.Formatter(f"[rank {rank}] %(message)s"))
-    root.addHandler(console)
-    if rank == "0":
-        try:
-            ws.logs.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(ws.logs / f"fext_{time.strftime('%Y%m%d')}.log", encoding="utf-8")
-        except OSError as e:
-            log.warning("Cannot write logs to %s (%s)", ws.logs, e.strerror)
-        else:
-            handler.setLevel(logging.DEBUG)
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-            root.addHandler(handler)
-    for noisy in ("matplotlib", "PIL", "torch._inductor", "torch._dynamo"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _cmd_init(ctx: Context, args: argparse.Namespace) -> int:

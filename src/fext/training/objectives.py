@@ -40,7 +40,12 @@ def invariance_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
 
 
 def variance_loss(z: torch.Tensor) -> torch.Tensor:
-    """Mean over the D latent numbers of max(0, 1 - std over the batch): zero when each spreads by 1 or more."""
+    """Mean over the D latent numbers of max(0, 1 - std over the batch): zero when each spreads by 1 or more.
+
+    A batch of one image has no spread to measure: the term is then zero (not nan).
+    """
+    if z.shape[0] < 2:
+        return z.float().sum() * 0.0
     std = (z.float().var(dim=0) + VARIANCE_EPS).sqrt()
     return F.relu(1.0 - std).mean()
 
