@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs < 1:
         parser.error("--epochs must be at least 1")
 
-    from fext.cli import setup_logging
+    from fext.logs import setup_logging
 
     started = time.monotonic()
     try:
