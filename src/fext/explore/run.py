@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from fext._io import atomic_open
 from fext.config import Config
 from fext.errors import FeXTError
 from fext.explore import measure
-from fext.explore.clusters import CANDIDATE_KS, Clusters, find_clusters
+from fext.explore.clusters import CANDIDATE_KS, SILHOUETTE_SAMPLE, Clusters, find_clusters
 from fext.explore.duplicates import Duplicates, Threshold, choose_threshold, find_duplicates
 from fext.explore.maps import MAP_NEIGHBOURS, embedding_map
 from fext.explore.neighbours import Neighbours, nearest_neighbours, unit_rows
@@ -52,6 +53,8 @@ class Exploration:
     threshold: Threshold
     neighbours: Neighbours
     thumbnails: bool
+    seconds: dict[str, float]
+    """Wall-clock seconds of each step, in order."""
 
     def summary(self, top: int = 5) -> str:
         """What the command prints: the files, the clusters, the most unusual images, the duplicates."""
@@ -100,16 +103,21 @@ def explore(
     unit = _checked_vectors(encoding.vectors, paths, folder)
     out = Path(output) if output else folder / OUTPUT
 
+    clock = _Clock()
     # 1. neighbours, map, clusters
     nb = nearest_neighbours(unit, max(neighbours, MAP_NEIGHBOURS - 1, OUTLIER_NEIGHBOURS), cfg.SEED)
+    clock.lap("neighbours")
     xy = embedding_map(unit, cfg.SEED, nb)
+    clock.lap("map")
     groups = find_clusters(unit, clusters, cfg.SEED)
+    clock.lap("clusters")
     # 2. what needs the model and the images
     input_dir = Path(metadata.get("input", ""))
     files = [input_dir / p for p in paths]
     have_images = input_dir.is_dir() and any(f.is_file() for f in files[:50])
     ckpt = measure.recorded_checkpoint(metadata, checkpoint) if have_images else None
     errors, copies, sample = _model_measurements(ckpt, files, unit, metadata, cfg, reconstruction, progress)
+    clock.lap("model")
     # 3. outliers, duplicates
     outliers = find_outliers(unit, errors, nb)
     if duplicate_threshold is not None:
@@ -117,14 +125,29 @@ def explore(
     else:
         threshold = choose_threshold(copies, nb.similarities[sample, 0])
     duplicates = find_duplicates(unit, threshold.value, nb)
+    clock.lap("outliers and duplicates")
     # 4. files
     sprites = make_sprites(files, progress=progress) if have_images else None
+    clock.lap("thumbnails")
     page_nb = Neighbours(nb.indices[:, :neighbours], nb.similarities[:, :neighbours])
     _write_csvs(out, paths, xy, groups, outliers, duplicates)
     notes = _notes(folder, metadata, len(paths), groups, clusters, outliers, threshold, duplicates, have_images, input_dir)
     write_page(out / "atlas.html", paths, xy, groups, outliers, duplicates, page_nb, sprites,
                _image_base(input_dir, out) if have_images else None, notes)
-    return Exploration(out, paths, xy, groups, outliers, duplicates, threshold, page_nb, sprites is not None)
+    clock.lap("files")
+    log.info("Explore steps: %s", ", ".join(f"{k} {v:.1f} s" for k, v in clock.seconds.items()))
+    return Exploration(out, paths, xy, groups, outliers, duplicates, threshold, page_nb, sprites is not None, clock.seconds)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        now = time.perf_counter()
+        self.seconds[step] = now - self.last
+        self.last = now
 
 
 def _checked_vectors(vectors: np.ndarray, paths: list[str], folder: Path) -> np.ndarray:
@@ -211,7 +234,7 @@ def _notes(
         k_rule = "One cluster: too few images to compare several."
     else:
         k_rule = (f"K = {groups.k}: the highest mean silhouette ({groups.silhouette:.3f}, cosine) of K in "
-                  f"{', '.join(map(str, CANDIDATE_KS))} up to √N, on at most 4,000 images.")
+                  f"{', '.join(map(str, CANDIDATE_KS))} up to √N, on at most {SILHOUETTE_SAMPLE:,} images.")
     parts = f"distance to its {OUTLIER_NEIGHBOURS} nearest neighbours" + (
         " and the model's reconstruction error" if outliers.reconstruction_error is not None else
         " (the reconstruction error joins it when the checkpoint and the images are at hand)")
