@@ -21,6 +21,10 @@ _EXPORTS = {
     "load_config": "fext.config",
     "Config": "fext.config",
     "Workspace": "fext.workspace",
+    "embedding_map": "fext.explore",
+    "find_clusters": "fext.explore",
+    "find_outliers": "fext.explore",
+    "find_duplicates": "fext.explore",
 }
 
 __all__ = list(_EXPORTS)
@@ -28,6 +32,7 @@ __all__ = list(_EXPORTS)
 if TYPE_CHECKING:
     from fext.config import Config, load_config
     from fext.encoding import encode_images, load_embeddings
+    from fext.explore import embedding_map, find_clusters, find_duplicates, find_outliers
     from fext.model import FeXTAutoEncoder
     from fext.workspace import Workspace
 
