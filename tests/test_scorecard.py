@@ -128,6 +128,10 @@ def test_views_are_per_image_seeded_and_masking_greys_patches():
     same = x[:1].repeat(6, 1, 1, 1)
     views = random_view(same, torch.Generator().manual_seed(0))
     assert len({round(float(v.sum()), 3) for v in views}) == 6
+    # Blur halves the resolution: less pixel-to-pixel change than the same view without it.
+    noise = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    sharp, soft = (random_view(noise, torch.Generator().manual_seed(0), blur=p) for p in (0.0, 1.0))
+    assert (soft.diff(dim=3).abs().mean() < 0.8 * sharp.diff(dim=3).abs().mean()).item()
     masked = mask_patches(x, 0.5, torch.Generator().manual_seed(0))
     grey = (masked == 0.5).all(1).float().mean().item()
     assert 0.3 < grey < 0.7 and torch.equal(mask_patches(x, 0.0), x)

@@ -93,6 +93,8 @@ class ViewsConfig:
     """Smallest fraction of an image's area a view's random resized crop keeps."""
     COLOR_JITTER: float = _key(0.4, "a number in [0, 1)", lambda v: 0 <= v < 1)
     """Brightness, contrast and saturation factors of a view are drawn from U(1 - x, 1 + x)."""
+    BLUR: float = _key(0.5, "a probability 0 <= x <= 1", lambda v: 0 <= v <= 1)
+    """Probability that a view is halved in resolution and scaled back up (invariance to thumbnails, recompression)."""
     MASK_RATIO: float = _key(0.0, "a fraction 0 <= x < 1", lambda v: 0 <= v < 1)
     """Fraction of a view's 8x8-pixel patches replaced by grey at the input (denoising); the clean view is the target."""
 

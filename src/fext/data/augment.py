@@ -64,21 +64,24 @@ def _flip_some(x: torch.Tensor, chosen: torch.Tensor, dim: int) -> None:
 
 
 def random_view(
-    x: torch.Tensor, generator: torch.Generator | None = None, min_area: float = 0.3, jitter: float = 0.4
+    x: torch.Tensor, generator: torch.Generator | None = None, min_area: float = 0.3, jitter: float = 0.4,
+    blur: float = 0.0,
 ) -> torch.Tensor:
     """One random view of each image of ``x`` (B, 3, H, W) float in [0, 1], drawn per image.
 
     Per sample: a random resized crop (area fraction U(min_area, 1), aspect ratio log-uniform in
     [3/4, 4/3], position uniform, resampled bilinearly back to H × W), a horizontal flip with
     p = 0.5, and brightness, contrast and saturation factors from U(1 - jitter, 1 + jitter),
-    clamped to [0, 1]. The crop and flip are one ``affine_grid`` / ``grid_sample`` over the whole
-    batch, so views cost two small kernels, not a loop over images. Eight draws per sample from
-    ``generator`` whatever the outcome (a seeded generator reproduces the views exactly).
+    clamped to [0, 1]; with probability ``blur``, the view is then halved in resolution and scaled
+    back up (the detail lost to thumbnails and recompression). The crop and flip are one
+    ``affine_grid`` / ``grid_sample`` over the whole batch, so views cost a few small kernels, not a
+    loop over images. Nine draws per sample from ``generator`` whatever the outcome (a seeded
+    generator reproduces the views exactly).
     """
     b = x.shape[0]
     gen_device = generator.device if generator is not None else torch.device("cpu")
-    # (B, 8): area, aspect, x position, y position, flip, brightness, contrast, saturation.
-    u = torch.rand((b, 8), generator=generator, device=gen_device).to(x.device, torch.float32)
+    # (B, 9): area, aspect, x position, y position, flip, brightness, contrast, saturation, blur.
+    u = torch.rand((b, 9), generator=generator, device=gen_device).to(x.device, torch.float32)
     area = min_area + u[:, 0] * (1 - min_area)
     aspect = torch.exp((u[:, 1] * 2 - 1) * math.log(4 / 3))
     sx, sy = (area * aspect).sqrt().clamp(max=1.0), (area / aspect).sqrt().clamp(max=1.0)  # fractions of W, H
@@ -96,6 +99,9 @@ def random_view(
     out = (out - mean) * factors[:, 1].view(view) + mean
     grey = (out * _LUMA.to(out.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
     out = (out - grey) * factors[:, 2].view(view) + grey
+    if blur > 0:
+        soft = F.interpolate(F.avg_pool2d(out, 2), scale_factor=2, mode="bilinear", align_corners=False)
+        out = torch.where((u[:, 8] < blur).view(view), soft, out)
     return out.clamp_(0.0, 1.0).to(x.dtype).contiguous(memory_format=torch.channels_last)
 
 

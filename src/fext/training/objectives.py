@@ -6,7 +6,7 @@
   :func:`~fext.data.augment.augment_batch` when ``dataset.IMG_AUGMENT``, is reconstructed and the
   loss is the mean absolute error.
 - ``"views"``: two views of every image, each drawn independently per image (random resized
-  crop, flip, colour jitter, optionally masked patches), go through the model as one batch. Each
+  crop, flip, colour jitter, blur, optionally masked patches), go through the model as one batch. Each
   view is reconstructed (MAE against the clean view), and VICReg terms on the two views' latents
   make the feature vector useful for search: invariance (the two views of an image get the same
   vector), variance (every latent number keeps a spread over the batch, so the vectors cannot
@@ -92,7 +92,8 @@ def training_inputs(x: torch.Tensor, cfg: Config, generator: torch.Generator) ->
             x = augment_batch(x, generator)
         return x, x
     views = cfg.training.VIEWS
-    target = torch.cat([random_view(x, generator, views.CROP_MIN_AREA, views.COLOR_JITTER) for _ in range(2)])
+    target = torch.cat([random_view(x, generator, views.CROP_MIN_AREA, views.COLOR_JITTER, views.BLUR)
+                        for _ in range(2)])
     return mask_patches(target, views.MASK_RATIO, generator), target
 
 
