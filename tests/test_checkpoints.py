@@ -117,3 +117,17 @@ def test_a_damaged_description_is_one_message_naming_the_file(workspace):
     assert not is_checkpoint(folder)
     with pytest.raises(FeXTError, match="config.json missing"):
         load_checkpoint(folder)
+
+
+def test_a_trained_checkpoint_reads_back_what_training_recorded(trained_checkpoint):
+    model, checkpoint = load_checkpoint(trained_checkpoint)
+    description = checkpoint.description
+    assert description.configuration == tiny_config(**{"training.EPOCHS": 1})
+    assert description.architecture == model.arch and model.arch.preset == "small"
+    dataset = description.dataset
+    assert (dataset.train, dataset.validation, dataset.failed) == (7, 5, 0)
+    assert [e["epoch"] for e in checkpoint.epochs] == [1] and checkpoint.last("validation") > 0
+    # What is listed is what was written: the table row of a real run.
+    ws = Workspace(trained_checkpoint.parents[2])
+    row = next(line for line in checkpoints_table(ws).splitlines() if line.startswith(trained_checkpoint.name))
+    assert row.split()[1:5] == ["small", "64", "1", "12"]

@@ -15,10 +15,10 @@ import pexpect
 import pytest
 
 import fext
-from conftest import make_checkpoint, run_fext
+from conftest import make_checkpoint, make_images, run_fext, tiny_config
 from fext import cli, menu
 from fext._io import write_text
-from fext.config import Config, config_from_dict, config_to_dict, with_overrides
+from fext.config import config_from_dict, config_to_dict
 from fext.errors import FeXTError
 from fext.workspace import Workspace
 
@@ -97,19 +97,10 @@ def test_navigation_invalid_choices_back_and_exit(ws):
 
 def tiny_workspace(ws: Workspace, epochs: int = 1) -> dict:
     """Generated images in the dataset and extraction folders; a 64 px small-preset configuration."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for folder, n in ((ws.dataset, 5), (ws.extraction_images, 2)):
-        for i in range(n):
-            base = np.linspace(0, 255, 72)[None, :, None] * rng.uniform(0.2, 1, size=(1, 1, 3))
-            pixels = (base + rng.normal(0, 20, size=(60, 72, 3))).clip(0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(folder / f"img_{i}.png")
-    cfg = with_overrides(Config(), {
-        "model.PRESET": "small", "model.IMG_SIZE": 64, "dataset.VALIDATION_SIZE": 0.2, "device.DEVICE": "CPU",
-        "device.NUM_PROCESSORS": 0, "training.EPOCHS": epochs, "training.ADDITIONAL_EPOCHS": 1,
-        "training.BATCH_SIZE": 2, "training.USE_TENSORBOARD": False,
-    })
+    make_images(ws.dataset, 5)
+    make_images(ws.extraction_images, 2, seed=1)
+    cfg = tiny_config(**{"dataset.VALIDATION_SIZE": 0.2, "training.EPOCHS": epochs, "training.ADDITIONAL_EPOCHS": 1,
+                         "training.BATCH_SIZE": 2})
     write_text(ws.config_file, json.dumps(config_to_dict(cfg), indent=4))
     return config_to_dict(cfg)
 

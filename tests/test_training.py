@@ -15,28 +15,19 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
+from conftest import TINY, make_images, tiny_config
 from fext import training
 from fext.cli import main
-from fext.config import Config, LRSchedulerConfig, with_overrides
+from fext.config import LRSchedulerConfig
 from fext.data import select_images
 from fext.errors import FeXTError
 from fext.model import FeXTAutoEncoder
 from fext.training import lr_at, train
 from fext.workspace import Workspace
-
-TINY = {
-    "model.PRESET": "small", "model.IMG_SIZE": 64, "device.DEVICE": "CPU", "device.NUM_PROCESSORS": 0,
-    "training.EPOCHS": 2, "training.BATCH_SIZE": 4, "training.USE_TENSORBOARD": False,
-    "dataset.VALIDATION_SIZE": 0.25,
-}
-"""12 images: 7 train, 5 validation (the split hashes the names) -> 2 batches (4, 3) per epoch."""
-
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
@@ -45,25 +36,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def tiny_config(**overrides) -> Config:
-    return with_overrides(Config(), {**TINY, **overrides})
-
-
-def make_images(folder: Path, n: int = 12, seed: int = 0) -> list[Path]:
-    """``n`` PNGs of smooth colour gradients plus noise, of varied sizes."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        h, w = 48 + 8 * (i % 3), 64 + 8 * (i % 4)
-        yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
-        base = np.stack([xx, yy, (xx + yy) / 2], -1) * rng.uniform(0.3, 1.0, 3) * 255
-        pixels = np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
-        paths.append(folder / f"img_{i:02d}.png")
-        Image.fromarray(pixels).save(paths[-1])
-    return paths
 
 
 def new_workspace(root: Path, n: int = 12) -> Workspace:

@@ -1,4 +1,4 @@
-"""What a training run writes for people: history.json, the curves, summary.txt and TensorBoard logs.
+"""What a training run writes and says for people: the curves, summary.txt, epoch log lines, TensorBoard logs.
 
 Every file goes through :mod:`fext._io` (temporary name, then rename). TensorBoard's event files
 are the one exception: they are append-only logs written by ``SummaryWriter``, and a resumed run
@@ -8,20 +8,28 @@ purges the events after its starting epoch.
 from __future__ import annotations
 
 import json
+import logging
+import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fext._io import save_figure, write_json, write_text
+import torch
+
+import fext
+from fext._io import save_figure, write_text
+from fext.checkpoints import CheckpointDescription
+from fext.config import Config, config_to_dict
+from fext.device import autocast_dtype
+from fext.model import FeXTAutoEncoder, describe
+from fext.training.state import RunPosition
+
+log = logging.getLogger(__name__)
 
 HISTORY_METRICS = ("loss", "cosine", "psnr")
 """Metrics recorded per epoch for the train and validation images (``loss`` is the MAE)."""
 
 _LABELS = {"loss": "loss (mean absolute error)", "cosine": "cosine similarity", "psnr": "PSNR (dB)"}
-
-
-def write_history(path: Path, epochs: list[dict[str, Any]]) -> None:
-    """history.json: ``{"total_epochs": N, "epochs": [...]}`` with one entry per completed epoch."""
-    write_json(path, {"total_epochs": len(epochs), "epochs": epochs})
 
 
 def plot_history(path: Path, epochs: list[dict[str, Any]], title: str) -> None:
@@ -72,14 +80,46 @@ def summary_text(
     return "\n".join(lines)
 
 
-def write_summary(path: Path, text: str) -> None:
-    write_text(path, text)
-
-
 def append_summary(path: Path, line: str) -> None:
     """Add a line at the end of summary.txt (a resumed run records itself)."""
     old = path.read_text(encoding="utf-8") if path.is_file() else ""
     write_text(path, old.rstrip("\n") + "\n" + line + "\n")
+
+
+def write_run_summary(
+    path: Path, fresh: bool, cfg: Config, model: FeXTAutoEncoder, device: torch.device,
+    description: CheckpointDescription, failures: list[tuple[Path, str]], p: RunPosition,
+) -> None:
+    """summary.txt: written by a new run, a line appended by each resume."""
+    environment = (f"fext {fext.__version__}, torch {torch.__version__}, device {device}, mixed precision "
+                   f"{autocast_dtype(device) if cfg.device.MIXED_PRECISION else 'off'}, "
+                   f"torch.compile {cfg.model.JIT_BACKEND if cfg.model.JIT_COMPILE else 'off'}")
+    data = description.dataset
+    if fresh:
+        skipped = [(str(image), reason) for image, reason in failures]
+        write_text(path, summary_text(
+            path.parent.name, describe(model), asdict(data), skipped, config_to_dict(cfg),
+            f"created {description.created}, {environment}"))
+    else:
+        append_summary(path, (
+            f"Resumed {time.strftime('%Y-%m-%dT%H:%M:%S')} at {describe_position(p)} (step {p.step}) for "
+            f"{cfg.training.ADDITIONAL_EPOCHS} more epochs; {environment}; {data.train} train, "
+            f"{data.validation} validation images, {data.failed} unreadable"))
+
+
+def describe_position(p: RunPosition) -> str:
+    """Where a run stands, for people: "epoch 3", "epoch 3 + 12 batches of epoch 4"."""
+    batches = f"{p.batch} batch" + ("es" if p.batch > 1 else "")
+    return f"epoch {p.epoch}" + (f" + {batches} of epoch {p.epoch + 1}" if p.batch else "")
+
+
+def log_epoch(entry: dict[str, Any], epochs: int) -> None:
+    """One log line per completed epoch: its metrics, learning rate and speed."""
+    t, v = entry["train"], entry["validation"]
+    text = f"Epoch {entry['epoch']}/{epochs}: train loss {t['loss']:.4f} cosine {t['cosine']:.4f} psnr {t['psnr']:.2f}"
+    if v:
+        text += f" | validation loss {v['loss']:.4f} cosine {v['cosine']:.4f} psnr {v['psnr']:.2f}"
+    log.info("%s | lr %.2e | %.1f s, %.1f img/s", text, entry["lr"], entry["seconds"], entry["images_per_second"])
 
 
 class TensorBoardLog:

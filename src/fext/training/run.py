@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,11 @@ from fext.checkpoints import (
     PLOT, SUMMARY, TENSORBOARD, TRAINER_STATE, WEIGHTS, Checkpoint, CheckpointDescription, DatasetRecord,
     load_trainer_state, load_weights, load_weights_file, new_checkpoint_dir, read_checkpoint, save_checkpoint,
 )
-from fext.config import Config, config_to_dict
+from fext.config import Config
 from fext.data import CachedImages, open_readonly, prepare_images, select_images
-from fext.device import autocast_dtype, explain_compile_failure, needs_grad_scaler
+from fext.device import explain_compile_failure, needs_grad_scaler
 from fext.errors import FeXTError
-from fext.model import FeXTAutoEncoder, describe
+from fext.model import FeXTAutoEncoder
 from fext.training import outputs
 from fext.training.loop import GracefulStop, NonFiniteLoss, train_one_epoch, validate
 from fext.training.state import (
@@ -181,7 +181,7 @@ def _train(
         model.arch, cfg, dataset_info, (saved and saved.description.created) or time.strftime("%Y-%m-%dT%H:%M:%S"),
         fext.__version__)
     if main:
-        _write_summary(folder, fresh, cfg, model, device, description, images, position)
+        outputs.write_run_summary(folder / SUMMARY, fresh, cfg, model, device, description, images.failures, position)
 
     epochs = position.epoch + (cfg.training.EPOCHS if fresh else cfg.training.ADDITIONAL_EPOCHS)
     log.info("Training %s (%s preset, %d px) on %d images, %d for validation, epochs %d to %d on %s; checkpoint %s",
@@ -192,7 +192,7 @@ def _train(
                  "scaled with it.", distributed.world_size(), cfg.training.BATCH_SIZE * distributed.world_size(),
                  cfg.training.BATCH_SIZE)
     run = Run(cfg, folder, device, model, forward, optimizer, scaler, augment, images, train_rows, val_rows,
-              description, position, saved=None if fresh else _describe_position(position),
+              description, position, saved=None if fresh else outputs.describe_position(position),
               validate_forward=validate_forward)
     try:
         fit(run, epochs, show_bar=progress and main)
@@ -277,27 +277,6 @@ def _rank_rng(state: dict[str, Any]) -> dict[str, Any] | None:
     return ranks[rank] if len(ranks) == distributed.world_size() else None
 
 
-def _write_summary(
-    folder: Path, fresh: bool, cfg: Config, model: FeXTAutoEncoder, device: torch.device,
-    description: CheckpointDescription, images: CachedImages, p: RunPosition,
-) -> None:
-    """summary.txt: written by a new run, a line appended by each resume."""
-    environment = (f"fext {fext.__version__}, torch {torch.__version__}, device {device}, mixed precision "
-                   f"{autocast_dtype(device) if cfg.device.MIXED_PRECISION else 'off'}, "
-                   f"torch.compile {cfg.model.JIT_BACKEND if cfg.model.JIT_COMPILE else 'off'}")
-    data = description.dataset
-    if fresh:
-        failures = [(str(path), reason) for path, reason in images.failures]
-        outputs.write_summary(folder / SUMMARY, outputs.summary_text(
-            folder.name, describe(model), asdict(data), failures, config_to_dict(cfg),
-            f"created {description.created}, {environment}"))
-    else:
-        outputs.append_summary(folder / SUMMARY, (
-            f"Resumed {time.strftime('%Y-%m-%dT%H:%M:%S')} at {_describe_position(p)} (step {p.step}) for "
-            f"{cfg.training.ADDITIONAL_EPOCHS} more epochs; {environment}; {data.train} train, "
-            f"{data.validation} validation images, {data.failed} unreadable"))
-
-
 def fit(run: Run, epochs: int, show_bar: bool = True) -> None:
     """Train until ``epochs`` epochs are complete, validating and saving after each one.
 
@@ -332,7 +311,7 @@ def fit(run: Run, epochs: int, show_bar: bool = True) -> None:
                     p.history.append(entry)
                     p.epoch, p.batch, p.partial = p.epoch + 1, 0, {}
                     _save(run, tensorboard, entry)
-                    _log_epoch(entry, epochs)
+                    outputs.log_epoch(entry, epochs)
                 # 4. Ctrl-C: save where the run stands (inside an epoch if need be) and stop.
                 if stop.requested is not None and (not complete or p.epoch < epochs):
                     if not complete:
@@ -364,7 +343,7 @@ def _save(run: Run, tensorboard: outputs.TensorBoardLog, entry: dict[str, Any] |
     p, folder = run.position, run.folder
     rank_rngs = distributed.gather_objects(capture_rng(run.augment)) if distributed.active() else None
     if not distributed.is_main():
-        run.saved = _describe_position(p)
+        run.saved = outputs.describe_position(p)
         return
     keep = entry["epoch"] if entry is not None and run.cfg.training.SAVE_CHECKPOINTS else None
     save_checkpoint(folder, run.model, run.description, history=p.history, keep_epoch=keep,
@@ -374,7 +353,7 @@ def _save(run: Run, tensorboard: outputs.TensorBoardLog, entry: dict[str, Any] |
                              f"{run.cfg.model.IMG_SIZE} px, {len(run.train_rows)} training images")
     if entry is not None:
         tensorboard.log_epoch(entry)
-    run.saved = _describe_position(p)
+    run.saved = outputs.describe_position(p)
 
 
 def _cpu_has_native_bf16() -> bool:
@@ -383,19 +362,6 @@ def _cpu_has_native_bf16() -> bool:
     if not all(callable(p) for p in probes):
         return True  # cannot tell: say nothing
     return any(p() for p in probes)
-
-
-def _describe_position(p: RunPosition) -> str:
-    batches = f"{p.batch} batch" + ("es" if p.batch > 1 else "")
-    return f"epoch {p.epoch}" + (f" + {batches} of epoch {p.epoch + 1}" if p.batch else "")
-
-
-def _log_epoch(entry: dict[str, Any], epochs: int) -> None:
-    t, v = entry["train"], entry["validation"]
-    text = f"Epoch {entry['epoch']}/{epochs}: train loss {t['loss']:.4f} cosine {t['cosine']:.4f} psnr {t['psnr']:.2f}"
-    if v:
-        text += f" | validation loss {v['loss']:.4f} cosine {v['cosine']:.4f} psnr {v['psnr']:.2f}"
-    log.info("%s | lr %.2e | %.1f s, %.1f img/s", text, entry["lr"], entry["seconds"], entry["images_per_second"])
 
 
 def _rows(
