@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import PIL_MODES, make_images
 from fext.data import augment, cache, decode, loader
 from fext.data.cache import open_readonly, prepare_images
 from fext.data.decode import ImageDecodeError, image_size, load_image, open_rgb
@@ -122,6 +123,19 @@ def test_modes_become_rgb_with_alpha_on_white(tmp_path: Path) -> None:
     assert pixels("rgba.png")[2, 2].tolist() == [0, 0, 255]
     assert np.abs(pixels("cmyk.jpg")[2, 2] - [255, 0, 0]).max() <= 3
     assert pixels("bw.png")[0, 0].tolist() == [255, 255, 255]
+
+
+def test_every_pillow_mode_goes_through_the_cache_as_rgb(tmp_path: Path) -> None:
+    paths = make_images(tmp_path / "modes", n=len(PIL_MODES), modes=PIL_MODES)
+    cached = prepare_images(paths, 64, tmp_path / "cache", workers=0, progress=False)
+    assert cached.failures == [] and len(cached) == len(PIL_MODES)
+    images = cached.batch(np.arange(len(PIL_MODES))).numpy()  # (N, 64, 64, 3) uint8
+    assert images.shape == (len(PIL_MODES), 64, 64, 3)
+    for mode, image in zip(PIL_MODES, images):
+        r, g, b = image[..., 0], image[..., 1], image[..., 2]
+        gray = mode in ("L", "LA", "I;16", "1")
+        assert bool((r == g).all() and (g == b).all()) == gray, mode
+        assert image.std() > 5, mode  # the gradient survived, whatever the mode
 
 
 def test_16_bit_and_wide_modes_are_scaled_not_clipped(tmp_path: Path) -> None:
