@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from conftest import PIL_MODES, make_images
-from fext.data import augment, cache, decode, loader
+from fext.data import augment, cache, cache_index, decode, loader
 from fext.data.cache import open_readonly, prepare_images
 from fext.data.decode import ImageDecodeError, image_size, load_image, open_rgb
 from fext.data.discovery import draw_sample, find_images, split_images
@@ -289,7 +289,7 @@ def test_cache_survives_a_killed_build(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_cache_compacts_stale_slots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cache, "_COMPACT_MIN_DEAD", 0)
+    monkeypatch.setattr(cache_index, "COMPACT_MIN_DEAD", 0)
     paths = make_dataset(tmp_path / "ds", count=3)
     before = prepare_images(paths, 16, tmp_path / "cache", workers=0)
     for i, path in enumerate(paths):

@@ -23,6 +23,9 @@ Stale slots (of changed or deleted files) are left in place; when they outnumber
 ones (and number over 1024) the live pixels are copied to a new data file, and the old one
 is deleted once the new index is written (readers that still map it keep working).
 
+The index and its folder are handled by :mod:`fext.data.cache_index`; this module decodes into
+it and reads images back.
+
 Concurrency: builders take an exclusive lock, so two processes never write at once and the
 second one finds the first one's work done. Readers (:func:`open_readonly`, for DDP ranks
 other than 0) take no lock: they only read slots below the ``count`` of the index they
@@ -32,10 +35,8 @@ loaded, which nobody rewrites.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import secrets
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -47,29 +48,14 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from fext import _io
+from fext.data import cache_index
 from fext.data.loader import decode_batches
 from fext.errors import FeXTError
 
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; one builder at a time is then the user's care
-    fcntl = None  # type: ignore[assignment]
-
 log = logging.getLogger(__name__)
 
-_FORMAT = 1
-_INDEX = "index.json"
 _COMMIT_SECONDS = 30.0
 _DECODE_BATCH = 32
-_COMPACT_MIN_DEAD = 1024  # never compact for fewer stale slots than this (nor fewer than live ones)
-# Failures that depend only on the file's bytes: remembered, not retried until the file changes.
-_PERMANENT_REASONS = (
-    "empty file",
-    "not an image",
-    "truncated or corrupt image data",
-    "unsupported image mode",
-)
 
 
 class CachedImages:
@@ -95,7 +81,7 @@ class CachedImages:
         self.img_size = img_size
         self.data_file = data_file
         self._count = count
-        self._data = _map(data_file, "r", count, img_size)
+        self._data = cache_index.map_pixels(data_file, "r", count, img_size)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -127,10 +113,6 @@ class CachedImages:
         return torch.from_numpy(np.take(self._data, rows, axis=0).view(np.ndarray))
 
 
-def _map(path: Path, mode: str, count: int, img_size: int) -> np.memmap:
-    return np.memmap(path, dtype=np.uint8, mode=mode, shape=(count, img_size, img_size, 3))
-
-
 def cache_folder(cache_dir: Path, img_size: int) -> Path:
     """The folder of the cache of ``img_size`` images under ``cache_dir``."""
     return Path(cache_dir) / f"images_{img_size}px"
@@ -160,20 +142,20 @@ def prepare_images(
             f"Cannot create the decoded-image cache folder {folder} ({exc.strerror or exc}): "
             "make it writable or choose another workspace."
         ) from exc
-    with _exclusive_lock(folder):
-        index = _load_index(folder, img_size)
+    with cache_index.exclusive_lock(folder):
+        index = cache_index.load_index(folder, img_size)
         changed = index is None
         if index is None:
-            index = _new_index(folder, img_size)
-        keys = [_file_key(p) for p in paths]
-        changed |= _forget_changed(index, paths, keys) > 0
-        _compact_if_worth_it(folder, index)
-        missing = _missing(index, paths, keys)
+            index = cache_index.new_index(folder, img_size)
+        keys = [cache_index.file_key(p) for p in paths]
+        changed |= cache_index.forget_changed(index, paths, keys) > 0
+        cache_index.compact_if_worth_it(folder, index)
+        missing = cache_index.missing_files(index, paths, keys)
         if missing:
             _decode_into(folder, index, missing, workers, progress, desc)
         elif changed:
-            _commit(folder, index)
-        _remove_orphans(folder, index)
+            cache_index.commit(folder, index)
+        cache_index.remove_orphans(folder, index)
     return _assemble(folder, index, paths, keys, log_failures=True)
 
 
@@ -187,12 +169,12 @@ def open_readonly(
     """
     paths = [Path(p).absolute() for p in paths]
     folder = cache_folder(cache_dir, img_size)
-    keys = [_file_key(p) for p in paths]
+    keys = [cache_index.file_key(p) for p in paths]
     for attempt in range(3):
-        index = _load_index(folder, img_size)
+        index = cache_index.load_index(folder, img_size)
         if index is None:
             raise FeXTError(f"No decoded-image cache in {folder}: build it first (prepare_images).")
-        missing = _missing(index, paths, keys)
+        missing = cache_index.missing_files(index, paths, keys)
         if missing:
             raise FeXTError(
                 f"{len(missing)} image(s) are not in the decoded-image cache {folder} "
@@ -204,90 +186,6 @@ def open_readonly(
             # A builder compacted the cache between our index read and the mapping: read again.
             time.sleep(0.1 * (attempt + 1))
     raise FeXTError(f"The decoded-image cache in {folder} keeps changing; try again when no build runs.")
-
-
-def _file_key(path: Path) -> tuple[int, int] | str:
-    """(size, mtime_ns), or the reason the file cannot be looked at."""
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return "file not found"
-    except OSError as exc:
-        return f"cannot read file ({exc.strerror or exc})"
-    return stat.st_size, stat.st_mtime_ns
-
-
-def _new_index(folder: Path, img_size: int) -> dict[str, Any]:
-    data_file = f"pixels-{secrets.token_hex(4)}.u8"
-    (folder / data_file).touch()
-    return {
-        "format": _FORMAT,
-        "img_size": img_size,
-        "data_file": data_file,
-        "count": 0,
-        "images": {},  # absolute path -> [size, mtime_ns, slot]
-        "failures": {},  # absolute path -> [size, mtime_ns, reason, permanent]
-    }
-
-
-def _load_index(folder: Path, img_size: int) -> dict[str, Any] | None:
-    """The committed index, or None when absent, unreadable or not matching its data file."""
-    try:
-        index = json.loads((folder / _INDEX).read_text(encoding="utf-8"))
-        data_size = (folder / index["data_file"]).stat().st_size
-        valid = (
-            index["format"] == _FORMAT
-            and index["img_size"] == img_size
-            and data_size >= index["count"] * img_size * img_size * 3
-        )
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError):
-        log.info("Ignoring the unreadable decoded-image cache index in %s; it will be rebuilt.", folder)
-        return None
-    return index if valid else None
-
-
-def _commit(folder: Path, index: dict[str, Any]) -> None:
-    _io.write_json(folder / _INDEX, index)
-
-
-def _forget_changed(index: dict[str, Any], paths: list[Path], keys: list[Any]) -> int:
-    """Drop entries whose file changed or vanished, and failures worth another try; count them."""
-    current = {str(p): k for p, k in zip(paths, keys)}
-    dropped = 0
-    for table in ("images", "failures"):
-        entries = index[table]
-        for name in list(entries):
-            key = current[name] if name in current else _file_key(Path(name))
-            entry = entries[name]
-            permanent = table == "images" or entry[3]
-            if isinstance(key, str) or entry[0] != key[0] or entry[1] != key[1] or not permanent:
-                del entries[name]
-                dropped += 1
-    return dropped
-
-
-def _lookup(index: dict[str, Any], name: str, key: tuple[int, int]) -> tuple[str, list[Any]] | None:
-    """(table, entry) recorded for ``name`` with exactly ``key``: table "images" or "failures"."""
-    for table in ("images", "failures"):
-        entry = index[table].get(name)
-        if entry is not None and entry[0] == key[0] and entry[1] == key[1]:
-            return table, entry
-    return None
-
-
-def _missing(index: dict[str, Any], paths: list[Path], keys: list[Any]) -> list[tuple[Path, tuple[int, int]]]:
-    """(path, key) of the files that can be looked at and have no entry for their current key."""
-    missing, seen = [], set()
-    for path, key in zip(paths, keys):
-        name = str(path)
-        if isinstance(key, str) or name in seen:
-            continue
-        seen.add(name)
-        if _lookup(index, name, key) is None:
-            missing.append((path, key))
-    return missing
 
 
 def _decode_into(
@@ -307,8 +205,8 @@ def _decode_into(
     data_path = folder / index["data_file"]
     capacity = index["count"] + len(missing)
     slot_bytes = img_size * img_size * 3
-    _reserve(data_path, capacity * slot_bytes)
-    data = _map(data_path, "r+", capacity, img_size)
+    cache_index.reserve(data_path, capacity * slot_bytes)
+    data = cache_index.map_pixels(data_path, "r+", capacity, img_size)
     missing_paths = [path for path, _ in missing]
     show = progress and sys.stdout.isatty()
     last_commit = time.monotonic()
@@ -322,72 +220,15 @@ def _decode_into(
             index["count"] = start + len(batch.positions)
             for position, reason in batch.failures:
                 path, key = missing[position]
-                index["failures"][str(path)] = [*key, reason, reason.startswith(_PERMANENT_REASONS)]
+                index["failures"][str(path)] = [*key, reason, reason.startswith(cache_index.PERMANENT_REASONS)]
             bar.update(len(batch.positions) + len(batch.failures))
             if time.monotonic() - last_commit > _COMMIT_SECONDS:
                 data.flush()
-                _commit(folder, index)
+                cache_index.commit(folder, index)
                 last_commit = time.monotonic()
     data.flush()
     del data
-    _commit(folder, index)
-
-
-def _compact_if_worth_it(folder: Path, index: dict[str, Any]) -> None:
-    """Copy the live slots to a new data file when dead slots outnumber them (and are many)."""
-    live = len(index["images"])
-    dead = index["count"] - live
-    if dead <= max(live, _COMPACT_MIN_DEAD):
-        return
-    img_size = index["img_size"]
-    old = _map(folder / index["data_file"], "r", index["count"], img_size)
-    fresh = _new_index(folder, img_size)
-    names = sorted(index["images"], key=lambda name: index["images"][name][2])
-    if names:
-        _reserve(folder / fresh["data_file"], len(names) * img_size * img_size * 3)
-        new = _map(folder / fresh["data_file"], "r+", len(names), img_size)
-        for slot, name in enumerate(names):
-            size, mtime_ns, old_slot = index["images"][name]
-            new[slot] = old[old_slot]
-            fresh["images"][name] = [size, mtime_ns, slot]
-        new.flush()
-        del new
-    fresh["count"] = len(names)
-    fresh["failures"] = index["failures"]
-    del old
-    _commit(folder, fresh)
-    log.info("Compacted the decoded-image cache in %s (%d stale images dropped).", folder, dead)
-    index.clear()
-    index.update(fresh)
-
-
-def _reserve(path: Path, size: int) -> None:
-    """Grow ``path`` to ``size`` bytes with the disk space allocated now.
-
-    A memory-mapped write into a sparse file on a full disk kills the process (SIGBUS);
-    allocating first turns a full disk into an error message.
-    """
-    current = path.stat().st_size
-    if current >= size:
-        return
-    try:
-        with open(path, "r+b") as f:
-            if hasattr(os, "posix_fallocate"):
-                os.posix_fallocate(f.fileno(), current, size - current)
-            else:
-                f.truncate(size)
-    except OSError as exc:
-        raise FeXTError(
-            f"Cannot grow the decoded-image cache {path} to {size / 2**20:.0f} MiB "
-            f"({exc.strerror or exc}): free disk space or delete the cache folder."
-        ) from exc
-
-
-def _remove_orphans(folder: Path, index: dict[str, Any]) -> None:
-    """Delete data files no committed index names (left by compaction or a killed first build)."""
-    for path in folder.glob("pixels-*.u8"):
-        if path.name != index["data_file"]:
-            path.unlink(missing_ok=True)
+    cache_index.commit(folder, index)
 
 
 def _assemble(
@@ -399,7 +240,7 @@ def _assemble(
         if isinstance(key, str):
             failures.append((path, key))
             continue
-        found = _lookup(index, name, key)
+        found = cache_index.lookup(index, name, key)
         if found is None:
             failures.append((path, "not decoded"))
         elif found[0] == "images":
@@ -429,23 +270,6 @@ def _no_readable_message(paths: list[Path], failures: list[tuple[Path, str]]) ->
         f"No readable image in {where}: {len(failures)} files could not be decoded "
         f"(first: {first_path}: {first_reason}). Check that the folder holds real image files."
     )
-
-
-@contextlib.contextmanager
-def _exclusive_lock(folder: Path) -> Iterator[None]:
-    if fcntl is None:
-        yield
-        return
-    with open(folder / "lock", "a+b") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("Waiting for another process that is building the decoded-image cache in %s.", folder)
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
