@@ -1,8 +1,9 @@
 """The image data pipeline: discovery, decoding, the decoded-image cache, augmentation, batches.
 
-``discovery`` finds, samples and splits the images of a folder; ``decode`` turns one file
-into RGB pixels; ``cache`` keeps decoded training images on disk (its folder's index: ``cache_index``); ``augment`` randomises
-training batches; ``loader`` yields batches from the cache or straight from files.
+``discovery`` finds, samples and splits the images of a folder (``select_images``: a run's
+train/validation images); ``decode`` turns one file into RGB pixels; ``cache`` keeps decoded
+training images on disk (its folder's index: ``cache_index``); ``augment`` randomises training
+batches; ``loader`` yields batches from the cache or straight from files.
 """
 
 from fext.data.augment import augment_batch
