@@ -17,10 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from conftest import TINY, make_images, tiny_config
 from fext import training
+from fext.checkpoints import (
+    CONFIG, HISTORY, PLOT, SUMMARY, TENSORBOARD, TRAINER_STATE, WEIGHTS, DatasetRecord, epoch_weights_name,
+    load_trainer_state, load_weights_file, read_checkpoint,
+)
 from fext.cli import main
 from fext.config import LRSchedulerConfig
 from fext.data import select_images
@@ -46,7 +49,7 @@ def new_workspace(root: Path, n: int = 12) -> Workspace:
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(folder / "model.safetensors"))
+    return load_weights_file(folder / WEIGHTS)
 
 
 def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -54,11 +57,11 @@ def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool
 
 
 def history(folder: Path) -> dict:
-    return json.loads((folder / "history.json").read_text())
+    return read_checkpoint(folder).history
 
 
 def trainer_state(folder: Path) -> dict:
-    return torch.load(folder / "trainer_state.pt", weights_only=True)
+    return load_trainer_state(folder)
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +92,9 @@ def test_schedule_is_constant_then_linear_to_the_floor():
 def test_a_tiny_run_writes_every_file(run):
     ws, folder = run
     assert folder.parent == ws.checkpoints and folder.name.startswith("FeXT_")
-    for name in ("model.safetensors", "config.json", "history.json", "trainer_state.pt", "training_history.png",
-                 "summary.txt", "epoch_001.safetensors", "epoch_002.safetensors"):
+    for name in (WEIGHTS, CONFIG, HISTORY, TRAINER_STATE, PLOT, SUMMARY, epoch_weights_name(1), epoch_weights_name(2)):
         assert (folder / name).is_file(), name
-    assert list((folder / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((folder / TENSORBOARD).glob("events.out.tfevents.*"))
     assert not list(folder.glob(".*.tmp")), "a temporary file was left behind"
 
     h = history(folder)
@@ -105,23 +107,23 @@ def test_a_tiny_run_writes_every_file(run):
         assert e["lr"] == 1e-4 and e["seconds"] > 0 and e["images_per_second"] > 0
     assert [e["steps"] for e in h["epochs"]] == [2, 4]
 
-    config = json.loads((folder / "config.json").read_text())
-    assert config["architecture"]["preset"] == "small" and config["architecture"]["img_size"] == 64
-    assert config["configuration"]["training"]["EPOCHS"] == 2
-    assert config["dataset"] == {"root": str(ws.dataset), "train": 7, "validation": 5, "failed": 0}
-    assert config["fext_version"] and config["created"]
+    description = read_checkpoint(folder).description
+    assert description.architecture.preset == "small" and description.architecture.img_size == 64
+    assert description.configuration.training.EPOCHS == 2
+    assert description.dataset == DatasetRecord(str(ws.dataset), 7, 5, 0)
+    assert description.fext_version and description.created
 
     state = trainer_state(folder)  # weights_only=True: no arbitrary unpickling
     assert (state["epoch"], state["step"], state["batch"]) == (2, 4, 0)
     assert state["optimizer"]["state"] and len(state["history"]) == 2
     assert same_weights(state["model"], weights(folder))
-    assert same_weights(load_file(str(folder / "epoch_002.safetensors")), weights(folder))
-    assert not same_weights(load_file(str(folder / "epoch_001.safetensors")), weights(folder))
+    assert same_weights(load_weights_file(folder / epoch_weights_name(2)), weights(folder))
+    assert not same_weights(load_weights_file(folder / epoch_weights_name(1)), weights(folder))
     model = FeXTAutoEncoder.from_pretrained(folder)
     assert model.encode(torch.rand(2, 3, 64, 64)).shape == (2, 128)
 
     assert (folder / "training_history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    summary = (folder / "summary.txt").read_text()
+    summary = (folder / SUMMARY).read_text()
     assert "parameters:" in summary and "FLOPs/image" in summary and "train: 7  validation: 5" in summary
     assert '"PRESET": "small"' in summary
 
@@ -144,9 +146,9 @@ def test_resume_adds_epochs_with_the_saved_configuration_exactly(tmp_path, three
     h = history(folder)
     assert h["total_epochs"] == 3 and [e["steps"] for e in h["epochs"]] == [2, 4, 6]
     assert trainer_state(folder)["step"] == 6
-    saved = json.loads((folder / "config.json").read_text())["configuration"]
-    assert saved["training"]["ADDITIONAL_EPOCHS"] == 1 and saved["training"]["BATCH_SIZE"] == 4 and saved["SEED"] == 42
-    assert "Resumed" in (folder / "summary.txt").read_text()
+    saved = read_checkpoint(folder).description.configuration
+    assert saved.training.ADDITIONAL_EPOCHS == 1 and saved.training.BATCH_SIZE == 4 and saved.SEED == 42
+    assert "Resumed" in (folder / SUMMARY).read_text()
     # Optimizer, schedule step and every generator restored: as if the run had never stopped.
     assert same_weights(weights(folder), weights(three_epochs))
     def same(e: dict) -> tuple:
@@ -231,7 +233,7 @@ def _wait_for_epochs(proc: subprocess.Popen, ws: Workspace, epochs: int, timeout
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
-        for h in ws.checkpoints.glob("*/history.json"):
+        for h in ws.checkpoints.glob(f"*/{HISTORY}"):
             if json.loads(h.read_text())["total_epochs"] >= epochs:
                 return h.parent
         time.sleep(0.05)
@@ -301,7 +303,7 @@ def test_a_split_too_small_for_validation_trains_without_it(tmp_path, caplog):
     assert "The validation split is empty" in caplog.text and "training without validation" in caplog.text
     entry = history(folder)["epochs"][0]
     assert entry["validation"] is None and entry["train"]["loss"] > 0
-    assert json.loads((folder / "config.json").read_text())["dataset"]["validation"] == 0
+    assert read_checkpoint(folder).description.dataset.validation == 0
 
 
 def test_unreadable_validation_images_train_without_validation(tmp_path, caplog):
@@ -313,14 +315,14 @@ def test_unreadable_validation_images_train_without_validation(tmp_path, caplog)
         folder = train(tiny_config(**{"training.EPOCHS": 1}), ws, progress=False)
     assert f"None of the {len(validation)} validation images could be read" in caplog.text
     assert history(folder)["epochs"][0]["validation"] is None
-    assert json.loads((folder / "config.json").read_text())["dataset"]["failed"] == len(validation)
+    assert read_checkpoint(folder).description.dataset.failed == len(validation)
 
 
 def test_a_checkpoint_without_trainer_state_resumes_from_its_weights(tmp_path, caplog):
     ws = new_workspace(tmp_path)
     folder = train(tiny_config(), ws, progress=False)
     before = weights(folder)
-    (folder / "trainer_state.pt").unlink()
+    (folder / TRAINER_STATE).unlink()
     with caplog.at_level("WARNING"):
         train(tiny_config(**{"training.ADDITIONAL_EPOCHS": 1}), ws, resume=folder, progress=False)
     assert "has no trainer_state.pt: resuming from its weights with a fresh optimizer" in caplog.text
@@ -336,4 +338,4 @@ def test_resume_after_the_images_moved_needs_their_new_folder(tmp_path):
         train(tiny_config(**{"training.ADDITIONAL_EPOCHS": 1}), ws, resume=folder, progress=False)
     train(tiny_config(**{"training.ADDITIONAL_EPOCHS": 1}), ws, resume=folder, dataset=moved, progress=False)
     assert history(folder)["total_epochs"] == 2
-    assert json.loads((folder / "config.json").read_text())["dataset"]["root"] == str(moved)
+    assert read_checkpoint(folder).description.dataset.root == str(moved)
