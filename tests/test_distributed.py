@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from conftest import make_checkpoint, make_images
 from fext import distributed
+from fext.checkpoints import WEIGHTS, load_trainer_state, load_weights_file, read_checkpoint
 from fext.config import Config, with_overrides
 from fext.data import prepare_images, select_images
 from fext.encoding import EMBEDDINGS, FAILED, INDEX, METADATA, PARTS, STATE, encode_folder
@@ -65,7 +65,7 @@ def checkpoints(ws: Workspace) -> list[Path]:
 
 
 def history(folder: Path) -> dict:
-    return json.loads((folder / "history.json").read_text())
+    return read_checkpoint(folder).history
 
 
 def assert_same_weights(*states: dict[str, torch.Tensor]) -> None:
@@ -85,8 +85,8 @@ def trained(tmp_path_factory) -> dict:
                 **{DUMP_WEIGHTS: str(root / "dump1")})
     assert first.returncode == 0, first.stderr
     folder = checkpoints(ws)[0]
-    after_one = {"history": history(folder), "weights": load_file(str(folder / "model.safetensors")),
-                 "state": torch.load(folder / "trainer_state.pt", weights_only=True)}
+    after_one = {"history": history(folder), "weights": load_weights_file(folder / WEIGHTS),
+                 "state": load_trainer_state(folder)}
     second = run([*TORCHRUN, "--workspace", str(ws.root), *SETS, "--set", "training.ADDITIONAL_EPOCHS=1",
                   "train", "--resume"], **{DUMP_WEIGHTS: str(root / "dump2")})
     assert second.returncode == 0, second.stderr
@@ -103,8 +103,8 @@ def test_an_epoch_on_two_ranks_ends_with_the_same_weights_in_one_checkpoint(trai
     assert len(checkpoints(ws)) == 1
     assert first.stdout.count("Checkpoint: ") == 1
     saved = trained["after_one"]["weights"]
-    assert_same_weights(saved, load_file(str(root / "dump1" / "rank0.safetensors")),
-                        load_file(str(root / "dump1" / "rank1.safetensors")))
+    assert_same_weights(saved, load_weights_file(root / "dump1" / "rank0.safetensors"),
+                        load_weights_file(root / "dump1" / "rank1.safetensors"))
     # 7 training images padded to 8 = 2 ranks x 1 batch of 4: one step, global batch 8.
     (entry,) = trained["after_one"]["history"]["epochs"]
     assert entry["steps"] == 1
@@ -143,9 +143,9 @@ def test_resume_under_torchrun_continues_exactly_with_the_same_weights_on_every_
     assert h["total_epochs"] == 2 and [e["epoch"] for e in h["epochs"]] == [1, 2]
     assert h["epochs"][0] == trained["after_one"]["history"]["epochs"][0]
     assert [e["steps"] for e in h["epochs"]] == [1, 2]
-    saved = load_file(str(folder / "model.safetensors"))
-    assert_same_weights(saved, load_file(str(root / "dump2" / "rank0.safetensors")),
-                        load_file(str(root / "dump2" / "rank1.safetensors")))
+    saved = load_weights_file(folder / WEIGHTS)
+    assert_same_weights(saved, load_weights_file(root / "dump2" / "rank0.safetensors"),
+                        load_weights_file(root / "dump2" / "rank1.safetensors"))
     assert not all(torch.equal(saved[k], trained["after_one"]["weights"][k]) for k in saved)
     # Every rank got back its own generators (augmentation, dropout): epoch 2 is the one of a run that never
     # stopped. (Separate processes may round differently, ~1e-7; other augmentations on rank 1 move the

@@ -18,6 +18,7 @@ import fext
 from conftest import make_checkpoint, make_images, run_fext, tiny_config
 from fext import cli, menu
 from fext._io import write_text
+from fext.checkpoints import read_checkpoint
 from fext.config import config_from_dict, config_to_dict
 from fext.errors import FeXTError
 from fext.workspace import Workspace
@@ -151,7 +152,7 @@ def test_every_action_runs_and_checkpoints_are_chosen_by_number(ws):
     m.child.sendline("2")
     text, n = m.prompt()
     assert "Train from checkpoint: done" in text, text
-    assert json.loads((second / "history.json").read_text())["total_epochs"] == 2
+    assert read_checkpoint(second).history["total_epochs"] == 2
 
     m.choose("4")
     m.prompt()
