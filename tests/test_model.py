@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import fext.model
 from fext.checkpoints import load_weights_file, save_weights
 from fext.errors import FeXTError
-from fext.layers import LayerNorm2d, LayerNormReLU2d, clamp_unit, conv2x2_as_matmul, pad_right_bottom
+from fext.layers import LayerNorm2d, LayerNormReLU2d, clamp_unit, pad_right_bottom
 from fext.model import (
     FeXTAutoEncoder,
     ModelArchitecture,
@@ -68,21 +68,13 @@ def test_layer_norm_and_padding_blocks(memory_format: torch.memory_format) -> No
     assert torch.autograd.gradcheck(pad_right_bottom, (x,))
 
 
-@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
-def test_conv2x2_as_matmul_is_the_padded_convolution(memory_format: torch.memory_format) -> None:
-    x = torch.randn(3, 6, 4, 5, dtype=torch.float64).contiguous(memory_format=memory_format)
-    weight = torch.randn(7, 6, 2, 2, dtype=torch.float64).contiguous(memory_format=memory_format)
-    out = conv2x2_as_matmul(x, weight)
-    assert torch.allclose(out, F.conv2d(pad_right_bottom(x), weight))
-    assert out.is_contiguous(memory_format=torch.channels_last)
-
-
+@pytest.mark.parametrize("mixed", [False, True], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("chunk_bytes", [fext.model.INFERENCE_CHUNK_BYTES, 1])
-def test_inference_route_computes_what_training_computes(monkeypatch, chunk_bytes: int) -> None:
-    """Without gradients the model pads inside the convolution (maps >= 32 px), multiplies matrices
-    (maps <= 4 px), adds in place and, on CPUs, runs high-resolution stages in chunks of images: the
-    values must be those of the training route, and the caller's input must stay untouched, also when
-    the first unit's shortcut is the identity (3 input channels, 3 wide)."""
+def test_fast_inference_computes_what_the_plain_forward_computes(monkeypatch, chunk_bytes: int, mixed: bool) -> None:
+    """The fast route pads inside the convolution (maps >= 32 px), adds in place and, on CPUs, runs
+    high-resolution stages in chunks of images: its values must be the plain forward's (also under
+    bf16 autocast), and the caller's input must stay untouched, also when the first unit's shortcut
+    is the identity (3 input channels, 3 wide)."""
     monkeypatch.setattr(fext.model, "INFERENCE_CHUNK_BYTES", chunk_bytes)  # 1: every stage chunked, 1 image each
     torch.manual_seed(0)
     arch = ModelArchitecture("custom", 64, widths=(3, 8, 8, 16, 16), depths=(2, 2, 1, 2, 2), latent_channels=4)
@@ -92,13 +84,28 @@ def test_inference_route_computes_what_training_computes(monkeypatch, chunk_byte
             p.normal_(0, 0.3)  # larger residual branches than the 0.1 init, so every route matters
     x = _images(5, 64).contiguous(memory_format=torch.channels_last)
     original = x.clone()
-    expected = model(x)  # gradients on: the training route
-    with torch.inference_mode():
-        got = model(x)
-    assert torch.equal(x, original)
+    assert not model.fast_inference  # the default: one plain forward for training and validation
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=mixed):
+        expected = model(x)
+        got = model.enable_fast_inference()(x)
+    assert model.fast_inference and torch.equal(x, original)
+    tolerance = 2e-2 if mixed else 1e-4  # bf16 keeps 8 bits of mantissa: two routes round differently
     for key in ("latent", "reconstruction"):
-        assert torch.allclose(got[key], expected[key].detach(), rtol=1e-4, atol=1e-4), key  # float rounding only
-    assert expected["latent"].std() > 0.05  # not a degenerate model
+        assert got[key].dtype == expected[key].dtype
+        assert torch.allclose(got[key].float(), expected[key].float(), rtol=tolerance, atol=tolerance), key
+    assert expected["latent"].float().std() > 0.05  # not a degenerate model
+    model.disable_fast_inference()
+    with torch.inference_mode():
+        assert torch.equal(model(x)["latent"], model(x)["latent"])  # plain again: deterministic, no in-place reuse
+
+
+def test_fast_inference_refuses_to_run_with_gradients() -> None:
+    model = FeXTAutoEncoder.from_preset("small", img_size=64).enable_fast_inference()
+    with pytest.raises(RuntimeError, match="disable_fast_inference"):
+        model(_images(1, 64))
+    model.disable_fast_inference().train()
+    model(_images(2, 64))["reconstruction"].mean().backward()  # the plain forward trains
+    assert all(p.grad is not None for p in model.parameters())
 
 
 def test_base_feature_dim_at_128_is_2048() -> None:

@@ -55,8 +55,11 @@ class _PadRightBottom(torch.autograd.Function):
         b, c, h, w = x.shape
         fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         out = torch.empty((b, c, h + 1, w + 1), dtype=x.dtype, device=x.device, memory_format=fmt)
-        out[:, :, h].zero_()
-        out[:, :, :, w].zero_()
+        # Zero the new row and column through a view in memory order: ``fill_`` on the (B, C, ...)
+        # view of a channels_last tensor walks it against its strides, hundreds of times slower.
+        border = out.permute(0, 2, 3, 1)  # (B, H+1, W+1, C)
+        border[:, h].zero_()
+        border[:, :, w].zero_()
         out[:, :, :h, :w].copy_(x)
         return out
 
@@ -74,25 +77,7 @@ RESIDUAL_GAIN_INIT = 0.1
 """Initial layer-norm gain of every residual branch (see :class:`ResidualConvUnit`)."""
 
 PADDED_CONV_MIN_SIZE = 32
-"""Inference on maps at least this wide convolves with symmetric padding (see :class:`ResidualConvUnit`)."""
-
-MATMUL_CONV_MAX_SIZE = 4
-"""Inference on maps at most this wide convolves as one matrix product (see :func:`conv2x2_as_matmul`)."""
-
-
-def conv2x2_as_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``conv2d(pad_right_bottom(x), weight)`` for a (C_out, C_in, 2, 2) kernel, as one matrix product.
-
-    The four shifted views of the padded input, side by side, give every position's 2×2 patch; one
-    (B·H·W, 4·C_in) @ (4·C_in, C_out) product does the rest. On tiny maps with many channels this
-    beats oneDNN's direct convolution: base's last stage (4×4 maps, 512 channels, batch 64) 6.7
-    against 10.3 ms on a 2-core CPU. Returns (B, C_out, H, W), channels_last.
-    """
-    h, w = x.shape[-2:]
-    padded = pad_right_bottom(x).permute(0, 2, 3, 1)  # (B, H+1, W+1, C_in)
-    patches = torch.cat([padded[:, :h, :w], padded[:, :h, 1:], padded[:, 1:, :w], padded[:, 1:, 1:]], dim=-1)
-    # Kernel taps in the same order, (0,0) (0,1) (1,0) (1,1), each over C_in: (C_out, 2, 2, C_in) flattened.
-    return F.linear(patches, weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)).permute(0, 3, 1, 2)
+"""Fast inference on maps at least this wide convolves with symmetric padding (see :class:`ResidualConvUnit`)."""
 
 
 class ResidualConvUnit(nn.Module):
@@ -103,14 +88,14 @@ class ResidualConvUnit(nn.Module):
     ``padding="same"`` for channels_last, which pads through a slower path. The shortcut is the
     identity, or a 1×1 convolution when the channel count changes. ReLU, as in VGG16, and cheaper than GELU.
 
-    Inference (gradients off) takes a faster route to the same values. On maps at least
+    With ``fast_inference`` on (:meth:`fext.model.FeXTAutoEncoder.enable_fast_inference`; for
+    inference only, gradients off) the unit takes a faster route to the same values: on maps at least
     :data:`PADDED_CONV_MIN_SIZE` wide the convolution pads one row and column on every side, which
-    oneDNN does inside the kernel, and the unit keeps the bottom-right (H, W) of its (H+1, W+1)
-    output: no padded copy of the input, for 1.6-6% more convolution work. The shortcut is then added
-    in place, into ``x`` itself when ``overwrite_input`` allows it. Measured on base encoding (2-core
-    CPU, 128 px, batch 64): 64 against 60 images/second; on narrower maps the extra row and column
-    cost more than the copy they save. Maps at most :data:`MATMUL_CONV_MAX_SIZE` wide convolve by
-    :func:`conv2x2_as_matmul` (64 against 63).
+    oneDNN does inside the kernel, and keeps the bottom-right (H, W) of its (H+1, W+1) output (no
+    padded copy of the input, a little more convolution work; on narrower maps the extra row and
+    column cost more than the copy saves); the shortcut is added in place, into ``x`` itself when
+    ``overwrite_input`` allows it. Off (the default), one plain forward serves training, validation
+    and everything else.
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
@@ -127,14 +112,18 @@ class ResidualConvUnit(nn.Module):
             nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, kernel_size=1)
         )
 
+    fast_inference: bool = False
+    """Take the inference route (set by ``FeXTAutoEncoder.enable_fast_inference``)."""
+
     def forward(self, x: torch.Tensor, overwrite_input: bool = False) -> torch.Tensor:
-        """(B, C_in, H, W) -> (B, C_out, H, W); with gradients off and ``overwrite_input``, ``x`` may be reused."""
-        if torch.is_grad_enabled():
+        """(B, C_in, H, W) -> (B, C_out, H, W); on the fast route with ``overwrite_input``, ``x`` may be reused."""
+        if not self.fast_inference:
             return self.norm(self.conv(pad_right_bottom(x))) + self.shortcut(x)  # ReLU's backward needs its output
+        if torch.is_grad_enabled():
+            raise RuntimeError("fast inference overwrites tensors that backward needs: call "
+                               "model.disable_fast_inference() to train, or run under torch.inference_mode()")
         if x.shape[-1] < PADDED_CONV_MIN_SIZE:
-            small = x.shape[-1] <= MATMUL_CONV_MAX_SIZE
-            conv = conv2x2_as_matmul(x, self.conv.weight) if small else self.conv(pad_right_bottom(x))
-            return self.norm(conv).add_(self.shortcut(x))  # no fresh output buffer
+            return self.norm(self.conv(pad_right_bottom(x))).add_(self.shortcut(x))  # no fresh output buffer
         h = self.norm(F.conv2d(x, self.conv.weight, padding=1))[:, :, 1:, 1:]  # (B, C_out, H, W) of (H+1, W+1)
         shortcut = self.shortcut(x)
         if shortcut is x and not overwrite_input:

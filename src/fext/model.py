@@ -17,7 +17,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from fext.layers import CompressionStack, DecoderStage, DecompressionStack, ResidualConvStack, clamp_unit
+from fext.layers import (
+    CompressionStack, DecoderStage, DecompressionStack, ResidualConvStack, ResidualConvUnit, clamp_unit,
+)
 
 MAX_IMG_SIZE = 1024
 
@@ -27,12 +29,10 @@ MAX_IMG_SIZE = 1024
 CHANNELS_LAST = True
 
 INFERENCE_CHUNK_BYTES = 16 * 2**20
-"""Encoding on a CPU runs the high-resolution stages on chunks of images whose activations take about
-this much memory, then stacks them, so each chunk's layer norm, ReLU and addition passes find their
-input still in cache; the low-resolution stages run on the whole batch, where larger matrix products
-are more efficient. Base encoding, 128 px, batch 64, 2-core CPU: 64 against 61 images/second (chunks
-of 4 images through the first three stages), and 67 against 61 when compiled
-(``fext.encoding.compile_encoder``)."""
+"""With fast inference on a CPU, the high-resolution stages run on chunks of images whose activations
+take about this much memory, then stack them, so each chunk's layer norm, ReLU and addition passes
+find their input still in cache; the low-resolution stages run on the whole batch, where larger
+matrix products are more efficient (figures in benchmarks/README.md)."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,7 @@ class FeXTAutoEncoder(nn.Module):
             for i in reversed(range(len(widths)))
         )
         self.head = nn.Conv2d(widths[0], 3, kernel_size=1)
+        self._fast_inference = False
         if CHANNELS_LAST:
             self.to(memory_format=torch.channels_last)
 
@@ -151,9 +152,9 @@ class FeXTAutoEncoder(nn.Module):
         """(B, 3, S, S) in [0, 1] -> latent map (B, L, s, s)."""
         x = self._check_input(x)
         stages = list(self.encoder)
-        if not torch.is_grad_enabled() and x.device.type == "cpu":
-            # Inference on CPUs: the high-resolution stages, whose activations would overflow the caches,
-            # run on a few images at a time (see INFERENCE_CHUNK_BYTES).
+        if self.fast_inference and x.device.type == "cpu":
+            # Fast inference on CPUs: the high-resolution stages, whose activations would overflow the
+            # caches, run on a few images at a time (see INFERENCE_CHUNK_BYTES).
             pixels, item = x.shape[2] * x.shape[3], x.element_size()
             per_image = [width * (pixels >> 2 * i) * item for i, width in enumerate(self.arch.widths)]  # bytes
             chunked = len(list(itertools.takewhile(lambda size: size * len(x) > INFERENCE_CHUNK_BYTES, per_image)))
@@ -163,6 +164,31 @@ class FeXTAutoEncoder(nn.Module):
                 x = torch.cat([_run_stages(head, part) for part in x.split(chunk)])
         x = _run_stages(stages, x)  # (B, widths[-1], s, s)
         return self.compress(x)
+
+    @property
+    def fast_inference(self) -> bool:
+        """Whether :meth:`enable_fast_inference` is in force."""
+        return self._fast_inference
+
+    def enable_fast_inference(self, enabled: bool = True) -> FeXTAutoEncoder:
+        """Switch to the inference route (or back to the plain forward with ``enabled=False``); returns self.
+
+        The same values to float rounding, faster on CPUs: convolutions padded inside oneDNN on wide
+        maps, in-place residual additions, and on CPUs the high-resolution encoder stages run on
+        chunks of images that stay in cache (see :class:`fext.layers.ResidualConvUnit` and
+        INFERENCE_CHUNK_BYTES). It overwrites tensors that backward would need, so it runs only with
+        gradients off (``torch.inference_mode()``) and raises otherwise. Encoding and evaluation turn it
+        on; training and its validation pass use the plain forward.
+        """
+        self._fast_inference = enabled
+        for module in self.modules():
+            if isinstance(module, ResidualConvUnit):
+                module.fast_inference = enabled
+        return self
+
+    def disable_fast_inference(self) -> FeXTAutoEncoder:
+        """Back to the plain forward (the default), e.g. to train a model that was encoding; returns self."""
+        return self.enable_fast_inference(False)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) in [0, 1] -> feature vectors (B, D)."""

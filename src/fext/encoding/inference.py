@@ -24,12 +24,12 @@ log = logging.getLogger("fext.encoding")
 
 
 def load_model(ckpt: str | os.PathLike, device: torch.device, compile_backend: str | None = None) -> torch.nn.Module:
-    """The checkpoint's FeXTAutoEncoder in eval mode (dropout off) on ``device``; see :func:`compile_encoder`."""
+    """The checkpoint's FeXTAutoEncoder in eval mode (dropout off), fast inference on, on ``device``; see :func:`compile_encoder`."""
     from fext.model import FeXTAutoEncoder
 
     if device.type == "cpu":
         keep_freed_memory()  # batch activations are not re-mapped for every batch
-    model = FeXTAutoEncoder.from_pretrained(ckpt).eval().to(device)
+    model = FeXTAutoEncoder.from_pretrained(ckpt).eval().to(device).enable_fast_inference()
     if compile_backend:
         compile_encoder(model, compile_backend)
     return model
@@ -139,11 +139,11 @@ def encode_images(
         paths = [Path(p) for p in paths_or_folder]
         names = [str(p) for p in paths_or_folder]
     if isinstance(ckpt, torch.nn.Module):
-        model, was_training = ckpt, ckpt.training
+        model, was_training, was_fast = ckpt, ckpt.training, ckpt.fast_inference
         device = next(model.parameters()).device
-        model.eval()
+        model.eval().enable_fast_inference()
     else:
-        device, was_training = device_of(cfg), False
+        device, was_training, was_fast = device_of(cfg), False, True
         model = load_model(ckpt, device, compile_backend(cfg))
     padding = 0 if isinstance(ckpt, torch.nn.Module) else pad_to(cfg, batch_size)
     vectors, index = [], []
@@ -158,6 +158,6 @@ def encode_images(
             for position, (width, height) in zip(batch.positions, batch.sizes):
                 index.append({"row": len(index), "path": names[position], "width": int(width), "height": int(height)})
     finally:
-        model.train(was_training)
+        model.train(was_training).enable_fast_inference(was_fast)
     matrix = np.concatenate(vectors) if vectors else np.empty((0, model.arch.feature_dim), np.float32)
     return matrix, index

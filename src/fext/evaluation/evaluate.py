@@ -136,7 +136,7 @@ def evaluate_checkpoint(
     except FeXTError as e:
         raise FeXTError(f"Cannot read checkpoint {ckpt}: {e} Evaluate another one (see `fext checkpoints`).") from None
     device = device or select_device(cfg.device.DEVICE, cfg.device.DEVICE_ID)
-    model = model.to(device).eval()
+    model = model.to(device).eval().enable_fast_inference()  # same values, faster (inference only)
     arch = model.arch
     train, validation, root, source = _select_splits(ckpt, checkpoint.description, dataset)
     out = ws.validation_checkpoints / ckpt.name
