@@ -70,6 +70,8 @@ class _PadRightBottom(torch.autograd.Function):
 
 def pad_right_bottom(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, H+1, W+1), zeros added on the right and bottom: "same" padding for a 2×2 kernel."""
+    if torch.jit.is_tracing():  # TorchScript export (fext export) cannot save a Python autograd.Function
+        return F.pad(x, (0, 1, 0, 1))
     return _PadRightBottom.apply(x)
 
 
