@@ -220,7 +220,7 @@ def test_cli_evaluate(evaluated, capsys):
     assert (ws.validation_checkpoints / "checkpoints_summary.csv").is_file()
 
 
-def test_moved_images_point_to_dataset_and_dataset_works(evaluated, tmp_path, capsys):
+def test_moved_images_point_to_dataset_and_dataset_works(evaluated, tmp_path, image_folder, capsys):
     ws, cfg = evaluated["ws"], evaluated["cfg"]
     moved = make_checkpoint(ws.checkpoints / "FeXT_20240104T000000", cfg, tmp_path / "gone", epochs=3)
     with pytest.raises(FeXTError, match="--dataset"):
@@ -229,13 +229,11 @@ def test_moved_images_point_to_dataset_and_dataset_works(evaluated, tmp_path, ca
     assert "--dataset" in capsys.readouterr().err
     # --dataset evaluates every image of the folder as validation; a broken checkpoint beside it is
     # reported at the end without stopping the good one.
-    other = tmp_path / "elsewhere"
-    make_images(other, 5)
     broken = ws.checkpoints / "FeXT_20240103T000000"
     with pytest.raises(FeXTError, match="1 of 2 checkpoints could not be evaluated"):
-        evaluate_checkpoints([moved, broken], cfg, ws, dataset=other, images=3, progress=False)
+        evaluate_checkpoints([moved, broken], cfg, ws, dataset=image_folder, images=3, progress=False)
     result = json.loads((ws.validation_checkpoints / moved.name / "metrics.json").read_text())
-    assert result["dataset"]["source"] == "--dataset" and result["splits"]["validation"]["evaluated"] == 5
+    assert result["dataset"]["source"] == "--dataset" and result["splits"]["validation"]["evaluated"] == 12
     assert result["splits"]["train"] is None and result["model"]["train"] is None
     assert "fitted on the same validation images" in result["baseline_pca"]["note"]
     assert not (ws.validation_checkpoints / moved.name / "train_reconstructions.png").exists()
