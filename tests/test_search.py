@@ -96,7 +96,7 @@ def test_a_moved_checkpoint_is_a_clear_error_unless_the_query_is_in_the_index(en
 def test_blockwise_top_k_equals_brute_force(monkeypatch):
     import fext.search
 
-    monkeypatch.setattr(fext.search, "BLOCK_ROWS", 7)
+    monkeypatch.setattr(fext.search, "BLOCK_BYTES", 7 * 16 * 4)  # blocks of 7 rows
     rng = np.random.default_rng(0)
     matrix = rng.normal(size=(50, 16)).astype(np.float32)
     matrix[3] = 0  # an all-zero vector scores 0, not NaN

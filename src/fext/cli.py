@@ -156,14 +156,56 @@ def _cmd_encode(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_search(ctx: Context, args: argparse.Namespace) -> int:
-    from fext.search import print_results, search
+def _embeddings_dir(ctx: Context, folder: Path) -> Path:
+    """An embeddings folder, or a checkpoint name standing for its default output folder."""
+    if not folder.exists() and (ctx.workspace.extraction / folder).is_dir():
+        return ctx.workspace.extraction / folder
+    return folder
 
-    embeddings = args.embeddings
-    if not embeddings.exists() and (ctx.workspace.extraction / embeddings).is_dir():
-        embeddings = ctx.workspace.extraction / embeddings  # a checkpoint name: its default output folder
-    results = search(embeddings, args.query, k=args.k, sheet=args.sheet, config=ctx.config, checkpoint=args.checkpoint)
+
+def _cmd_search(ctx: Context, args: argparse.Namespace) -> int:
+    from fext.search import print_results, search, search_folder, write_results_csv
+
+    embeddings = _embeddings_dir(ctx, args.embeddings)
+    if args.queries is not None:
+        results = search_folder(embeddings, args.queries, k=args.k, config=ctx.config, checkpoint=args.checkpoint,
+                                use_index=not args.exact)
+        write_results_csv(results, args.output)
+        if args.output is not None:
+            print(f"Results: {args.output} ({len({r[0] for r in results})} queries)")
+        return 0
+    results = search(embeddings, args.query, k=args.k, sheet=args.sheet, config=ctx.config, checkpoint=args.checkpoint,
+                     use_index=not args.exact)
     print_results(results)
+    return 0
+
+
+def _cmd_index(ctx: Context, args: argparse.Namespace) -> int:
+    from fext.index import build_index
+
+    info = build_index(_embeddings_dir(ctx, args.embeddings), args.kind, args.memory, progress=ctx.progress)
+    effort = f", {'nprobe' if info['kind'] == 'ivf' else 'efSearch'} {info['effort']}" if info["effort"] else ""
+    print(f"Index: {info['factory']} over {info['vectors']} vectors{effort}, about {info['estimated_mb']:.0f} MB, "
+          f"built in {info['build_seconds']:.1f} s; recall@10 {info['recall_at_10']:.3f} "
+          f"against exact search on {info['recall_queries']} queries")
+    return 0
+
+
+def _cmd_export(ctx: Context, args: argparse.Namespace) -> int:
+    from fext.checkpoints import resolve_checkpoint
+    from fext.export import export_encoder
+
+    ckpt = resolve_checkpoint(ctx.workspace, args.checkpoint, interactive=ctx.interactive)
+    path, max_diff = export_encoder(ckpt, args.format, args.output, dynamic_batch=args.batch == "dynamic")
+    print(f"Exported the encoder to {path}; max abs difference against PyTorch {max_diff:.2e}")
+    return 0
+
+
+def _cmd_export_embeddings(ctx: Context, args: argparse.Namespace) -> int:
+    from fext.export import export_embeddings
+
+    path, rows = export_embeddings(_embeddings_dir(ctx, args.embeddings), args.format, args.output)
+    print(f"Wrote {rows} rows to {path}")
     return 0
 
 
@@ -269,15 +311,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
     p.set_defaults(func=_cmd_encode)
 
-    p = sub.add_parser("search", help="find the stored images most similar to a query image")
+    p = sub.add_parser("search", help="find the stored images most similar to a query image (or to each of a folder)")
     p.add_argument("embeddings", type=Path, metavar="EMBEDDINGS_DIR",
                    help="a folder written by `fext encode` (or a checkpoint name: resources/extraction/<name>)")
-    p.add_argument("--query", required=True, help="an image file, or a path already in the index")
+    query = p.add_mutually_exclusive_group(required=True)
+    query.add_argument("--query", help="an image file, or a path already in the index")
+    query.add_argument("--queries", type=Path, metavar="DIR", help="every image of this folder as a query: CSV out")
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     p.add_argument("--sheet", type=Path, help="write a contact sheet of the query and results to this PNG")
+    p.add_argument("--output", type=Path, metavar="FILE",
+                   help="with --queries: write the CSV (query, rank, score, path) here instead of to stdout")
+    p.add_argument("--exact", action="store_true", help="scan every vector even where an index is present")
     p.add_argument("--checkpoint", type=Path, metavar="CKPT",
                    help="where the checkpoint that wrote the embeddings is now, if it moved (default: metadata.json)")
     p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("index", help="build a faiss index beside the embeddings, so search stays fast at scale")
+    p.add_argument("embeddings", type=Path, metavar="EMBEDDINGS_DIR",
+                   help="a folder written by `fext encode` (or a checkpoint name: resources/extraction/<name>)")
+    p.add_argument("--kind", choices=["auto", "flat", "ivf", "hnsw"], default="auto",
+                   help="auto (default): exact up to 100,000 vectors, else ivf; flat: exact; ivf: inverted file, "
+                        "quantised when the vectors do not fit --memory; hnsw: graph")
+    p.add_argument("--memory", type=int, metavar="MB", help="memory budget of the index (default: half the RAM)")
+    p.set_defaults(func=_cmd_index)
+
+    p = sub.add_parser("export", help="export a checkpoint's encoder to ONNX or TorchScript, verified against PyTorch")
+    p.add_argument("checkpoint", nargs="?", metavar="CKPT", help="checkpoint name or path (omitted: the only one, or a choice)")
+    p.add_argument("--format", choices=["onnx", "torchscript"], required=True, help="onnx (.onnx) or torchscript (.pt)")
+    p.add_argument("--output", type=Path, metavar="FILE", help="file to write (default: encoder.onnx / encoder.pt in CKPT)")
+    p.add_argument("--batch", choices=["dynamic", "1"], default="dynamic",
+                   help="dynamic (default): any batch size; 1: a fixed batch of one image")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("export-embeddings", help="write the embeddings as Parquet: path, width, height, vector")
+    p.add_argument("embeddings", type=Path, metavar="EMBEDDINGS_DIR",
+                   help="a folder written by `fext encode` (or a checkpoint name: resources/extraction/<name>)")
+    p.add_argument("--format", choices=["parquet"], default="parquet", help="parquet (the default and only format)")
+    p.add_argument("--output", type=Path, metavar="FILE", help="file to write (default: EMBEDDINGS_DIR/embeddings.parquet)")
+    p.set_defaults(func=_cmd_export_embeddings)
 
     p = sub.add_parser("explore", help="map, clusters, outliers and near-duplicates of encoded images: atlas.html + CSVs")
     p.add_argument("embeddings", nargs="?", metavar="EMBEDDINGS_DIR",

@@ -1,27 +1,32 @@
-"""Nearest-neighbour search over the output of ``fext encode``: exact cosine similarity.
+"""Nearest-neighbour search over the output of ``fext encode``, by cosine similarity.
 
-The stored vectors are scanned block by block from the memory-mapped ``embeddings.npy``, each
-block normalised as it is read, so memory stays flat for any number of images; the index CSV
-is streamed too, reading only the rows that are shown. The query is either a path already in
-the index (its stored vector is used) or an image file, encoded with the checkpoint recorded in
-``metadata.json``.
+With an up-to-date ``fext index`` in the folder the index answers (:mod:`fext.index`); without
+one, or with a stale one, search is exact, and says so: the stored vectors are scanned block by
+block from the memory-mapped ``embeddings.npy``, each block normalised as it is read, so memory
+stays flat for any number of images; the index CSV is streamed too, reading only the rows that
+are shown. A query is a path already in the index (its stored vector is used) or an image file,
+encoded with the checkpoint recorded in ``metadata.json``; ``--queries DIR`` runs every image of
+a folder at once.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fext.config import Config
-from fext.encoding.files import INDEX, open_encoding
+from fext.encoding.files import INDEX, Encoding, open_encoding
 from fext.encoding.fingerprints import checkpoint_identity
-from fext.encoding.inference import embed, load_model
 from fext.errors import FeXTError
+
+log = logging.getLogger(__name__)
 
 BLOCK_ROWS = 65536
 """Rows scored at a time (fewer for long vectors: a block stays within BLOCK_BYTES)."""
@@ -35,21 +40,23 @@ def search(
     sheet: str | os.PathLike | None = None,
     config: Config | None = None,
     checkpoint: str | os.PathLike | None = None,
+    use_index: bool = True,
 ) -> list[tuple[int, float, str]]:
     """The ``k`` stored images most similar to ``query``: ``[(rank, cosine similarity, path), ...]``.
 
     ``query`` is a path as written in ``embeddings_index.csv`` (its stored vector is used) or an
     image file (encoded on ``config``'s device with the checkpoint of ``metadata.json``, or with
     ``checkpoint`` when that one has moved). ``sheet`` writes a PNG of the query and the results.
-    Paths in the results are relative to the encoded folder, as in the index.
+    Paths in the results are relative to the encoded folder, as in the index. ``use_index``
+    False searches exactly even where an index is present.
     """
     emb_dir = Path(emb_dir)
-    if k < 1:
-        raise FeXTError(f"-k must be at least 1, got {k}")
-    metadata, matrix = _open(emb_dir)
+    _check_k(k)
+    encoding = open_encoding(emb_dir)
+    metadata = encoding.metadata
     row = find_row(emb_dir / INDEX, str(query))
     if row is not None:
-        vector = np.array(matrix[row], dtype=np.float32)
+        vector = np.array(encoding.vectors[row], dtype=np.float32)
         query_image = Path(metadata["input"]) / str(query).removeprefix("./")
     else:
         query_image = Path(query).expanduser()
@@ -59,18 +66,76 @@ def search(
                 "pass an image file or a path as written in the index"
             )
         vector = _encode_query(query_image, metadata, emb_dir, config or Config(), checkpoint)
-    rows, scores = top_k_cosine(matrix, vector, k)
-    names = paths_of_rows(emb_dir / INDEX, rows)
-    results = [(rank, float(score), names[r]) for rank, (r, score) in enumerate(zip(rows.tolist(), scores), 1)]
+    rows, scores = nearest(encoding, normalized(vector[None]), k, use_index)
+    names = paths_of_rows(emb_dir / INDEX, rows[0])
+    results = [(rank, float(score), names[r]) for rank, (r, score) in enumerate(zip(rows[0].tolist(), scores[0]), 1)]
     if sheet is not None:
         write_contact_sheet(Path(sheet), query_image, results, Path(metadata["input"]))
     return results
 
 
-def _open(emb_dir: Path) -> tuple[dict[str, Any], np.ndarray]:
-    """metadata.json and the memory-mapped vectors of a finished `fext encode` folder."""
+def search_folder(
+    emb_dir: str | os.PathLike,
+    queries_dir: str | os.PathLike,
+    k: int = 10,
+    config: Config | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    use_index: bool = True,
+) -> list[tuple[str, int, float, str]]:
+    """Every image under ``queries_dir`` as a query: ``[(query path, rank, score, path), ...]``.
+
+    Query paths are relative to ``queries_dir``; files that are not readable images are skipped
+    with a warning (as in ``fext encode``). The queries are encoded in batches and searched at once.
+    """
+    from fext.encoding.inference import encode_images
+
+    emb_dir, queries_dir = Path(emb_dir), Path(queries_dir)
+    _check_k(k)
     encoding = open_encoding(emb_dir)
-    return encoding.metadata, encoding.vectors
+    if not queries_dir.is_dir():
+        raise FeXTError(f"--queries {queries_dir} is not a folder; pass a folder of query images")
+    cfg = config or Config()
+    model = _query_model(encoding.metadata, emb_dir, cfg, checkpoint)
+    vectors, index = encode_images(model, queries_dir, config=cfg)
+    if not index:
+        raise FeXTError(f"No readable image in {queries_dir}; pass a folder of query images")
+    rows, scores = nearest(encoding, normalized(vectors), k, use_index)
+    names = paths_of_rows(emb_dir / INDEX, rows.ravel())
+    return [(entry["path"], rank, float(score), names[r])
+            for entry, query_rows, query_scores in zip(index, rows.tolist(), scores)
+            for rank, (r, score) in enumerate(zip(query_rows, query_scores), 1)]
+
+
+def write_results_csv(results: list[tuple[str, int, float, str]], output: str | os.PathLike | None) -> None:
+    """``query, rank, score, path`` rows to ``output`` (atomically), or to stdout when None."""
+    from fext._io import atomic_open
+
+    def write(f: Any) -> None:
+        writer = csv.writer(f)
+        writer.writerow(["query", "rank", "score", "path"])
+        writer.writerows([q, rank, f"{score:.6f}", path] for q, rank, score, path in results)
+
+    if output is None:
+        write(sys.stdout)
+        return
+    with atomic_open(output, "w", newline="", encoding="utf-8") as f:
+        write(f)
+
+
+def nearest(encoding: Encoding, queries: np.ndarray, k: int, use_index: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (Q, k) and cosine similarities of the stored vectors nearest to unit ``queries`` (Q, D)."""
+    if use_index:
+        from fext.index import open_index
+
+        index = open_index(encoding.folder)
+        if index is not None:
+            return index.search(queries, k)
+    return exact_top_k(encoding.rows, queries, k)
+
+
+def _check_k(k: int) -> None:
+    if k < 1:
+        raise FeXTError(f"-k must be at least 1, got {k}")
 
 
 def find_row(index_file: Path, name: str) -> int | None:
@@ -97,13 +162,11 @@ def paths_of_rows(index_file: Path, rows: np.ndarray) -> dict[int, str]:
     return found
 
 
-def _encode_query(
-    image: Path, metadata: dict[str, Any], emb_dir: Path, cfg: Config, checkpoint: str | os.PathLike | None
-) -> np.ndarray:
-    """The query's (D,) vector, computed with the checkpoint that wrote the embeddings."""
+def _query_model(metadata: dict[str, Any], emb_dir: Path, cfg: Config, checkpoint: str | os.PathLike | None) -> Any:
+    """The model of the checkpoint that wrote the embeddings (or of ``checkpoint``, checked to be the same one)."""
     from fext.checkpoints import is_checkpoint
-    from fext.data import ImageDecodeError, load_image
     from fext.device import select_device
+    from fext.encoding.inference import load_model
 
     recorded = metadata["checkpoint"]
     ckpt = Path(checkpoint).expanduser().resolve() if checkpoint else Path(recorded["path"])
@@ -117,40 +180,60 @@ def _encode_query(
             f"{ckpt} is not the checkpoint that wrote {emb_dir} (its weights differ), so its vectors are not "
             f"comparable. Pass the checkpoint {recorded['name']} with --checkpoint, or encode the images again."
         )
+    return load_model(ckpt, select_device(cfg.device.DEVICE, cfg.device.DEVICE_ID))
+
+
+def _encode_query(
+    image: Path, metadata: dict[str, Any], emb_dir: Path, cfg: Config, checkpoint: str | os.PathLike | None
+) -> np.ndarray:
+    """The query's (D,) vector, computed with the checkpoint that wrote the embeddings."""
+    from fext.data import ImageDecodeError, load_image
+    from fext.encoding.inference import embed
+
+    model = _query_model(metadata, emb_dir, cfg, checkpoint)
     try:
         pixels = load_image(image, metadata["img_size"])  # (S, S, 3) uint8
     except ImageDecodeError as e:
-        raise FeXTError(f"Cannot read the query image {image}: {e.reason}") from e
-    device = select_device(cfg.device.DEVICE, cfg.device.DEVICE_ID)
-    model = load_model(ckpt, device)
+        raise FeXTError(f"Cannot read the query image {image}: {e.reason}; pass an image file (JPEG, PNG, ...)") from e
+    device = next(model.parameters()).device
     return embed(model, pixels[None], device, cfg.device.MIXED_PRECISION)[0]
 
 
-def top_k_cosine(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and cosine similarities of the ``k`` rows of ``matrix`` (N, D) closest to ``query`` (D,).
+def normalized(block: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (all-zero rows stay zero), float32."""
+    x = np.array(block, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
 
-    Exact: every row is scored, a block at a time. Ties are ordered by row. All-zero vectors
-    score 0.
+
+def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (Q, k) and cosine similarities of the ``k`` stored rows closest to each unit query (Q, D).
+
+    Exact: every row is scored, a block at a time, so memory stays flat for a memory-mapped
+    matrix. Ties are ordered by row; all-zero vectors score 0.
     """
-    n, d = matrix.shape
+    n, d = vectors.shape
     k = min(k, n)
-    q = np.asarray(query, dtype=np.float32)
-    q = q / max(float(np.linalg.norm(q)), 1e-12)
-    best_rows, best_scores = np.empty(0, np.int64), np.empty(0, np.float32)
+    best_rows = np.empty((len(queries), 0), np.int64)
+    best_scores = np.empty((len(queries), 0), np.float32)
     block = max(1, min(BLOCK_ROWS, BLOCK_BYTES // (4 * d)))
     for lo in range(0, n, block):
-        x = np.asarray(matrix[lo:lo + block], dtype=np.float32)  # (b, D)
-        norms = np.linalg.norm(x, axis=1)
-        scores = (x @ q) / np.where(norms > 0, norms, 1.0)
-        if len(scores) > k:
-            keep = np.argpartition(-scores, k - 1)[:k]
+        scores = queries @ normalized(vectors[lo:lo + block]).T  # (Q, b)
+        if scores.shape[1] > k:
+            keep = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         else:
-            keep = np.arange(len(scores))
-        rows = np.concatenate([best_rows, lo + keep])
-        values = np.concatenate([best_scores, scores[keep]])
-        order = np.lexsort((rows, -values))[:k]
-        best_rows, best_scores = rows[order], values[order]
+            keep = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+        rows = np.concatenate([best_rows, lo + keep], axis=1)
+        values = np.concatenate([best_scores, np.take_along_axis(scores, keep, axis=1)], axis=1)
+        order = np.lexsort((rows, -values), axis=1)[:, :k]
+        best_rows, best_scores = np.take_along_axis(rows, order, 1), np.take_along_axis(values, order, 1)
     return best_rows, best_scores
+
+
+def top_k_cosine(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and cosine similarities of the ``k`` rows of ``matrix`` (N, D) closest to ``query`` (D,), exactly."""
+    rows, scores = exact_top_k(matrix, normalized(np.asarray(query)[None]), k)
+    return rows[0], scores[0]
 
 
 def print_results(results: list[tuple[int, float, str]]) -> None:

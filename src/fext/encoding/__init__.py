@@ -15,27 +15,31 @@ What lives where:
 
 from __future__ import annotations
 
-from fext.encoding.files import (
-    EMBEDDINGS,
-    FAILED,
-    INDEX,
-    METADATA,
-    PARTIAL,
-    PARTS,
-    PER_IMAGE,
-    STATE,
-    Encoding,
-    is_finished,
-    load_embeddings,
-    open_encoding,
-    read_index,
-)
-from fext.encoding.fingerprints import checkpoint_identity
-from fext.encoding.folder import clear_output, encode_folder
-from fext.encoding.inference import compile_encoder, embed, encode_images, load_model
+import importlib
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "EMBEDDINGS", "FAILED", "INDEX", "METADATA", "PARTIAL", "PARTS", "PER_IMAGE", "STATE", "Encoding",
-    "checkpoint_identity", "clear_output", "compile_encoder", "embed", "encode_folder", "encode_images",
-    "is_finished", "load_embeddings", "load_model", "open_encoding", "read_index",
-]
+_EXPORTS = {
+    **dict.fromkeys(["EMBEDDINGS", "FAILED", "INDEX", "METADATA", "PARTIAL", "PARTS", "PER_IMAGE", "STATE", "Encoding",
+                     "is_finished", "load_embeddings", "open_encoding", "read_index"], "fext.encoding.files"),
+    "checkpoint_identity": "fext.encoding.fingerprints",
+    "clear_output": "fext.encoding.folder",
+    "encode_folder": "fext.encoding.folder",
+    **dict.fromkeys(["compile_encoder", "embed", "encode_images", "load_model"], "fext.encoding.inference"),
+}
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from fext.encoding.files import (
+        EMBEDDINGS, FAILED, INDEX, METADATA, PARTIAL, PARTS, PER_IMAGE, STATE, Encoding, is_finished, load_embeddings,
+        open_encoding, read_index,
+    )
+    from fext.encoding.fingerprints import checkpoint_identity
+    from fext.encoding.folder import clear_output, encode_folder
+    from fext.encoding.inference import compile_encoder, embed, encode_images, load_model
+
+
+def __getattr__(name: str):
+    """Names are imported on first use, so reading an embeddings folder does not import PyTorch."""
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'fext.encoding' has no attribute {name!r}")

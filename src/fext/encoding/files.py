@@ -56,6 +56,13 @@ class Encoding:
     def index_file(self) -> Path:
         return self.folder / INDEX
 
+    @property
+    def rows(self) -> Any:
+        """The vectors as a :class:`~fext.encoding.npy_rows.RowReader`, for scans that must not grow resident memory."""
+        from fext.encoding.npy_rows import RowReader
+
+        return RowReader(self.folder / EMBEDDINGS)
+
     def read_index(self) -> list[dict[str, Any]]:
         return read_index(self.index_file)
 

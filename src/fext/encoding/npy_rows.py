@@ -70,3 +70,37 @@ def copy_rows(src: Path, dst: Path, rows: np.ndarray, d: int) -> None:
             fin.seek(src_offset + first * d * 4)
             chunk = np.frombuffer(fin.read((last - first + 1) * d * 4), dtype=np.float32).reshape(-1, d)
             fout.write(chunk[wanted - first].tobytes())
+
+
+class RowReader:
+    """Read-only rows of a 2-D ``.npy`` file through file reads: ``reader[lo:hi]`` -> (hi - lo, D) array.
+
+    For scans over every row: the pages of a memory map count towards resident memory, these
+    reads do not (the kernel's page cache still serves repeated scans).
+    """
+
+    def __init__(self, path: Path) -> None:
+        header = np.load(path, mmap_mode="r", allow_pickle=False)
+        self.path, self.shape, self.dtype, self._start = path, tuple(header.shape), header.dtype, int(header.offset)
+        self._row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        lo, hi, _ = rows.indices(len(self))
+        with open(self.path, "rb") as f:
+            f.seek(self._start + lo * self._row_bytes)
+            data = f.read(max(0, hi - lo) * self._row_bytes)
+        return np.frombuffer(data, dtype=self.dtype).reshape(-1, *self.shape[1:])
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The rows at ``rows`` (any order, repeats allowed), one read per row."""
+        out = np.empty((len(rows), *self.shape[1:]), self.dtype)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for i, row in enumerate(rows.tolist()):
+                out[i] = np.frombuffer(os.pread(fd, self._row_bytes, self._start + row * self._row_bytes), self.dtype)
+        finally:
+            os.close(fd)
+        return out

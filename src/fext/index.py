@@ -1,0 +1,257 @@
+"""``fext index``: a faiss index beside the embeddings, so search stays fast for millions of vectors.
+
+Two files join an encoding folder: ``faiss.index`` (``faiss.write_index``) and ``index.json``
+(kind, faiss factory string, search parameters, the measured recall@10, and the version of the
+embeddings it was built from). The vectors are L2-normalised before indexing, so inner product
+is cosine similarity and scores mean what ``fext search`` prints without an index.
+
+Kinds (``--kind``; ``auto`` picks):
+
+- ``flat``: exact (every vector scored); ``auto`` up to :data:`EXACT_MAX` vectors;
+- ``ivf``: an inverted file of ``√N`` k-means cells, of which ``nprobe`` are scanned per
+  query. When the raw vectors fit the memory budget the cells hold them (IVF-Flat); otherwise
+  they hold product-quantised codes sized to the budget (IVF-PQ), and the best candidates are
+  re-ranked with their exact vectors read from ``embeddings.npy`` on disk, not kept in memory;
+- ``hnsw``: a graph (HNSW, 32 links per vector) over the raw vectors: fast queries, slow build.
+
+After building, ``nprobe`` (``efSearch`` for hnsw) is raised until recall@10 against exact
+search on a sample of stored vectors reaches :data:`RECALL_TARGET`; the recall reached is written
+to index.json and printed. An index whose embeddings changed since it was built is stale:
+:func:`open_index` says so and search falls back to exact. An incremental ``fext encode``
+refreshes it (:func:`refresh_index`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fext._io import atomic_path, write_json
+from fext.encoding.files import EMBEDDINGS, METADATA, Encoding, open_encoding, read_json
+from fext.encoding.npy_rows import RowReader
+from fext.errors import FeXTError
+from fext.search import exact_top_k, normalized
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "faiss.index"
+INDEX_JSON = "index.json"
+KINDS = ("auto", "flat", "ivf", "hnsw")
+EXACT_MAX = 100_000
+"""``auto`` builds an exact (flat) index up to this many vectors: exact search stays fast enough."""
+RECALL_TARGET = 0.95
+SAMPLE_QUERIES = 200
+"""Stored vectors used as queries to measure recall@10."""
+RERANK = 10
+"""IVF-PQ re-ranks this many candidates per result with the exact vectors."""
+HNSW_LINKS = 32
+BLOCK_ROWS = 65536
+"""Vectors normalised and added at a time."""
+
+
+def _faiss() -> Any:
+    """faiss, imported quietly (its loader logs every CPU variant it tries at INFO)."""
+    logging.getLogger("faiss").setLevel(logging.WARNING)
+    import faiss
+
+    return faiss
+
+
+def embeddings_version(folder: Path) -> str:
+    """A hash of metadata.json: it changes whenever `fext encode` writes the folder again."""
+    return hashlib.blake2b((folder / METADATA).read_bytes(), digest_size=16).hexdigest()
+
+
+def default_memory_mb() -> int:
+    """Half of this machine's RAM: the memory budget when ``--memory`` is not given."""
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**21)
+
+
+@dataclass
+class VectorIndex:
+    """A loaded faiss index and how to query it: ``search(unit queries (Q, D), k) -> (rows, scores)``."""
+
+    faiss_index: Any
+    info: dict[str, Any]
+    folder: Path
+
+    def set_effort(self, effort: int) -> None:
+        """nprobe (ivf) or efSearch (hnsw): more scans more and finds more of the true neighbours."""
+        if self.info["kind"] == "ivf":
+            _faiss().extract_index_ivf(self.faiss_index).nprobe = effort
+        elif self.info["kind"] == "hnsw":
+            self.faiss_index.hnsw.efSearch = max(effort, 16)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        n = self.faiss_index.ntotal
+        k = min(k, n)
+        wanted = min(n, k * RERANK) if self.info.get("rerank") else k
+        scores, rows = self.faiss_index.search(np.ascontiguousarray(queries, dtype=np.float32), wanted)
+        if self.info.get("rerank"):
+            scores = _exact_scores(RowReader(self.folder / EMBEDDINGS), rows, queries)
+        rows, scores = rows.astype(np.int64), np.where(rows >= 0, scores, -np.inf).astype(np.float32)
+        order = np.lexsort((rows, -scores), axis=1)[:, :k]
+        return np.take_along_axis(rows, order, 1), np.take_along_axis(scores, order, 1)
+
+
+def _exact_scores(rows_file: RowReader, rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Cosine of each candidate row (Q, C) with its query, the exact vectors read from disk."""
+    wanted = np.unique(rows[rows >= 0])
+    vectors = normalized(rows_file.take(wanted))
+    where = np.searchsorted(wanted, np.maximum(rows, 0))
+    return np.einsum("qkd,qd->qk", vectors[where], queries)
+
+
+def plan_index(n: int, d: int, kind: str, memory_mb: int) -> dict[str, Any]:
+    """Choose the faiss structure for ``n`` vectors of ``d`` floats within ``memory_mb``."""
+    raw_mb = n * d * 4 / 2**20
+    if kind == "auto":
+        kind = "flat" if n <= EXACT_MAX else "ivf"
+    if kind == "flat":
+        return {"kind": "flat", "factory": "Flat", "estimated_mb": round(raw_mb, 1)}
+    if kind == "hnsw":
+        need = raw_mb + n * HNSW_LINKS * 2 * 4 / 2**20
+        if need > memory_mb:
+            raise FeXTError(f"An HNSW index of {n} vectors needs about {need:.0f} MB, over the {memory_mb} MB budget; "
+                            "use --kind ivf (it quantises vectors to fit) or a larger --memory")
+        return {"kind": "hnsw", "factory": f"HNSW{HNSW_LINKS}", "estimated_mb": round(need, 1)}
+    nlist = int(max(1, min(n // 39, round(np.sqrt(n)))))  # faiss wants >= 39 training points per cell
+    overhead_mb = n * 8 / 2**20 + nlist * d * 4 / 2**20  # ids and centroids
+    if raw_mb + overhead_mb <= memory_mb:
+        return {"kind": "ivf", "factory": f"IVF{nlist},Flat", "nlist": nlist,
+                "estimated_mb": round(raw_mb + overhead_mb, 1)}
+    per_vector = (memory_mb - overhead_mb) * 2**20 / n  # bytes of code each vector may have
+    # One byte per sub-vector of at least 8 dimensions: finer codebooks cost more to train than they recall.
+    m = max((m for m in range(1, d // 8 + 1) if d % m == 0 and m <= per_vector), default=0)
+    if m < min(4, d // 8):
+        raise FeXTError(f"{n} vectors do not fit in {memory_mb} MB even as 4-byte codes; pass a larger --memory")
+    return {"kind": "ivf", "factory": f"IVF{nlist},PQ{m}", "nlist": nlist, "rerank": True,
+            "estimated_mb": round(overhead_mb + n * m / 2**20, 1)}
+
+
+def build_index(folder: str | os.PathLike, kind: str = "auto", memory_mb: int | None = None,
+                progress: bool = False) -> dict[str, Any]:
+    """Build the index of an encoding folder and write it beside the embeddings; return index.json's content."""
+    faiss = _faiss()
+
+    if kind not in KINDS:
+        raise FeXTError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    encoding = open_encoding(folder)
+    n, d = encoding.vectors.shape
+    budget = memory_mb or default_memory_mb()
+    if budget < 1:
+        raise FeXTError(f"--memory must be a positive number of megabytes, got {memory_mb}")
+    info = plan_index(n, d, kind, budget)
+    started = time.perf_counter()
+    index = faiss.index_factory(d, info["factory"], faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index)) if info["kind"] == "ivf" else None
+    if isinstance(ivf, faiss.IndexIVFPQ):
+        ivf.do_polysemous_training = False  # on by default, many times the cost of the codebooks, unused here
+    if not index.is_trained:
+        index.train(_training_sample(encoding.rows, info["nlist"]))
+    _add_all(index, encoding.rows, progress)
+    info.update(memory_budget_mb=budget)
+    return _finish(encoding, index, info, started)
+
+
+def refresh_index(folder: Path) -> dict[str, Any] | None:
+    """After the embeddings changed: re-add them to the existing index (None when there is none).
+
+    IVF kinds keep their trained cells and codebooks (no k-means again) and take every vector
+    anew, because rows are renumbered when images come and go; flat and HNSW are rebuilt.
+    """
+    faiss = _faiss()
+
+    old = read_json(folder / INDEX_JSON)
+    if old is None or not (folder / INDEX_FILE).is_file():
+        return None
+    encoding = open_encoding(folder)
+    started = time.perf_counter()
+    if old["kind"] == "ivf":
+        index = faiss.read_index(str(folder / INDEX_FILE))
+        index.reset()
+        _add_all(index, encoding.rows, progress=False)
+        info = {k: old[k] for k in ("kind", "factory", "nlist", "rerank", "memory_budget_mb") if k in old}
+        return _finish(encoding, index, {**info, "estimated_mb": old.get("estimated_mb")}, started)
+    return build_index(folder, old["kind"], old.get("memory_budget_mb"))
+
+
+def _training_sample(vectors: RowReader, nlist: int, seed: int = 0) -> np.ndarray:
+    """About 64 vectors per cell (faiss's k-means uses at most 256; PQ codebooks want 10,000 or more)."""
+    n = len(vectors)
+    take = min(n, max(64 * nlist, 10_000))
+    rows = np.sort(np.random.default_rng(seed).choice(n, take, replace=False))
+    return normalized(vectors.take(rows))
+
+
+def _add_all(index: Any, vectors: RowReader, progress: bool) -> None:
+    from tqdm import tqdm
+
+    for lo in tqdm(range(0, len(vectors), BLOCK_ROWS), desc="Indexing", unit="block", disable=not progress):
+        index.add(normalized(vectors[lo:lo + BLOCK_ROWS]))
+
+
+def _finish(encoding: Encoding, index: Any, info: dict[str, Any], started: float) -> dict[str, Any]:
+    """Tune the search effort to the recall target, then write faiss.index and index.json (last)."""
+    faiss = _faiss()
+
+    n, _ = encoding.vectors.shape
+    built = VectorIndex(index, info, encoding.folder)
+    rng = np.random.default_rng(1)
+    sample = np.sort(rng.choice(n, min(n, SAMPLE_QUERIES), replace=False))
+    queries = normalized(encoding.rows.take(sample))
+    truth, _ = exact_top_k(encoding.rows, queries, 10)
+    effort, recall = None, 1.0
+    if info["kind"] != "flat":
+        limit = info.get("nlist", 4096)
+        effort = 1 if info["kind"] == "ivf" else 16
+        while True:
+            built.set_effort(effort)
+            recall = recall_at_k(built.search(queries, 10)[0], truth)
+            if recall >= RECALL_TARGET or effort >= limit:
+                break
+            effort *= 2
+    else:
+        recall = recall_at_k(built.search(queries, 10)[0], truth)
+    (encoding.folder / INDEX_JSON).unlink(missing_ok=True)  # a half-replaced index is never taken as current
+    with atomic_path(encoding.folder / INDEX_FILE) as tmp:
+        faiss.write_index(index, str(tmp))
+    info = {**info, "vectors": n, "dim": int(encoding.vectors.shape[1]), "effort": effort,
+            "recall_at_10": round(float(recall), 4), "recall_queries": len(sample),
+            "build_seconds": round(time.perf_counter() - started, 2),
+            "embeddings_version": embeddings_version(encoding.folder), "faiss_version": faiss.__version__}
+    write_json(encoding.folder / INDEX_JSON, info)
+    log.info("Indexed %d vectors (%s) in %.1f s: recall@10 %.3f against exact search on %d queries",
+             n, info["factory"], info["build_seconds"], info["recall_at_10"], len(sample))
+    return info
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Share of the true ``k`` nearest rows (Q, k) that ``found`` (Q, k) holds."""
+    hits = sum(len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth))
+    return hits / max(1, truth.size)
+
+
+def open_index(folder: Path) -> VectorIndex | None:
+    """The folder's index if there is one and it is up to date; None (with a log line saying why) otherwise."""
+    faiss = _faiss()
+
+    info = read_json(folder / INDEX_JSON)
+    if info is None or not (folder / INDEX_FILE).is_file():
+        log.info("No index in %s: exact search (build one with `fext index %s`)", folder, folder)
+        return None
+    if info.get("embeddings_version") != embeddings_version(folder):
+        log.warning("The index in %s is stale (the embeddings changed since it was built): exact search instead; "
+                    "run `fext index %s` to rebuild it", folder, folder)
+        return None
+    index = VectorIndex(faiss.read_index(str(folder / INDEX_FILE)), info, folder)
+    if info.get("effort"):
+        index.set_effort(info["effort"])
+    return index
