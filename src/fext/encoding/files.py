@@ -7,6 +7,8 @@ A finished ``fext encode`` folder holds
 - ``embeddings_index.csv``: ``row, path, width, height`` (path relative to the input folder,
   original width and height in pixels, EXIF orientation applied);
 - ``failed.csv``: ``path, reason`` for every file that could not be read;
+- ``sources.csv``: ``path, size, mtime_ns, blake2b`` of every listed file (read or not), what
+  an incremental run compares the folder with (:mod:`fext.encoding.incremental`);
 - ``metadata.json``: the checkpoint, the model, counts, date and speed. It is written last, so
   its presence is what "the encoding finished" means (:func:`is_finished`);
 - with ``per_image``, ``per_image/<relative path>.npy``: one (D,) vector per image.
@@ -42,6 +44,37 @@ STATE = ".encode_state.json"
 PARTIAL = "embeddings.partial.npy"
 SIZES_PARTIAL = "sizes.partial.npy"
 PARTS = ".encode_parts"
+SOURCES = "sources.csv"
+TODO = ".encode_todo.npy"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One listed file as ``sources.csv`` records it."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    hash: str  # BLAKE2b of the bytes, hex; "" when unknown
+
+
+def read_sources(folder: Path) -> dict[str, Source] | None:
+    """``{path: Source}`` of ``sources.csv``, or None when the folder has none (encoded by an earlier FeXT)."""
+    try:
+        with open(folder / SOURCES, newline="", encoding="utf-8") as f:
+            return {r["path"]: Source(r["path"], int(r["size"]), int(r["mtime_ns"]), r["blake2b"]) for r in csv.DictReader(f)}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError):
+        log.warning("Ignoring unreadable %s", folder / SOURCES)
+        return None
+
+
+def write_sources(folder: Path, sources: Iterable[Source]) -> None:
+    with atomic_open(folder / SOURCES, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "size", "mtime_ns", "blake2b"])
+        writer.writerows([s.path, s.size, s.mtime_ns, s.hash] for s in sources)
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from fext import distributed
-from fext._io import atomic_path
+from fext._io import atomic_path, write_json
 from fext.config import Config
-from fext.encoding import files, inference, npy_rows, resumable
+from fext.encoding import files, incremental, inference, npy_rows, resumable
 from fext.encoding.fingerprints import checkpoint_identity, listing_fingerprint
 from fext.errors import FeXTError
 from fext.workspace import Workspace
@@ -74,6 +74,7 @@ def encode_folder(
     if not paths:
         raise FeXTError(f"No image found in {input_dir}. Put images there or pass --input with another folder.")
     names = [p.relative_to(input_dir).as_posix() for p in paths]
+    stats = incremental.stat_files(paths)
     arch = read_description(ckpt).architecture
     run = {
         "checkpoint": checkpoint_identity(ckpt),
@@ -85,7 +86,8 @@ def encode_folder(
     if distributed.active():
         from fext.encoding.sharding import encode_sharded
 
-        return encode_sharded(output, run, ckpt, paths, names, arch, batch_size, config, per_image, overwrite, progress)
+        return encode_sharded(output, run, ckpt, paths, names, stats, arch, batch_size, config, per_image, overwrite,
+                              progress)
     if overwrite:
         clear_output(output)
     state = resumable.prepare(output, run)
@@ -101,13 +103,41 @@ def encode_folder(
         len(paths), input_dir, ckpt.name, arch.preset, arch.img_size, arch.feature_dim, device,
         " with mixed precision" if config.device.MIXED_PRECISION else "", output,
     )
-    if state["done"] < len(paths):
+    state.setdefault("todo", len(paths))  # a state written before incremental runs existed
+    todo = _plan_update(output, state, paths, names, stats) if state.get("incremental") else None
+    if state["done"] < state["todo"]:
         if state["done"]:
-            log.info("Resuming: %d of %d images were already done", state["done"], len(paths))
+            log.info("Resuming: %d of %d images were already done", state["done"], state["todo"])
         resumable.encode_missing(output, state, ckpt, paths, names, arch.img_size, batch_size, config, device, progress,
-                                 batch_pause)
-    finalize(output, state, names, per_image, extra=run_details(arch, batch_size, device, config))
+                                 batch_pause, todo)
+    finalize(output, state, paths, names, stats, per_image, extra=run_details(arch, batch_size, device, config))
+    if state.get("incremental"):
+        from fext.index import refresh_index
+
+        refresh_index(output)
     return output
+
+
+def _plan_update(output: Path, state: dict[str, Any], paths: list[Path], names: list[str],
+                 stats: list[incremental.Stat]) -> np.ndarray:
+    """An incremental run's to-do list; planned once (reused rows copied into the partial files), then reloaded."""
+    if state["planned"]:
+        return np.load(output / files.TODO, allow_pickle=False)
+    plan = incremental.plan(output, paths, names, stats)
+    with atomic_path(output / files.TODO) as tmp, open(tmp, "wb") as f:
+        np.save(f, plan.todo, allow_pickle=False)
+    if plan.reuse_rows:
+        new, old = (np.asarray(column, dtype=np.int64) for column in zip(*plan.reuse_rows))
+        npy_rows.copy_rows_into(output / files.EMBEDDINGS, output / files.PARTIAL, old, new)
+        old_sizes = np.asarray([(r["width"], r["height"]) for r in files.read_index(output / files.INDEX)], np.int32)
+        with open(output / files.SIZES_PARTIAL, "r+b") as f:
+            order = np.argsort(new)
+            npy_rows.write_rows(f, npy_rows.offset(output / files.SIZES_PARTIAL), 8, new[order], old_sizes[old[order]])
+    state.update(failures=[{"position": p, "path": names[p], "reason": r} for p, r in plan.reuse_failures],
+                 todo=len(plan.todo), counts=plan.counts, planned=True)
+    write_json(output / files.STATE, state)
+    log.info("Updating %s: %s; %d images to encode", output, incremental.summary(plan.counts), len(plan.todo))
+    return plan.todo
 
 
 def run_details(arch: Any, batch_size: int, device: Any, config: Config) -> dict[str, Any]:
@@ -119,15 +149,22 @@ def run_details(arch: Any, batch_size: int, device: Any, config: Config) -> dict
 def clear_output(output: Path) -> None:
     """Remove every file a previous ``fext encode`` wrote into ``output`` (nothing else)."""
     for name in (files.METADATA, files.EMBEDDINGS, files.INDEX, files.FAILED, files.STATE, files.PARTIAL,
-                 files.SIZES_PARTIAL):
+                 files.SIZES_PARTIAL, files.SOURCES, files.TODO):
         (output / name).unlink(missing_ok=True)
     shutil.rmtree(output / files.PER_IMAGE, ignore_errors=True)
     shutil.rmtree(output / files.PARTS, ignore_errors=True)
 
 
-def finalize(output: Path, state: dict[str, Any], names: list[str], per_image: bool, extra: dict[str, Any]) -> None:
-    """Write the final files from the partial ones (each atomically, metadata.json last), then tidy up."""
+def finalize(output: Path, state: dict[str, Any], paths: list[Path], names: list[str], stats: list[incremental.Stat],
+             per_image: bool, extra: dict[str, Any]) -> None:
+    """Write the final files from the partial ones (each atomically, metadata.json last), then tidy up.
+
+    An incremental run first removes the old metadata.json: while the files are replaced the folder
+    is not a finished encoding, and the same command finishes the job.
+    """
     n, d = state["images"], state["embedding_dim"]
+    known = (files.read_sources(output) or {}) if state.get("incremental") else {}
+    (output / files.METADATA).unlink(missing_ok=True)
     failures = sorted(state["failures"], key=lambda f: f["position"])
     failed = np.zeros(n, dtype=bool)
     failed[[f["position"] for f in failures]] = True
@@ -148,6 +185,7 @@ def finalize(output: Path, state: dict[str, Any], names: list[str], per_image: b
                 npy_rows.copy_rows(partial, tmp, kept, d)
     if per_image:
         files.write_per_image(output, [names[p] for p in kept])
+    files.write_sources(output, incremental.describe_sources(paths, names, stats, known))
 
     seconds = state["elapsed_seconds"]
     files.write_metadata(output, {
@@ -163,14 +201,16 @@ def finalize(output: Path, state: dict[str, Any], names: list[str], per_image: b
         "elapsed_seconds": seconds,
         "images_per_second": round(len(kept) / seconds, 2) if seconds > 0 else None,
         "fext_version": _version(),
+        **({"update": state["counts"]} if state.get("incremental") else {}),
     })
-    for leftover in (files.STATE, files.PARTIAL, files.SIZES_PARTIAL):
+    for leftover in (files.STATE, files.PARTIAL, files.SIZES_PARTIAL, files.TODO):
         (output / leftover).unlink(missing_ok=True)
     shutil.rmtree(output / files.PARTS, ignore_errors=True)
     log.info(
-        "Wrote %d vectors of %d floats to %s in %.1f s (%s images/s)%s", len(kept), d, output / files.EMBEDDINGS, seconds,
-        f"{len(kept) / seconds:.1f}" if seconds > 0 else "-",
+        "Wrote %d vectors of %d floats to %s in %.1f s (%s images/s)%s%s", len(kept), d, output / files.EMBEDDINGS,
+        seconds, f"{len(kept) / seconds:.1f}" if seconds > 0 else "-",
         f"; {len(failures)} file(s) could not be read, listed in {files.FAILED}" if failures else "",
+        f"; {incremental.summary(state['counts'])}" if state.get("incremental") else "",
     )
 
 

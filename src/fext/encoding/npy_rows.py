@@ -104,3 +104,16 @@ class RowReader:
         finally:
             os.close(fd)
         return out
+
+
+def copy_rows_into(src: Path, dst: Path, src_rows: np.ndarray, dst_rows: np.ndarray) -> None:
+    """Copy row ``src_rows[i]`` of ``src`` to row ``dst_rows[i]`` of the pre-sized ``dst`` (same dtype and width), then sync."""
+    reader = RowReader(src)
+    order = np.argsort(dst_rows, kind="stable")
+    block = max(1, COPY_BYTES // max(1, reader._row_bytes))
+    with open(dst, "r+b") as f:
+        for lo in range(0, len(order), block):
+            chosen = order[lo:lo + block]
+            write_rows(f, offset(dst), reader._row_bytes, dst_rows[chosen], reader.take(src_rows[chosen]))
+        f.flush()
+        os.fsync(f.fileno())

@@ -25,7 +25,7 @@ import torch
 
 from fext.config import Config
 from fext.encoding import inference, npy_rows
-from fext.encoding.files import EMBEDDINGS, METADATA, PARTIAL, SIZES_PARTIAL, STATE, read_json
+from fext.encoding.files import EMBEDDINGS, METADATA, PARTIAL, SIZES_PARTIAL, STATE, TODO, read_json
 from fext.errors import FeXTError
 from fext._io import write_json
 
@@ -36,8 +36,8 @@ FLUSH_SECONDS = 2.0
 """Sync the written rows and record progress at most this often (and at the end)."""
 
 
-def check_same_run(output: Path, recorded: dict[str, Any], run: dict[str, Any]) -> None:
-    """Refuse to mix the results of another checkpoint or of a different set of images."""
+def check_same_checkpoint(output: Path, recorded: dict[str, Any], run: dict[str, Any]) -> None:
+    """Refuse to mix the results of another checkpoint into ``output``."""
     theirs, ours = recorded.get("checkpoint") or {}, run["checkpoint"]
     if theirs.get("hash") != ours["hash"]:
         origin = (
@@ -49,29 +49,39 @@ def check_same_run(output: Path, recorded: dict[str, Any], run: dict[str, Any]) 
             f"{output} holds embeddings of {origin}; results of different checkpoints are never mixed. "
             "Pass --overwrite to replace them, or --output to write to another folder."
         )
-    if recorded.get("listing") != run["listing"]:
-        raise FeXTError(
-            f"The images in {run['input']} changed since {output} was written "
-            f"({recorded.get('images', '?')} files then, {run['images']} now, or files modified). "
-            "Pass --overwrite to encode them all again, or --output to write to another folder."
-        )
 
 
-def prepare(output: Path, run: dict[str, Any]) -> dict[str, Any] | None:
-    """The state to continue from (a fresh one when nothing is there); None when already complete."""
-    metadata = read_json(output / METADATA)
-    if metadata is not None:
-        check_same_run(output, metadata, run)
-        for leftover in (STATE, PARTIAL, SIZES_PARTIAL):
-            (output / leftover).unlink(missing_ok=True)
-        return None
-    state = read_json(output / STATE)
+def prepare(output: Path, run: dict[str, Any], incremental: bool = True) -> dict[str, Any] | None:
+    """The state to continue from; None when the folder already holds this very encoding.
+
+    An unfinished run of the same checkpoint and listing is resumed. A finished encoding of the
+    same checkpoint but another listing starts an incremental run (``state["incremental"]``;
+    refused when ``incremental`` is False); anything of another checkpoint is refused.
+    """
+    state, metadata = read_json(output / STATE), read_json(output / METADATA)
     if state is not None and state.get("version") == STATE_VERSION:
-        check_same_run(output, state, run)
-        if partial_usable(output, state):
-            return state
-        log.warning("The unfinished encoding in %s lost its partial files; starting again", output)
-    elif (output / EMBEDDINGS).exists() or (output / PARTIAL).exists():
+        check_same_checkpoint(output, state, run)
+        if state.get("listing") == run["listing"]:
+            if partial_usable(output, state):
+                return state
+            log.warning("The unfinished encoding in %s lost its partial files; starting again", output)
+        elif metadata is None:
+            raise FeXTError(
+                f"The images in {run['input']} changed since the unfinished encoding in {output} began "
+                f"({state.get('images', '?')} files then, {run['images']} now, or files modified). "
+                "Pass --overwrite to encode them all again, or --output to write to another folder."
+            )
+    if metadata is not None:
+        check_same_checkpoint(output, metadata, run)
+        if metadata.get("listing") == run["listing"]:
+            for leftover in (STATE, PARTIAL, SIZES_PARTIAL, TODO):
+                (output / leftover).unlink(missing_ok=True)
+            return None
+        if not incremental:
+            raise FeXTError(f"The images in {run['input']} changed since {output} was written; an incremental update "
+                            "runs in one process: run the same `fext encode` without torchrun, or pass --overwrite")
+        return new_state(output, run, incremental=True)
+    if state is None and ((output / EMBEDDINGS).exists() or (output / PARTIAL).exists()):
         raise FeXTError(
             f"{output} already holds embeddings whose origin is unknown (no {METADATA}). "
             "Pass --overwrite to replace them, or --output to write to another folder."
@@ -80,9 +90,15 @@ def prepare(output: Path, run: dict[str, Any]) -> dict[str, Any] | None:
     return new_state(output, run)
 
 
-def new_state(output: Path, run: dict[str, Any]) -> dict[str, Any]:
-    """Record a run with nothing done yet, beside empty pre-sized partial files."""
-    state = {"version": STATE_VERSION, **run, "done": 0, "failures": [], "elapsed_seconds": 0.0}
+def new_state(output: Path, run: dict[str, Any], incremental: bool = False) -> dict[str, Any]:
+    """Record a run with nothing done yet, beside empty pre-sized partial files.
+
+    ``done`` counts the images of the run's to-do list that are done: every image of the listing
+    for a fresh run, the new and changed ones (``.encode_todo.npy``) for an incremental one.
+    """
+    state = {"version": STATE_VERSION, **run, "done": 0, "todo": run["images"], "failures": [], "elapsed_seconds": 0.0}
+    if incremental:
+        state.update(incremental=True, planned=False)
     write_json(output / STATE, state)
     npy_rows.create(output / PARTIAL, np.float32, (run["images"], run["embedding_dim"]))
     npy_rows.create(output / SIZES_PARTIAL, np.int32, (run["images"], 2))
@@ -97,26 +113,29 @@ def partial_usable(output: Path, state: dict[str, Any]) -> bool:
         return False
     if shapes[PARTIAL] == (n, d):
         return True
-    return state["done"] == n and shapes[EMBEDDINGS] == (n - len(state["failures"]), d)
+    return state["done"] == state.get("todo", n) and shapes[EMBEDDINGS] == (n - len(state["failures"]), d)
 
 
 def encode_missing(
     output: Path, state: dict[str, Any], ckpt: Path, paths: list[Path], names: list[str], img_size: int,
     batch_size: int, cfg: Config, device: torch.device, progress: bool, batch_pause: float = 0.0,
+    todo: np.ndarray | None = None,
 ) -> None:
-    """Encode images ``state["done"]:`` into the partial files, recording progress as it goes.
+    """Encode the images ``todo[state["done"]:]`` (positions in the listing; all when None) into the partial files.
 
-    ``batch_pause`` (seconds) sleeps after every batch and records progress after every batch,
-    so a test can interrupt a run at a known point.
+    Progress is recorded as it goes. ``batch_pause`` (seconds) sleeps after every batch and
+    records progress after every batch, so a test can interrupt a run at a known point.
     """
     from fext.data import decode_batches
 
     flush_seconds = 0.0 if batch_pause else FLUSH_SECONDS
     model = inference.load_model(ckpt, device, inference.compile_backend(cfg))
     pad_to = inference.pad_to(cfg, batch_size)
+    todo = np.arange(len(paths), dtype=np.int64) if todo is None else todo
     start = state["done"]
     # An interruption between recording a batch's failures and its progress must not list them twice.
-    state["failures"] = [f for f in state["failures"] if f["position"] < start]
+    pending = set(todo[start:].tolist())
+    state["failures"] = [f for f in state["failures"] if f["position"] not in pending]
     started, last_flush, elapsed_before = time.perf_counter(), time.perf_counter(), state["elapsed_seconds"]
     row_bytes = state["embedding_dim"] * 4
     with open(output / PARTIAL, "r+b") as vec_file, open(output / SIZES_PARTIAL, "r+b") as size_file:
@@ -130,11 +149,13 @@ def encode_missing(
             write_json(output / STATE, state)
 
         try:
-            workers = inference.workers(cfg, len(paths) - start, batch_size)
-            batches = decode_batches(paths[start:], img_size, batch_size, workers, log_failures=False)
-            for batch in inference.with_progress(batches, progress, len(paths), initial=start):
-                positions = start + np.asarray(batch.positions, dtype=np.int64)
-                failed = [(start + p, reason) for p, reason in inference.failures(batch)]
+            workers = inference.workers(cfg, len(todo) - start, batch_size)
+            batches = decode_batches([paths[p] for p in todo[start:]], img_size, batch_size, workers, log_failures=False)
+            for batch in inference.with_progress(batches, progress, len(todo), initial=start):
+                steps = start + np.asarray(batch.positions, dtype=np.int64)  # indices into todo
+                positions = todo[steps]
+                failed = [(int(todo[start + p]), reason) for p, reason in inference.failures(batch)]
+                failed_steps = [start + p for p, _ in inference.failures(batch)]
                 if len(positions):
                     vectors = inference.embed(model, batch.images, device, cfg.device.MIXED_PRECISION, pad_to)
                     sizes = np.asarray(batch.sizes, dtype=np.int32).reshape(-1, 2)
@@ -143,7 +164,7 @@ def encode_missing(
                 for position, reason in failed:
                     log.warning("Skipped %s: %s", names[position], reason)
                 state["failures"] += [{"position": p, "path": names[p], "reason": reason} for p, reason in failed]
-                state["done"] = max([state["done"], *(p + 1 for p, _ in failed), *(positions + 1).tolist()])
+                state["done"] = max([state["done"], *(p + 1 for p in failed_steps), *(steps + 1).tolist()])
                 if batch_pause:
                     time.sleep(batch_pause)
                 if time.perf_counter() - last_flush >= flush_seconds:
@@ -154,10 +175,10 @@ def encode_missing(
             flush()
             if isinstance(e, KeyboardInterrupt):
                 log.warning("Interrupted after %d of %d images; run the same command again to encode the rest",
-                            state["done"], len(paths))
+                            state["done"], len(todo))
             else:
                 log.warning("Stopped after %d of %d images; they are kept, and a later run goes on from there",
-                            state["done"], len(paths))
+                            state["done"], len(todo))
             raise
-    if state["done"] < len(paths):
-        raise FeXTError(f"Decoding stopped after {state['done']} of {len(paths)} images; run the same command again to resume")
+    if state["done"] < len(todo):
+        raise FeXTError(f"Decoding stopped after {state['done']} of {len(todo)} images; run the same command again to resume")

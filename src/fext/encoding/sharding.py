@@ -26,8 +26,8 @@ from fext.errors import FeXTError
 log = logging.getLogger(__name__)
 
 def encode_sharded(
-    output: Path, run: dict[str, Any], ckpt: Path, paths: list[Path], names: list[str], arch: Any, batch_size: int,
-    cfg: Config, per_image: bool, overwrite: bool, progress: bool,
+    output: Path, run: dict[str, Any], ckpt: Path, paths: list[Path], names: list[str], stats: list[tuple[int, int]],
+    arch: Any, batch_size: int, cfg: Config, per_image: bool, overwrite: bool, progress: bool,
 ) -> Path:
     """:func:`~fext.encoding.encode_folder` in one of several processes: encode this rank's block, then rank 0 joins the parts."""
     rank, world, n = distributed.rank(), distributed.world_size(), run["images"]
@@ -37,7 +37,7 @@ def encode_sharded(
         try:
             if overwrite:
                 clear_output(output)
-            state = resumable.prepare(output, run)
+            state = resumable.prepare(output, run, incremental=False)
             verdict = ("complete", "") if state is None else ("merged", "") if state["done"] == n else ("encode", "")
             for stale in (output / files.PARTS).glob("*"):  # parts of a run with another number of processes
                 if not stale.name.endswith(f"-of-{world:05d}"):
@@ -76,7 +76,8 @@ def encode_sharded(
 
     # 3. Rank 0 writes the final files exactly as one process would (and removes the parts).
     if rank == 0:
-        finalize(output, state, names, per_image, extra={**run_details(arch, batch_size, device, cfg), "processes": world})
+        details = {**run_details(arch, batch_size, device, cfg), "processes": world}
+        finalize(output, state, paths, names, stats, per_image, extra=details)
     distributed.barrier()
     return output
 
