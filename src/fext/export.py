@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,8 @@ def export_encoder(
             got = _run_onnx(tmp, test.numpy())
         else:
             _write_torchscript(encoder, example, tmp, metadata)
-            with torch.inference_mode():
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
                 got = torch.jit.load(str(tmp)).eval()(test).numpy()
         diff = float(np.abs(got - expected).max())
         if not diff <= TOLERANCE:
@@ -120,12 +122,10 @@ def _run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
 
 
 def _write_torchscript(encoder: Any, example: Any, path: Path, metadata: dict[str, Any]) -> None:
-    import warnings
-
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notice and the shape check it records
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notices and the input-shape check the trace records
         traced = torch.jit.trace(encoder, (example,), check_trace=False)
-    torch.jit.save(traced, str(path), _extra_files={"fext.json": json.dumps(metadata)})
+        torch.jit.save(traced, str(path), _extra_files={"fext.json": json.dumps(metadata)})
 
 
 def export_embeddings(folder: str | os.PathLike, fmt: str = "parquet",
