@@ -7,18 +7,22 @@
    written as a `fext encode` folder with no images or checkpoint at hand, then ``explore`` in a
    fresh subprocess, so its peak resident memory is its own and umap-learn's numba compilation
    (cached on disk after the first run in an environment) is counted. Prints seconds per step,
-   total seconds, peak RSS, the size of atlas.html, and the adjusted Rand index of the clusters
-   against the planted ones. Targets on a 2-core CPU: 100,000 points in under 3 minutes and 4 GB,
+   total seconds, CPU seconds (user + system: on a busy machine, what the run itself needed),
+   peak RSS, the size of atlas.html, and the adjusted Rand index of the clusters against the
+   planted ones. Targets on a 2-core CPU: 100,000 points in under 3 minutes and 4 GB,
    atlas.html under 60 MB.
-2. Thumbnails: sprite sheets of generated 500x375 JPEGs at the tile sizes explore uses, as
+2. When Debian's chromium and chromedriver are installed: the largest atlas.html in headless
+   chromium: seconds from opening the file to a drawn map, and milliseconds of one full redraw
+   (every point) and of one hover look-up, the work behind panning, zooming and hovering.
+3. Thumbnails: sprite sheets of generated 500x375 JPEGs at the tile sizes explore uses, as
    seconds per image and bytes per tile, and what that adds to the page at 100,000 images.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -62,8 +66,9 @@ def child(folder: Path) -> None:
     result = explore(folder)
     seconds = time.perf_counter() - start
     labels = np.load(folder / "planted_labels.npy")
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({
-        "seconds": seconds, "steps": result.seconds, "peak_mb": peak_rss_mb(),
+        "seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime, "steps": result.seconds, "peak_mb": peak_rss_mb(),
         "atlas_mb": (result.output / "atlas.html").stat().st_size / 2**20,
         "k": result.clusters.k, "ari": adjusted_rand_score(labels, result.clusters.labels),
     }))
@@ -78,23 +83,56 @@ def run_size(n: int, root: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def browser_figures(atlas: Path) -> None:
+    """Open ``atlas`` in headless chromium (the system one, never a downloaded browser) and time it."""
+    chromium, chromedriver = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+    if not (chromium.exists() and chromedriver.exists()):
+        print("\nchromium not installed: no browser figures (apt-get install chromium chromium-driver)")
+        return
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(chromium)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+                 "--disable-component-update", "--disable-sync", "--window-size=1400,1000",
+                 f"--user-data-dir={atlas.parent / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=str(chromedriver)), options=options)
+    try:
+        start = time.perf_counter()
+        driver.get(atlas.as_uri())
+        while not driver.execute_script("return document.body.dataset.ready === '1'"):
+            time.sleep(0.05)
+        ready = time.perf_counter() - start
+        redraw, hover = driver.execute_script("""
+            const select = document.getElementById('colour'), canvas = document.getElementById('map');
+            const r = canvas.getBoundingClientRect();
+            let t = performance.now();
+            for (const value of ['score', 'cluster', 'score', 'cluster']) {
+                select.value = value; select.dispatchEvent(new Event('change'));
+            }
+            const redraw = (performance.now() - t) / 4;
+            t = performance.now();
+            for (let i = 0; i < 50; i++) {
+                canvas.dispatchEvent(new MouseEvent('mousemove', {clientX: r.left + r.width * (i + 0.5) / 50,
+                                                                  clientY: r.top + r.height / 2, bubbles: true}));
+            }
+            return [redraw, (performance.now() - t) / 50];""")
+    finally:
+        driver.quit()
+    print(f"\n{atlas.stat().st_size / 2**20:.1f} MB atlas.html in headless chromium: map drawn {ready:.1f} s after "
+          f"opening; one full redraw {redraw:.0f} ms; one hover look-up {hover:.1f} ms")
+
+
 def thumbnails(count: int, root: Path) -> None:
-    from PIL import Image
+    from encode_throughput import write_jpegs
 
     from fext.explore.thumbnails import make_sprites, tile_size
 
     folder = root / "jpegs"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:375, 0:500] / 500
-    files = []
-    for i in range(count):
-        base = np.stack([np.sin(xx * rng.uniform(2, 12) + rng.uniform(0, 6)) * np.cos(yy * rng.uniform(2, 12)) for _ in range(3)], -1)
-        pixels = ((base + 1) * 110 + rng.normal(0, 12, base.shape)).clip(0, 255).astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
-        files.append(folder / f"{i:05d}.jpg")
-        files[-1].write_bytes(buffer.getvalue())
+    write_jpegs(folder, count, 500, 375, distinct=64)
+    files = sorted(folder.rglob("*.jpg"))
     print(f"\nthumbnails of {count} generated 500x375 JPEGs (sprite sheets, JPEG quality 75, base64 in the page)")
     print(f"{'tile px':>7}  {'ms/image':>8}  {'bytes/tile':>10}  {'page MB added per 100,000 images':>32}")
     for tile in sorted({tile_size(n) for n in (1_000, 10_000, 50_000, 100_000)}, reverse=True):
@@ -120,11 +158,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = [(n, run_size(n, Path(tmp))) for n in args.sizes]
         steps = list(rows[0][1]["steps"])
-        print(f"{'vectors':>8}  {'seconds':>7}  {'peak RSS MB':>11}  {'atlas.html MB':>13}  {'K':>3}  {'ARI':>5}  "
+        print(f"{'vectors':>8}  {'seconds':>7}  {'CPU s':>6}  {'peak RSS MB':>11}  {'atlas.html MB':>13}  {'K':>3}  {'ARI':>5}  "
               + "  ".join(steps))
         for n, r in rows:
-            print(f"{n:>8,}  {r['seconds']:7.1f}  {r['peak_mb']:11.0f}  {r['atlas_mb']:13.1f}  {r['k']:>3}  {r['ari']:5.3f}  "
+            print(f"{n:>8,}  {r['seconds']:7.1f}  {r['cpu_seconds']:6.0f}  {r['peak_mb']:11.0f}  {r['atlas_mb']:13.1f}  {r['k']:>3}  {r['ari']:5.3f}  "
                   + "  ".join(f"{r['steps'][s]:{len(s)}.1f}" for s in steps))
+        browser_figures(Path(tmp) / f"emb_{rows[-1][0]}" / "explore" / "atlas.html")
         if args.thumbnail_images:
             thumbnails(args.thumbnail_images, Path(tmp))
 

@@ -163,8 +163,10 @@ def test_cli_explores_the_only_encoded_folder_of_the_workspace(encoded, ws, caps
 
 def test_missing_images_still_give_a_page_without_thumbnails(tmp_path):
     vectors, _ = planted(n_per=20, k=3)
-    result = explore(vectors_folder(tmp_path / "emb", vectors), tmp_path / "out")
+    result = explore(vectors_folder(tmp_path / "emb", vectors), tmp_path / "out", duplicate_threshold=-1.0)
     assert not result.thumbnails and result.outliers.reconstruction_error is None
+    assert result.threshold.by_hand and "set by hand" in result.summary()
+    assert sorted(map(len, result.duplicates.groups)) == [20, 20, 20]  # -1 links every image to its 10 nearest
     page = (tmp_path / "out" / "atlas.html").read_text(encoding="utf-8")
     assert "No thumbnails: the encoded images are not at /nonexistent" in page
     assert json.loads(_page_data(page))["sheets"] == []

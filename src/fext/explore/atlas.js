@@ -79,7 +79,7 @@
     image = ctx.createImageData(W, H);
     const buf = new Uint32Array(image.data.buffer), cols = colourBy[colour];
     buf.fill(0xff1c1a17);
-    const r = view.scale > 6 ? 2 : 1;  // dot radius in device pixels
+    const r = (N < 2000 ? 2 : 1) + (view.scale > 6 ? 1 : 0);  // dot radius in device pixels: larger for few points
     const plot = (i, c, rad) => {
       const x = Math.round(sx(i)), y = Math.round(sy(i));
       for (let dy = -rad; dy <= rad; dy++) for (let dx = -rad; dx <= rad; dx++) {

@@ -28,11 +28,12 @@ DUPLICATE_NEIGHBOURS = 10
 
 @dataclass(frozen=True)
 class Threshold:
-    """The chosen similarity ``value`` and what was measured to choose it.
+    """A similarity ``value`` and what was measured at it.
 
     ``false_positive_rate``: fraction of the sampled distinct images whose nearest image reaches
     ``value``; ``copy_recall``: fraction of the edited copies that reach it (None: no copies were
-    measured); ``images``: images sampled; ``distinct``: those counted as distinct.
+    measured); ``images``: images sampled; ``distinct``: those counted as distinct; ``by_hand``:
+    the value was given, not chosen by the rule.
     """
 
     value: float
@@ -40,10 +41,12 @@ class Threshold:
     copy_recall: float | None
     images: int
     distinct: int
+    by_hand: bool = False
 
     def describe(self) -> str:
         recall = "no edited copies measured" if self.copy_recall is None else f"{self.copy_recall:.1%} of edited copies reach it"
-        return (f"duplicate threshold {self.value:.4f} (cosine similarity): {self.false_positive_rate:.2%} of "
+        how = "set by hand" if self.by_hand else "measured"
+        return (f"Duplicate threshold {self.value:.4f} (cosine similarity, {how}): {self.false_positive_rate:.2%} of "
                 f"{self.distinct} sampled distinct images would be grouped, {recall}")
 
 
@@ -74,21 +77,33 @@ def choose_threshold(
     distinct); ``nearest_similarity``: float (m,) similarity of each sampled image to its
     nearest other image in the collection.
     """
-    nearest = np.asarray(nearest_similarity, dtype=np.float64)
-    if copy_similarity is not None:
-        copies = np.asarray(copy_similarity, dtype=np.float64)
-        distinct = nearest[nearest < copies.min(axis=1)]
+    nearest, copies, distinct = _measured(copy_similarity, nearest_similarity)
+    if not len(distinct):  # every sampled image has a neighbour closer than its copies: trust the copies
+        value = float(np.quantile(copies, 0.05)) if copies is not None else 1.0
     else:
-        copies, distinct = None, nearest
-    value = _lowest_safe(distinct, max_false_positive_rate)
-    if copies is not None:
-        most_copies = float(np.quantile(copies, 0.05))
-        if most_copies > value:
-            value = (value + most_copies) / 2
-    value = float(min(value, 1.0))
+        value = _lowest_safe(distinct, max_false_positive_rate)
+        if copies is not None and np.quantile(copies, 0.05) > value:
+            value = (value + float(np.quantile(copies, 0.05))) / 2
+    return threshold_at(min(value, 1.0), copy_similarity, nearest_similarity)
+
+
+def threshold_at(
+    value: float, copy_similarity: np.ndarray | None, nearest_similarity: np.ndarray, by_hand: bool = False,
+) -> Threshold:
+    """What the measurements of :func:`choose_threshold` say about the threshold ``value``."""
+    nearest, copies, distinct = _measured(copy_similarity, nearest_similarity)
     fp = float((distinct >= value).mean()) if len(distinct) else 0.0
     recall = None if copies is None else float((copies >= value).mean())
-    return Threshold(value, fp, recall, len(nearest), len(distinct))
+    return Threshold(float(value), fp, recall, len(nearest), len(distinct), by_hand)
+
+
+def _measured(copy_similarity: np.ndarray | None, nearest_similarity: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(nearest similarities, copy similarities or None, the nearest similarities of the distinct images)."""
+    nearest = np.asarray(nearest_similarity, dtype=np.float64)
+    if copy_similarity is None:
+        return nearest, None, nearest
+    copies = np.asarray(copy_similarity, dtype=np.float64)
+    return nearest, copies, nearest[nearest < copies.min(axis=1)]
 
 
 def _lowest_safe(distinct: np.ndarray, rate: float) -> float:

@@ -38,15 +38,21 @@ def recorded_checkpoint(metadata: dict[str, Any], override: str | Path | None = 
     return path
 
 
-def reconstruction_errors(model: Any, files: list[Path], img_size: int, device: Any, progress: bool = False) -> np.ndarray:
-    """float32 (N,) mean absolute error of the model's reconstruction of each file (NaN: unreadable)."""
+def reconstruction_errors(
+    model: Any, files: list[Path], img_size: int, device: Any, workers: int = 0, progress: bool = False,
+) -> np.ndarray:
+    """float32 (N,) mean absolute error of the model's reconstruction of each file (NaN: unreadable).
+
+    ``workers``: decoding processes (``device.NUM_PROCESSORS``), as for ``fext encode``.
+    """
     import torch
 
     from fext.data import decode_batches, to_float
     from fext.encoding.inference import with_progress
 
+    log.info("Reconstruction errors: one pass of the autoencoder over %d images (--no-reconstruction skips it)", len(files))
     errors = np.full(len(files), np.nan, dtype=np.float32)
-    batches = decode_batches(files, img_size, BATCH, workers=0, log_failures=False)
+    batches = decode_batches(files, img_size, BATCH, workers=workers, log_failures=False)
     total = -(-len(files) // BATCH)
     for batch in with_progress(batches, progress, total, desc="Reconstruction errors"):
         if not batch.positions:

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-EXACT_BUDGET = 8e11
+EXACT_BUDGET = 6.4e11
 """Multiply-adds (N * N * D) above which candidates come from principal components first."""
 MIN_COMPONENTS = 64
-CANDIDATES = 3
+CANDIDATES = 2
 """Candidates per wanted neighbour on the principal-component route."""
-BLOCK_ROWS = 2048
+BLOCK_BYTES = 256 * 2**20
+"""Size of one block of similarity scores (rows x N float32): memory stays flat as collections grow."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,10 @@ class Neighbours:
     @property
     def k(self) -> int:
         return self.indices.shape[1]
+
+    def first(self, k: int) -> Neighbours:
+        """The ``k`` nearest of each row (all there are, if fewer)."""
+        return Neighbours(self.indices[:, :k], self.similarities[:, :k])
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
@@ -76,8 +81,9 @@ def _top_k(queries: np.ndarray, base: np.ndarray, k: int) -> Neighbours:
     q_all, b = torch.from_numpy(queries), torch.from_numpy(base)
     indices = np.empty((len(queries), k), dtype=np.int32)
     sims = np.empty((len(queries), k), dtype=np.float32)
-    for lo in range(0, len(queries), BLOCK_ROWS):
-        scores = q_all[lo:lo + BLOCK_ROWS] @ b.T  # (block, N)
+    block = _block_rows(len(base))
+    for lo in range(0, len(queries), block):
+        scores = q_all[lo:lo + block] @ b.T  # (block, N)
         rows = torch.arange(lo, lo + len(scores))
         scores[torch.arange(len(scores)), rows] = -torch.inf  # never one's own neighbour
         values, found = torch.topk(scores, k, dim=1)  # sorted, largest first
@@ -90,10 +96,16 @@ def _rescore(unit: np.ndarray, candidates: np.ndarray, k: int) -> Neighbours:
     """Exact similarities of each row to its candidate rows; the best ``k``, nearest first."""
     indices = np.empty((len(unit), k), dtype=np.int32)
     sims = np.empty((len(unit), k), dtype=np.float32)
-    for lo in range(0, len(unit), BLOCK_ROWS):
-        cand = candidates[lo:lo + BLOCK_ROWS]  # (b, c)
+    block = _block_rows(candidates.shape[1] * unit.shape[1])  # the gathered candidate vectors dominate
+    for lo in range(0, len(unit), block):
+        cand = candidates[lo:lo + block]  # (b, c)
         scores = np.einsum("bd,bcd->bc", unit[lo:lo + len(cand)], unit[cand])
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         indices[lo:lo + len(cand)] = np.take_along_axis(cand, order, axis=1)
         sims[lo:lo + len(cand)] = np.take_along_axis(scores, order, axis=1)
     return Neighbours(indices, sims)
+
+
+def _block_rows(row_floats: int) -> int:
+    """Rows per block when each row holds ``row_floats`` float32 values."""
+    return max(1, min(4096, BLOCK_BYTES // (4 * row_floats)))

@@ -24,7 +24,9 @@ from fext.config import Config
 from fext.errors import FeXTError
 from fext.explore import measure
 from fext.explore.clusters import CANDIDATE_KS, SILHOUETTE_SAMPLE, Clusters, find_clusters
-from fext.explore.duplicates import Duplicates, Threshold, choose_threshold, find_duplicates
+from fext.explore.duplicates import (
+    DUPLICATE_NEIGHBOURS, Duplicates, Threshold, choose_threshold, find_duplicates, threshold_at,
+)
 from fext.explore.maps import MAP_NEIGHBOURS, embedding_map
 from fext.explore.neighbours import Neighbours, nearest_neighbours, unit_rows
 from fext.explore.outliers import OUTLIER_NEIGHBOURS, Outliers, find_outliers
@@ -64,10 +66,7 @@ class Exploration:
                  + (f" (silhouette {self.clusters.silhouette:.3f})" if self.clusters.silhouette is not None else "")]
         lines.append("Most unusual: " + ", ".join(
             f"{self.paths[r]} ({self.outliers.score[r]:.1f})" for r in self.outliers.ranking()[:top]))
-        if np.isnan(self.threshold.false_positive_rate):
-            lines.append(f"Duplicate threshold {self.threshold.value:.4f} (cosine similarity, set by hand)")
-        else:
-            lines.append(self.threshold.describe()[0].upper() + self.threshold.describe()[1:])
+        lines.append(self.threshold.describe())
         lines.append(f"{len(self.duplicates.groups)} group(s) of near-duplicates, "
                      f"{sum(len(g) for g in self.duplicates.groups)} images")
         return "\n".join(lines)
@@ -121,15 +120,15 @@ def explore(
     # 3. outliers, duplicates
     outliers = find_outliers(unit, errors, nb)
     if duplicate_threshold is not None:
-        threshold = Threshold(float(duplicate_threshold), float("nan"), None, 0, 0)
+        threshold = threshold_at(duplicate_threshold, copies, nb.similarities[sample, 0], by_hand=True)
     else:
         threshold = choose_threshold(copies, nb.similarities[sample, 0])
-    duplicates = find_duplicates(unit, threshold.value, nb)
+    duplicates = find_duplicates(unit, threshold.value, nb.first(DUPLICATE_NEIGHBOURS))
     clock.lap("outliers and duplicates")
     # 4. files
     sprites = make_sprites(files, progress=progress) if have_images else None
     clock.lap("thumbnails")
-    page_nb = Neighbours(nb.indices[:, :neighbours], nb.similarities[:, :neighbours])
+    page_nb = nb.first(neighbours)
     _write_csvs(out, paths, xy, groups, outliers, duplicates)
     notes = _notes(folder, metadata, len(paths), groups, clusters, outliers, threshold, duplicates, have_images, input_dir)
     write_page(out / "atlas.html", paths, xy, groups, outliers, duplicates, page_nb, sprites,
@@ -174,7 +173,7 @@ def _model_measurements(
     if ckpt is None:
         return None, None, sample
     from fext.device import select_device
-    from fext.encoding import load_model
+    from fext.encoding.inference import load_model, workers
 
     device = select_device(cfg.device.DEVICE, cfg.device.DEVICE_ID)
     model = load_model(ckpt, device)
@@ -184,10 +183,10 @@ def _model_measurements(
     copies, sample = (copies[readable], sample[readable]) if readable.any() else (None, sample)
     errors = None
     if reconstruction:
-        errors = measure.reconstruction_errors(model, files, size, device, progress)
+        errors = measure.reconstruction_errors(model, files, size, device, workers(cfg, len(files), measure.BATCH), progress)
         missing = np.isnan(errors)
         if missing.any():
-            log.warning("%d image(s) could not be read again; their outlier score uses the neighbours only", int(missing.sum()))
+            log.warning("%d image(s) could not be read again; their reconstruction error counts as typical", int(missing.sum()))
             errors[missing] = np.nanmedian(errors) if (~missing).any() else 0.0
     return errors, copies, sample
 
@@ -238,15 +237,13 @@ def _notes(
     parts = f"distance to its {OUTLIER_NEIGHBOURS} nearest neighbours" + (
         " and the model's reconstruction error" if outliers.reconstruction_error is not None else
         " (the reconstruction error joins it when the checkpoint and the images are at hand)")
-    measured = ("set by hand (--duplicate-threshold)" if np.isnan(threshold.false_positive_rate)
-                else threshold.describe())
     return PageNotes(
         title=f"FeXT atlas — {folder.name}",
         summary=f"{n:,} images from {input_dir}, encoded with {recorded} (D = {metadata.get('embedding_dim', '?')}).",
         clusters=f"k-means on the unit vectors. {k_rule} Spread: mean cosine distance to the centre; "
                  "medoid: the image nearest the centre.",
         outliers=f"Score: robust z-score (0 = typical) of the cosine {parts}. Hover or click for details.",
-        duplicates=f"{len(duplicates.groups)} group(s); {measured}.",
+        duplicates=f"{len(duplicates.groups)} group(s). {threshold.describe()}.",
         thumbnails="" if have_images else f"No thumbnails: the encoded images are not at {input_dir}.",
     )
 
