@@ -111,6 +111,8 @@ class TrainingConfig:
     """Write TensorBoard logs into the checkpoint folder."""
     SAVE_CHECKPOINTS: bool = False
     """Keep one weights file per epoch (the last epoch is always saved)."""
+    ACTIVATION_CHECKPOINTING: bool = False
+    """Recompute each encoder and decoder stage in backward instead of keeping its activations: far less training memory for one more forward pass of compute (larger batches on small machines)."""
     LR_SCHEDULER: LRSchedulerConfig = field(default_factory=LRSchedulerConfig)
     RECIPE: str = _key("views", 'one of "views", "seed"', lambda v: v in ("views", "seed"))
     """"views": reconstruction plus latent invariance between two augmented views of each image (training.VIEWS);

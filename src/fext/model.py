@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torch.utils.flop_counter import FlopCounterMode
 
 from fext.layers import (
@@ -134,6 +136,9 @@ class FeXTAutoEncoder(nn.Module):
         )
         self.head = nn.Conv2d(widths[0], 3, kernel_size=1)
         self._fast_inference = False
+        self.activation_checkpointing = False
+        """Recompute every encoder and decoder stage in backward instead of keeping its activations
+        (``training.ACTIVATION_CHECKPOINTING``): far less memory for about one more forward pass."""
         if CHANNELS_LAST:
             self.to(memory_format=torch.channels_last)
 
@@ -161,8 +166,8 @@ class FeXTAutoEncoder(nn.Module):
             if chunked:
                 head, stages = stages[:chunked], stages[chunked:]
                 chunk = max(1, INFERENCE_CHUNK_BYTES // per_image[0])  # images
-                x = torch.cat([_run_stages(head, part) for part in x.split(chunk)])
-        x = _run_stages(stages, x)  # (B, widths[-1], s, s)
+                x = torch.cat([self._run_stages(head, part) for part in x.split(chunk)])
+        x = self._run_stages(stages, x)  # (B, widths[-1], s, s)
         return self.compress(x)
 
     @property
@@ -190,6 +195,15 @@ class FeXTAutoEncoder(nn.Module):
         """Back to the plain forward (the default), e.g. to train a model that was encoding; returns self."""
         return self.enable_fast_inference(False)
 
+    def _run_stages(self, stages: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
+        """``x`` through ``stages`` in order, each checkpointed when ``activation_checkpointing`` is on."""
+        for stage in stages:
+            if self.activation_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(stage, x, use_reentrant=False)
+            else:
+                x = stage(x)
+        return x
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) in [0, 1] -> feature vectors (B, D)."""
         return self.forward_features(x).flatten(1)
@@ -199,9 +213,7 @@ class FeXTAutoEncoder(nn.Module):
         x = z.reshape(z.shape[0], *self.arch.latent_shape)  # (B, L, s, s)
         if CHANNELS_LAST:
             x = x.contiguous(memory_format=torch.channels_last)
-        x = self.decompress(x)
-        for stage in self.decoder:
-            x = stage(x)  # doubles H and W
+        x = self._run_stages(self.decoder, self.decompress(x))  # doubles H and W per stage
         return clamp_unit(self.head(x))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -222,13 +234,6 @@ class FeXTAutoEncoder(nn.Module):
         from fext.checkpoints import load_checkpoint
 
         return load_checkpoint(directory, map_location)[0]
-
-
-def _run_stages(stages: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
-    """``x`` through ``stages`` in order."""
-    for stage in stages:
-        x = stage(x)  # halves H and W
-    return x
 
 
 def model_complexity(model: FeXTAutoEncoder, img_size: int | None = None) -> tuple[int, int]:

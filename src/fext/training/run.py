@@ -44,8 +44,10 @@ class TrainingInterrupted(FeXTError):
 
 
 def resumed_config(saved: Config, current: Config) -> Config:
-    """The checkpoint's configuration, with ADDITIONAL_EPOCHS and the device section from ``current``."""
-    training = replace(saved.training, ADDITIONAL_EPOCHS=current.training.ADDITIONAL_EPOCHS)
+    """The checkpoint's configuration, with ADDITIONAL_EPOCHS, ACTIVATION_CHECKPOINTING (a memory
+    setting of this machine, values unchanged) and the device section from ``current``."""
+    training = replace(saved.training, ADDITIONAL_EPOCHS=current.training.ADDITIONAL_EPOCHS,
+                       ACTIVATION_CHECKPOINTING=current.training.ACTIVATION_CHECKPOINTING)
     return replace(saved, training=training, device=current.device)
 
 
@@ -148,6 +150,7 @@ def _train(
         model = FeXTAutoEncoder(saved.description.architecture)
         load_weights(model, state["model"] if state else load_weights_file(folder / WEIGHTS))
     model.to(device)
+    model.activation_checkpointing = cfg.training.ACTIVATION_CHECKPOINTING
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.training.LR_SCHEDULER.INITIAL_LR,
                                  fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(device, cfg.device.MIXED_PRECISION))
