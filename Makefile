@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==$(TORCH_VERSION)
 
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast venv clean
+.PHONY: demo test test-fast test-min venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,20 @@ test: venv
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The fast tests with every dependency at the lowest version pyproject.toml allows (torch stays
+# TORCH_VERSION), in a separate venv: proves the declared lower bounds true.
+MIN_VENV ?= .venv-min
+test-min:
+	$(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/pip install --upgrade --quiet pip
+	$(MIN_VENV)/bin/pip install --quiet "$(TORCH_SPEC)"
+	$(MIN_VENV)/bin/python .ci/lowest_constraints.py --extra dev --torch $(TORCH_VERSION) > $(MIN_VENV)/constraints.txt
+	$(MIN_VENV)/bin/pip install --quiet -c $(MIN_VENV)/constraints.txt -e ".[dev]"
+	$(MIN_VENV)/bin/pip list --format=freeze > $(MIN_VENV)/installed.txt
+	$(MIN_VENV)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
+
 demo: venv
 	$(BIN)/python -m fext.demo
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(MIN_VENV) build src/*.egg-info .pytest_cache
