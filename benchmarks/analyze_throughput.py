@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from _machine import machine_header
 from data_throughput import make_jpegs
 
 from fext._allocator import keep_freed_memory
@@ -74,6 +75,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--hashes", type=int, default=50_000)
     args = parser.parse_args()
+    machine_header(seconds=1.0)  # the CPU these figures come from
 
     keep_freed_memory()  # as in worker processes, so the in-process "1 worker" rows measure the same path
     results: dict[str, dict[str, float]] = {}

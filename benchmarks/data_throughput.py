@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import machine_header
 from PIL import Image, ImageDraw, ImageFilter
 
 from fext.data import decode_batches, iterate_batches, load_image, prepare_images, to_float
@@ -121,6 +122,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
+    machine_header(seconds=1.0)  # the CPU these figures come from
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{args.images} JPEGs 500x375 q90 -> {args.size} px")
     results: dict[str, dict[str, float]] = {}

@@ -31,24 +31,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import machine_header, peak_rss_mb
 from PIL import Image
 
 from fext import checkpoints
 from fext.config import Config, with_overrides
 from fext.encoding import embed, encode_folder, load_model
 from fext.model import FeXTAutoEncoder
-
-
-def matmul_gflops(n: int, seconds: float) -> float:
-    """Best fp32 GFLOP/s of an (n, n) @ (n, n) product over about ``seconds``."""
-    a, b = torch.rand(n, n), torch.rand(n, n)
-    a @ b
-    best, deadline = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        t = time.perf_counter()
-        a @ b
-        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
-    return best
 
 
 def encoder_flops(model: FeXTAutoEncoder) -> int:
@@ -156,19 +145,6 @@ def bench_memory(args: argparse.Namespace, tmp: Path) -> None:
     print(f"growth from {low} to {high} images: {peaks[high] - peaks[low]:+.0f} MB (target: within 300 MB)")
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory in MB.
-
-    Linux: VmHWM of /proc/self/status, which starts afresh at exec; ru_maxrss does not (it keeps
-    the forking parent's resident size), so it would report the benchmark's own memory.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
-
-
 def memory_child(ckpt: str, images: str, output: str, workers: str) -> None:
     """Encode in this fresh process and print its peak RSS (and its workers') as JSON, in MB."""
     cfg = with_overrides(Config(), {"device.DEVICE": "CPU", "device.NUM_PROCESSORS": int(workers)})
@@ -199,9 +175,9 @@ def main() -> None:
     args.img_size = 64 if args.quick else 128
     args.cold_images = 64 if args.quick else 640
     args.memory_sizes = (200, 2000) if args.quick else (1000, 20000)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs{', --quick' if args.quick else ''}")
-    matmul = matmul_gflops(1024 if args.quick else 2048, 1.0 if args.quick else 5.0)
-    print(f"fp32 matmul: {matmul:.1f} GFLOP/s")
+    matmul = machine_header("cpu", 1024 if args.quick else 2048, 1.0 if args.quick else 5.0)
+    if args.quick:
+        print("--quick: small sizes, a smoke run")
     with tempfile.TemporaryDirectory(prefix="fext_bench_") as tmp:
         if not args.skip_speed:
             bench_speed(args, Path(tmp), matmul)
