@@ -70,8 +70,8 @@ def child(args: argparse.Namespace) -> None:
     """Measure one configuration in this fresh process; print images/second, FLOPs and peak RSS as JSON."""
     preset, precision, checkpointing = args.child[0], args.child[1], args.child[2] == "1"
     device = select_device(args.device)
-    if device.type == "cpu" and not args.default_allocator:
-        keep_freed_memory()  # as `fext train` does on the CPU
+    if device.type == "cpu" and not args.default_allocator and not checkpointing:
+        keep_freed_memory()  # as `fext train` does on the CPU (not with ACTIVATION_CHECKPOINTING)
     ips, flops = train_images_per_second(preset, args.img_size, args.batch_size, precision == "bf16", device,
                                          args.warmup, args.steps, checkpointing)
     print(json.dumps({"ips": ips, "flops": flops, "rss_mb": peak_rss_mb()}))

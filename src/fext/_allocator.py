@@ -6,7 +6,9 @@ for the base preset at batch 25) every step, so every step faults in freshly zer
 that roughly triples the cost of the cheap per-pixel operations. Serving everything from the heap
 and never trimming it avoids that (the measurement is in benchmarks/README.md). The price: memory freed by the process is kept for reuse instead of being returned to the
 system, so the resident size stays at its peak (a few batches), which is what a long run reaches
-anyway.
+anyway. :func:`release_freed_memory` hands it back at the moment that matters: when a training run
+ends, so a process that goes on (the menu, the demo, a notebook) does not keep the training peak.
+``training.ACTIVATION_CHECKPOINTING`` puts memory first and leaves glibc's default policy alone.
 """
 
 from __future__ import annotations
@@ -31,3 +33,13 @@ def keep_freed_memory() -> None:
     libc.mallopt(_M_MMAP_MAX, 0)
     libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
     _done = True
+
+
+def release_freed_memory() -> None:
+    """Return the heap's free pages to the system (glibc ``malloc_trim``; elsewhere a no-op)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # musl or another libc
+        pass

@@ -17,7 +17,7 @@ import torch
 
 import fext
 from fext import distributed
-from fext._allocator import keep_freed_memory
+from fext._allocator import keep_freed_memory, release_freed_memory
 from fext.checkpoints import (
     PLOT, SUMMARY, TENSORBOARD, TRAINER_STATE, WEIGHTS, Checkpoint, CheckpointDescription, DatasetRecord,
     load_trainer_state, load_weights, load_weights_file, new_checkpoint_dir, read_checkpoint, save_checkpoint,
@@ -142,7 +142,7 @@ def _train(
                     len(train_rows), recorded.train)
 
     # Model, optimizer, grad scaler, generators, position: fresh (seeded) or from the checkpoint.
-    if device.type == "cpu":
+    if device.type == "cpu" and not cfg.training.ACTIVATION_CHECKPOINTING:
         keep_freed_memory()  # activations are not re-mapped every step (benchmarks/README.md)
     if fresh:
         model = FeXTAutoEncoder.from_preset(cfg.model.PRESET, cfg.model.IMG_SIZE)
@@ -204,6 +204,8 @@ def _train(
             # Nothing resumable was written: leave no half-made checkpoint folder behind.
             shutil.rmtree(folder, ignore_errors=True)
         raise
+    finally:
+        release_freed_memory()  # the process may go on (menu, demo): it need not keep the training peak
     log.info("Done: %s", folder)
     return folder
 
