@@ -156,7 +156,7 @@ def build_index(folder: str | os.PathLike, kind: str = "auto", memory_mb: int | 
         ivf.do_polysemous_training = False  # on by default, many times the cost of the codebooks, unused here
     if not index.is_trained:
         index.train(_training_sample(encoding.rows, info["nlist"]))
-    _add_all(index, encoding.rows, progress)
+    _add_all(index, encoding.rows, info["kind"], progress)
     info.update(memory_budget_mb=budget)
     return _finish(encoding, index, info, started)
 
@@ -177,7 +177,7 @@ def refresh_index(folder: Path) -> dict[str, Any] | None:
     if old["kind"] == "ivf":
         index = faiss.read_index(str(folder / INDEX_FILE))
         index.reset()
-        _add_all(index, encoding.rows, progress=False)
+        _add_all(index, encoding.rows, "ivf", progress=False)
         info = {k: old[k] for k in ("kind", "factory", "nlist", "rerank", "memory_budget_mb") if k in old}
         return _finish(encoding, index, {**info, "estimated_mb": old.get("estimated_mb")}, started)
     return build_index(folder, old["kind"], old.get("memory_budget_mb"))
@@ -191,11 +191,44 @@ def _training_sample(vectors: RowReader, nlist: int, seed: int = 0) -> np.ndarra
     return normalized(vectors.take(rows))
 
 
-def _add_all(index: Any, vectors: RowReader, progress: bool) -> None:
+def _add_all(index: Any, vectors: RowReader, kind: str, progress: bool) -> None:
+    """Add every vector, normalised, a block at a time; IVF lists are sized once (see :func:`_fill_ivf`)."""
     from tqdm import tqdm
 
-    for lo in tqdm(range(0, len(vectors), BLOCK_ROWS), desc="Indexing", unit="block", disable=not progress):
+    faiss = _faiss()
+    blocks = tqdm(range(0, len(vectors), BLOCK_ROWS), desc="Indexing", unit="block", disable=not progress)
+    if kind == "ivf":
+        _fill_ivf(faiss, faiss.extract_index_ivf(index), vectors, blocks)
+        return
+    for lo in blocks:
         index.add(normalized(vectors[lo:lo + BLOCK_ROWS]))
+
+
+def _fill_ivf(faiss: Any, ivf: Any, vectors: RowReader, blocks: Any) -> None:
+    """``ivf.add`` of every vector without the slack of growing lists (up to 2x their size).
+
+    Two passes: the first assigns every vector to its cell and sizes each list once; the second
+    encodes the vectors and writes them in place, in row order within each list as ``add`` would.
+    """
+    n = len(vectors)
+    cells = np.empty(n, np.int64)
+    for lo in range(0, n, BLOCK_ROWS):
+        cells[lo:lo + BLOCK_ROWS] = ivf.quantizer.search(normalized(vectors[lo:lo + BLOCK_ROWS]), 1)[1].ravel()
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    filled = np.zeros(ivf.nlist, np.int64)
+    for cell, count in enumerate(np.bincount(cells, minlength=ivf.nlist).tolist()):
+        lists.resize(cell, count)
+    for lo in blocks:
+        x, where = normalized(vectors[lo:lo + BLOCK_ROWS]), np.ascontiguousarray(cells[lo:lo + BLOCK_ROWS])
+        codes = np.empty((len(x), ivf.code_size), np.uint8)
+        ivf.encode_vectors(len(x), faiss.swig_ptr(x), faiss.swig_ptr(where), faiss.swig_ptr(codes))
+        order = np.argsort(where, kind="stable")
+        present, starts = np.unique(where[order], return_index=True)
+        for cell, chunk in zip(present.tolist(), np.split(order, starts[1:])):
+            ids, chunk_codes = lo + chunk.astype(np.int64), np.ascontiguousarray(codes[chunk])
+            lists.update_entries(cell, int(filled[cell]), len(chunk), faiss.swig_ptr(ids), faiss.swig_ptr(chunk_codes))
+            filled[cell] += len(chunk)
+    ivf.ntotal = n
 
 
 def _finish(encoding: Encoding, index: Any, info: dict[str, Any], started: float) -> dict[str, Any]:
