@@ -193,5 +193,6 @@ def test_bad_input_is_one_clear_message(tmp_path, ws, capsys, case):
 
 
 def _page_data(page: str) -> str:
-    start = page.index('<script type="application/json" id="atlas-data">') + len('<script type="application/json" id="atlas-data">')
+    tag = '<script type="application/json" id="atlas-data">'
+    start = page.index(tag) + len(tag)
     return page[start:page.index("</script>", start)]

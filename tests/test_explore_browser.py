@@ -138,7 +138,10 @@ def test_the_page_made_no_network_request(page):
 
 _TILE_INK = """
 const c = arguments[0], d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && Math.abs(d[i] - 34) + Math.abs(d[i + 1] - 34) + Math.abs(d[i + 2] - 34) > 30) n++;
+let n = 0;
+for (let i = 0; i < d.length; i += 4) {
+    if (d[i + 3] > 0 && Math.abs(d[i] - 34) + Math.abs(d[i + 1] - 34) + Math.abs(d[i + 2] - 34) > 30) n++;
+}
 return n;
 """
 

@@ -44,7 +44,8 @@ class Threshold:
     by_hand: bool = False
 
     def describe(self) -> str:
-        recall = "no edited copies measured" if self.copy_recall is None else f"{self.copy_recall:.1%} of edited copies reach it"
+        recall = ("no edited copies measured" if self.copy_recall is None
+                  else f"{self.copy_recall:.1%} of edited copies reach it")
         how = "set by hand" if self.by_hand else "measured"
         return (f"Duplicate threshold {self.value:.4f} (cosine similarity, {how}): {self.false_positive_rate:.2%} of "
                 f"{self.distinct} sampled distinct images would be grouped, {recall}")
@@ -97,7 +98,9 @@ def threshold_at(
     return Threshold(float(value), fp, recall, len(nearest), len(distinct), by_hand)
 
 
-def _measured(copy_similarity: np.ndarray | None, nearest_similarity: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+def _measured(
+    copy_similarity: np.ndarray | None, nearest_similarity: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """(nearest similarities, copy similarities or None, the nearest similarities of the distinct images)."""
     nearest = np.asarray(nearest_similarity, dtype=np.float64)
     if copy_similarity is None:

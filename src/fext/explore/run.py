@@ -256,7 +256,8 @@ def resolve_embeddings(extraction: Path, name_or_path: str | os.PathLike | None,
         for path in (Path(name_or_path), extraction / str(name_or_path)):
             if path.is_dir():
                 return path
-        raise FeXTError(f"{name_or_path} is neither a folder nor a folder name under {extraction}; pass a folder written by `fext encode`")
+        raise FeXTError(f"{name_or_path} is neither a folder nor a folder name under {extraction}; "
+                        "pass a folder written by `fext encode`")
     found = sorted(p for p in extraction.iterdir() if p.is_dir() and is_finished(p)) if extraction.is_dir() else []
     if not found:
         raise FeXTError(f"No encoded images in {extraction}; run `fext encode` first, or pass an EMBEDDINGS_DIR")
