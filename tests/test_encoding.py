@@ -221,8 +221,10 @@ def test_resume_after_sigkill_and_ctrl_c_gives_the_files_of_one_run(tmp_path, ck
               "encode", str(ckpt), "--input", str(images), "--batch-size", "4"]
     reference = _fext(*common, "--output", str(tmp_path / "reference"))  # uninterrupted, running alongside
 
-    # The debug hook slows every batch down and records progress after each one, so the kills land mid-run.
-    out, slow = tmp_path / "resumed", {"FEXT_DEBUG_ENCODE_SLEEP": "0.3"}
+    # The test hook (tests/hooks/sitecustomize.py) slows every batch down and records progress after each one,
+    # so the kills land mid-run.
+    hooks = str(Path(__file__).parent / "hooks")
+    out, slow = tmp_path / "resumed", {"FEXT_TEST_ENCODE_SLEEP": "0.3", "PYTHONPATH": hooks}
     killed = _fext(*common, "--output", str(out), env=slow)
     first = _interrupt_when_done(killed, out / STATE, 8, signal.SIGKILL)
     assert killed.wait(timeout=60) == -signal.SIGKILL

@@ -149,7 +149,6 @@ def _cmd_encode(ctx: Context, args: argparse.Namespace) -> int:
         per_image=args.per_image,
         overwrite=args.overwrite,
         progress=ctx.progress,
-        batch_pause=float(os.environ.get("FEXT_DEBUG_ENCODE_SLEEP") or 0),  # test hook: interrupt a run at a known batch
     )
     if _first_process():
         print(f"Embeddings: {out}")

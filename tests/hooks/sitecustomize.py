@@ -7,6 +7,8 @@ under torchrun, when the tests ask for them:
   encoding once its part is encoded.
 - ``FEXT_TEST_DUMP_WEIGHTS=DIR``: at the end of training every rank writes its weights to
   ``DIR/rank<R>.safetensors``, to check that the ranks ended with the same model.
+- ``FEXT_TEST_ENCODE_SLEEP=SECONDS``: encoding sleeps after every batch and records its progress
+  after every batch, so a test can kill a `fext encode` midway at a known point.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 
 FAIL_RANK = os.environ.get("FEXT_TEST_FAIL_RANK", "").strip()
 DUMP_WEIGHTS = os.environ.get("FEXT_TEST_DUMP_WEIGHTS", "").strip()
+ENCODE_SLEEP = float(os.environ.get("FEXT_TEST_ENCODE_SLEEP", "").strip() or 0)
 
 
 def _install() -> None:
@@ -46,5 +49,23 @@ def _install() -> None:
     training_run.fit, resumable.encode_missing = fit_with_hooks, encode_then_fail
 
 
+def _install_encode_sleep() -> None:
+    import time
+
+    import fext.encoding.inference as inference
+    import fext.encoding.resumable as resumable
+
+    embed = inference.embed
+
+    def slow_embed(*args, **kwargs):
+        vectors = embed(*args, **kwargs)
+        time.sleep(ENCODE_SLEEP)
+        return vectors
+
+    inference.embed, resumable.FLUSH_SECONDS = slow_embed, 0.0
+
+
 if FAIL_RANK or DUMP_WEIGHTS:
     _install()
+if ENCODE_SLEEP:
+    _install_encode_sleep()

@@ -39,7 +39,6 @@ def encode_folder(
     per_image: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    batch_pause: float = 0.0,
 ) -> Path:
     """Encode every image under ``input_dir`` with checkpoint ``ckpt``; return the output folder.
 
@@ -48,7 +47,6 @@ def encode_folder(
     from ``config.device``; the image size from the checkpoint. An unfinished run in the output
     folder is resumed; a finished one is left as it is (``overwrite`` starts again). Under
     torchrun every process calls this and encodes its share (:mod:`fext.encoding.sharding`).
-    ``batch_pause`` is for tests: see :func:`fext.encoding.resumable.encode_missing`.
     """
     from fext.checkpoints import read_description
     from fext.data import find_images
@@ -59,7 +57,7 @@ def encode_folder(
         # Under torchrun: open the process group (gloo: ranks only exchange a few small messages), then shard.
         with distributed.session(config.device.DEVICE, config.device.DEVICE_ID, gpu_collectives=False):
             return encode_folder(ckpt, input_dir, output_dir, config=config, workspace=workspace, batch_size=batch_size,
-                                 per_image=per_image, overwrite=overwrite, progress=progress, batch_pause=batch_pause)
+                                 per_image=per_image, overwrite=overwrite, progress=progress)
     if workspace is not None:
         workspace.ensure()
     ckpt = Path(ckpt).expanduser().resolve()
@@ -109,7 +107,7 @@ def encode_folder(
         if state["done"]:
             log.info("Resuming: %d of %d images were already done", state["done"], state["todo"])
         resumable.encode_missing(output, state, ckpt, paths, names, arch.img_size, batch_size, config, device, progress,
-                                 batch_pause, todo)
+                                 todo)
     finalize(output, state, paths, names, stats, per_image, extra=run_details(arch, batch_size, device, config))
     if state.get("incremental"):
         from fext.index import refresh_index

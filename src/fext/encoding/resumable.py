@@ -118,17 +118,14 @@ def partial_usable(output: Path, state: dict[str, Any]) -> bool:
 
 def encode_missing(
     output: Path, state: dict[str, Any], ckpt: Path, paths: list[Path], names: list[str], img_size: int,
-    batch_size: int, cfg: Config, device: torch.device, progress: bool, batch_pause: float = 0.0,
-    todo: np.ndarray | None = None,
+    batch_size: int, cfg: Config, device: torch.device, progress: bool, todo: np.ndarray | None = None,
 ) -> None:
     """Encode the images ``todo[state["done"]:]`` (positions in the listing; all when None) into the partial files.
 
-    Progress is recorded as it goes. ``batch_pause`` (seconds) sleeps after every batch and
-    records progress after every batch, so a test can interrupt a run at a known point.
+    Progress is recorded as it goes, at most every :data:`FLUSH_SECONDS`.
     """
     from fext.data import decode_batches
 
-    flush_seconds = 0.0 if batch_pause else FLUSH_SECONDS
     model = inference.load_model(ckpt, device, inference.compile_backend(cfg))
     pad_to = inference.pad_to(cfg, batch_size)
     todo = np.arange(len(paths), dtype=np.int64) if todo is None else todo
@@ -165,9 +162,7 @@ def encode_missing(
                     log.warning("Skipped %s: %s", names[position], reason)
                 state["failures"] += [{"position": p, "path": names[p], "reason": reason} for p, reason in failed]
                 state["done"] = max([state["done"], *(p + 1 for p in failed_steps), *(steps + 1).tolist()])
-                if batch_pause:
-                    time.sleep(batch_pause)
-                if time.perf_counter() - last_flush >= flush_seconds:
+                if time.perf_counter() - last_flush >= FLUSH_SECONDS:
                     flush()
                     last_flush = time.perf_counter()
             flush()
