@@ -8,7 +8,8 @@
 2. Base preset, IMG_SIZE 128, batch 64, fp32 and MIXED_PRECISION:
    - warm: batches already decoded in memory (what a decoded cache gives), model time only;
    - cold: ``encode_folder`` end to end on 500x375 JPEGs, decoded by NUM_PROCESSORS workers;
-   images/second, the encoder's achieved GFLOP/s and its share of the matmul figure; then warm
+   images/second, the encoder's achieved GFLOP/s and its share of the matmul figure (warm fp32 also
+   with fast inference off: the plain forward, what the switch gains); then warm
    fp32 again with ``model.JIT_COMPILE`` (torch.compile, inductor), and how long compiling took.
    Targets on a 2-core CPU: warm fp32 at 60% of the matmul GFLOP/s or more.
 3. Peak resident memory of ``encode_folder`` with the small preset on 1,000 and on 20,000 small
@@ -43,16 +44,17 @@ from fext.model import FeXTAutoEncoder
 def encoder_flops(model: FeXTAutoEncoder) -> int:
     """FLOPs of ``encode`` for one image (convolutions and matmuls, 2 per multiply-add).
 
-    Counted on the training path (gradients on): the model's own arithmetic. Inference takes a
-    route that does a little more (symmetrically padded convolutions, see fext.layers); counting
-    that would flatter the figures.
+    Counted on the plain forward: the model's own arithmetic. Fast inference does a little more
+    (symmetrically padded convolutions, see fext.layers); counting that would flatter the figures.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     size = model.arch.img_size
-    with counter:
-        model.encode(torch.zeros(1, 3, size, size))
+    fast = model.fast_inference
+    with counter, torch.inference_mode():
+        model.disable_fast_inference().encode(torch.zeros(1, 3, size, size))
+    model.enable_fast_inference(fast)
     return counter.get_total_flops()
 
 
@@ -104,6 +106,8 @@ def bench_speed(args: argparse.Namespace, tmp: Path, matmul: float) -> None:
         rate = batch / min(times)
         print(f"{label:<10} {'warm: decoded batches in memory':<34} {rate:8.1f} {rate * flops / 1e9:8.1f} {100 * rate * flops / 1e9 / matmul:8.0f}%")
 
+    warm("fp32 plain", model.disable_fast_inference(), False)  # what model.enable_fast_inference() gains
+    model.enable_fast_inference()
     for mixed in (False, True):
         label = "bf16 mix" if mixed else "fp32"
         warm(label, model, mixed)
