@@ -102,7 +102,7 @@ def test_hover_shows_the_thumbnail_and_click_shows_the_neighbours(page):
     assert _wait(lambda: browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", large)) == 128
 
 
-def test_box_selection_search_and_csv_download(page, tmp_path):
+def test_box_and_lasso_selection_search_and_csv_download(page, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
 
     browser, result, _ = page
@@ -118,6 +118,21 @@ def test_box_selection_search_and_csv_download(page, tmp_path):
     _wait(lambda: csv_file.is_file() and csv_file.stat().st_size > 0)
     lines = csv_file.read_text(encoding="utf-8").splitlines()
     assert lines[0] == "path,cluster,outlier_score" and sorted(line.split(",")[0] for line in lines[1:]) == sorted(result.paths)
+    # Lasso around the left half of the map: exactly the points drawn there are selected.
+    browser.find_element("id", "clear").click()
+    browser.find_element("css selector", "input[name=mode][value=lasso]").click()
+    w, h = size["width"], size["height"]
+    corners = [(-w // 2 + 2, -h // 2 + 2), (0, -h // 2 + 2), (0, h // 2 - 2), (-w // 2 + 2, h // 2 - 2),
+               (-w // 2 + 2, -h // 2 + 3)]
+    lasso = ActionChains(browser).move_to_element_with_offset(canvas, *corners[0]).click_and_hold()
+    for (x0, y0), (x1, y1) in zip(corners, corners[1:]):
+        lasso = lasso.move_by_offset(x1 - x0, y1 - y0)
+    lasso.release().perform()
+    middle = browser.execute_script("const r = arguments[0].getBoundingClientRect(); return r.left + r.width / 2", canvas)
+    xs = [browser.execute_script(f"return window.atlas.screenOf({i})")[0] for i in range(len(result.paths))]
+    selected = set(browser.execute_script("return window.atlas.selectedRows()"))
+    assert 0 < len(selected) < len(result.paths)  # points within 2 px of the edge may go either way
+    assert {i for i, x in enumerate(xs) if x < middle - 2} <= selected <= {i for i, x in enumerate(xs) if x < middle + 2}
     search = browser.find_element("id", "search")
     search.send_keys("sub/")
     assert browser.find_element("id", "match-count").text == "10 matches"
