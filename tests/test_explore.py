@@ -172,6 +172,16 @@ def test_missing_images_still_give_a_page_without_thumbnails(tmp_path):
     assert json.loads(_page_data(page))["sheets"] == []
 
 
+def test_paths_that_look_like_html_cannot_break_the_page(tmp_path):
+    vectors, _ = planted(n_per=5, k=2)
+    folder = vectors_folder(tmp_path / "emb", vectors)
+    odd = "x</script><!--<script>alert(1)</script>.png"
+    write_index(folder, [odd] + [f"img_{i}.png" for i in range(1, len(vectors))], np.full((len(vectors), 2), 64))
+    page = (explore(folder).output / "atlas.html").read_text(encoding="utf-8")
+    assert page.count("</script>") == 2  # the data block's and the script's own
+    assert json.loads(_page_data(page))["paths"][0] == odd
+
+
 @pytest.mark.parametrize("case", ["no metadata", "one image", "nan"])
 def test_bad_input_is_one_clear_message(tmp_path, ws, capsys, case):
     from fext.cli import main

@@ -79,8 +79,8 @@ def write_page(
         "DUPLICATE_NOTE": html.escape(notes.duplicates),
         "THUMBNAIL_NOTE": f'<p class="hint">{html.escape(notes.thumbnails)}</p>' if notes.thumbnails else "",
         "CSS": _asset("atlas.css"), "JS": _asset("atlas.js"),
-        # "</" would end the script element early; "<\/" is the same JSON string.
-        "DATA": json.dumps(data, separators=(",", ":")).replace("</", "<\\/"),
+        # "</script" or "<!--" in a path would confuse the HTML parser; "\u003c" is the same JSON string.
+        "DATA": json.dumps(data, separators=(",", ":")).replace("<", "\\u003c"),
     }
     page = re.sub(r"\{\{([A-Z_]+)\}\}", lambda m: parts[m.group(1)], _asset("atlas.html"))
     with atomic_open(path, "w", encoding="utf-8") as f:
