@@ -113,8 +113,11 @@ def plan_index(n: int, d: int, kind: str, memory_mb: int) -> dict[str, Any]:
     """Choose the faiss structure for ``n`` vectors of ``d`` floats within ``memory_mb``."""
     raw_mb = n * d * 4 / 2**20
     if kind == "auto":
-        kind = "flat" if n <= EXACT_MAX else "ivf"
+        kind = "flat" if n <= EXACT_MAX and raw_mb <= memory_mb else "ivf"
     if kind == "flat":
+        if raw_mb > memory_mb:
+            raise FeXTError(f"An exact index of {n} vectors needs about {raw_mb:.0f} MB, over the {memory_mb} MB budget; "
+                            "use --kind ivf (it quantises vectors to fit) or a larger --memory")
         return {"kind": "flat", "factory": "Flat", "estimated_mb": round(raw_mb, 1)}
     if kind == "hnsw":
         need = raw_mb + n * HNSW_LINKS * 2 * 4 / 2**20
@@ -130,6 +133,9 @@ def plan_index(n: int, d: int, kind: str, memory_mb: int) -> dict[str, Any]:
     per_vector = (memory_mb - overhead_mb) * 2**20 / n  # bytes of code each vector may have
     # One byte per sub-vector of at least 8 dimensions: finer codebooks cost more to train than they recall.
     m = max((m for m in range(1, d // 8 + 1) if d % m == 0 and m <= per_vector), default=0)
+    if n < 10_000:
+        raise FeXTError(f"{n} vectors do not fit in {memory_mb} MB, and are too few to train a quantiser on "
+                        "(10,000 or more); pass a larger --memory")
     if m < min(4, d // 8):
         raise FeXTError(f"{n} vectors do not fit in {memory_mb} MB even as 4-byte codes; pass a larger --memory")
     return {"kind": "ivf", "factory": f"IVF{nlist},PQ{m}", "nlist": nlist, "rerank": True,
