@@ -18,8 +18,8 @@
    warm batches of 32, for the base and small presets at 128 px (untrained weights: speed only).
 
 The machine is shared while these run: OpenMP threads are told to sleep rather than spin when
-they wait (OMP_WAIT_POLICY=PASSIVE), which costs little on an idle machine and avoids large
-slowdowns on a busy one.
+they wait (OMP_WAIT_POLICY=PASSIVE; ONNX Runtime's session.intra_op.allow_spinning=0), which costs
+little on an idle machine and avoids large slowdowns on a busy one.
 """
 
 from __future__ import annotations
@@ -150,7 +150,9 @@ def onnx_part(batch: int = 32, repeats: int = 5) -> None:
             path, diff = export_encoder(ckpt, "onnx", Path(tmp) / f"{preset}.onnx")
             model = load_model(ckpt, torch.device("cpu"))
             x = torch.rand(batch, 3, 128, 128)
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            options = ort.SessionOptions()
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # shared machine: as OMP_WAIT_POLICY
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             name = session.get_inputs()[0].name
 
             def best(run) -> float:

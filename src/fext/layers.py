@@ -25,10 +25,18 @@ class LayerNorm2d(nn.LayerNorm):
         super().__init__(channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_exporting():  # fext export: ONNX Runtime runs the two transposes slower than this
+            return self._normalize_channels(x)
         return self._normalize(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # via (B, H, W, C)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def _normalize_channels(self, x: torch.Tensor) -> torch.Tensor:
+        """The same normalisation as mean/var over dim 1 of (B, C, H, W), for exported graphs."""
+        centred = x - x.mean(1, keepdim=True)
+        scale = torch.rsqrt(centred.square().mean(1, keepdim=True) + self.eps)
+        return centred * scale * self.weight[:, None, None] + self.bias[:, None, None]
 
 
 class LayerNormReLU2d(LayerNorm2d):
@@ -40,6 +48,9 @@ class LayerNormReLU2d(LayerNorm2d):
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu_(super()._normalize(x))
+
+    def _normalize_channels(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(super()._normalize_channels(x))
 
 
 class _PadRightBottom(torch.autograd.Function):
@@ -70,7 +81,7 @@ class _PadRightBottom(torch.autograd.Function):
 
 def pad_right_bottom(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, H+1, W+1), zeros added on the right and bottom: "same" padding for a 2×2 kernel."""
-    if torch.jit.is_tracing():  # TorchScript export (fext export) cannot save a Python autograd.Function
+    if torch.jit.is_tracing() or torch.compiler.is_exporting():  # fext export: exporters want a plain Pad
         return F.pad(x, (0, 1, 0, 1))
     return _PadRightBottom.apply(x)
 
