@@ -16,7 +16,7 @@ import pytest
 
 import fext
 from conftest import make_checkpoint, make_images, run_fext, tiny_config
-from fext import cli, menu
+from fext import cli, commands, menu
 from fext._io import write_text
 from fext.checkpoints import read_checkpoint
 from fext.config import config_from_dict, config_to_dict
@@ -280,15 +280,15 @@ def test_without_a_terminal_fext_prints_help_and_menu_reads_a_pipe(tmp_path):
 
 
 @pytest.fixture
-def ctx(ws) -> cli.Context:
-    return cli.Context(workspace=ws, interactive=False)
+def ctx(ws) -> commands.Context:
+    return commands.Context(workspace=ws, interactive=False)
 
 
 def test_unexpected_error_is_one_line_and_logged(ctx, monkeypatch, capsys, caplog):
     def broken(ctx, args):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(cli, "_cmd_analyze", broken)
+    monkeypatch.setattr(commands, "cmd_analyze", broken)
     caplog.set_level("DEBUG")
     assert menu.run_action(ctx, "Analyze image dataset", ["analyze"], cli.build_parser) is False
     failure = [r for r in caplog.records if r.levelname == "ERROR"]
@@ -305,8 +305,8 @@ def test_action_errors_and_interrupts_return_to_the_menu(ctx, monkeypatch, capsy
     def interrupted(ctx, args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_cmd_analyze", fails)
-    monkeypatch.setattr(cli, "_cmd_train", interrupted)
+    monkeypatch.setattr(commands, "cmd_analyze", fails)
+    monkeypatch.setattr(commands, "cmd_train", interrupted)
     assert menu.run_action(ctx, "Analyze image dataset", ["analyze"], cli.build_parser) is False
     assert "error: no usable image in the dataset" in capsys.readouterr().out
     assert menu.run_action(ctx, "Train from scratch", ["train"], cli.build_parser) is False
@@ -315,7 +315,7 @@ def test_action_errors_and_interrupts_return_to_the_menu(ctx, monkeypatch, capsy
 
 def test_menu_reloads_the_configuration_for_each_action(ctx, monkeypatch):
     seen = []
-    monkeypatch.setattr(cli, "_cmd_analyze", lambda ctx, args: seen.append(ctx.config.training.EPOCHS) or 0)
+    monkeypatch.setattr(commands, "cmd_analyze", lambda ctx, args: seen.append(ctx.config.training.EPOCHS) or 0)
     assert menu.run_action(ctx, "Analyze image dataset", ["analyze"], cli.build_parser)
     text = ctx.workspace.config_file.read_text()
     ctx.workspace.config_file.write_text(re.sub(r'"EPOCHS": \d+', '"EPOCHS": 3', text))
@@ -336,8 +336,8 @@ def test_every_menu_entry_maps_to_a_cli_command():
 
     walk(menu.MAIN_MENU)
     assert actions == {
-        "Analyze image dataset": "_cmd_analyze", "Train from scratch": "_cmd_train",
-        "Train from checkpoint": "_cmd_train", "Model evaluation": "_cmd_evaluate", "Encode images": "_cmd_encode",
-        "Install project in editable mode": "_cmd_setup", "Update project": "_cmd_setup", "Remove logs": "_cmd_setup",
+        "Analyze image dataset": "cmd_analyze", "Train from scratch": "cmd_train",
+        "Train from checkpoint": "cmd_train", "Model evaluation": "cmd_evaluate", "Encode images": "cmd_encode",
+        "Install project in editable mode": "cmd_setup", "Update project": "cmd_setup", "Remove logs": "cmd_setup",
     }
     assert [label for label, _ in menu.MAIN_MENU[1]] == [e.split(") ")[1] for e in MAIN_ENTRIES]

@@ -1,4 +1,4 @@
-"""The ``fext`` command line: a thin layer mapping subcommands to the Python API.
+"""The ``fext`` command line: the parser and ``main``; the subcommand handlers are in :mod:`fext.commands`.
 
 ``main(argv)`` returns the exit status, so tests call the CLI in-process. Expected mistakes
 (:class:`~fext.errors.FeXTError`) are printed as one message, without a traceback.
@@ -10,10 +10,10 @@ import argparse
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from fext.config import Config, load_config
+from fext import commands
+from fext.commands import Context
 from fext.errors import FeXTError
 from fext.logs import setup_logging
 from fext.workspace import Workspace, load_env_file
@@ -21,214 +21,8 @@ from fext.workspace import Workspace, load_env_file
 log = logging.getLogger("fext")
 
 
-@dataclass
-class Context:
-    """What every command needs: the workspace, the configuration, and how to talk to the user."""
-
-    workspace: Workspace
-    overrides: list[str] = field(default_factory=list)
-    quiet: bool = False
-    interactive: bool = False
-    _config: Config | None = None
-
-    @property
-    def config(self) -> Config:
-        """The configuration file merged with ``--set`` overrides (loaded once, on first use)."""
-        if self._config is None:
-            path = self.workspace.config_file
-            if not path.exists():
-                from fext.workspace import init_workspace
-
-                init_workspace(self.workspace)
-                log.info("Wrote the default configuration to %s", path)
-            self._config = load_config(path, self.overrides)
-        return self._config
-
-    def reload_config(self) -> None:
-        """Read the configuration file again at the next use (the menu does before each action)."""
-        self._config = None
-
-    @property
-    def progress(self) -> bool:
-        """Progress bars are shown on a terminal unless --quiet."""
-        return not self.quiet and sys.stdout.isatty()
-
-
-def _first_process() -> bool:
-    """True except in the ranks other than 0 of a torchrun launch (which say things once, through rank 0)."""
-    return os.environ.get("RANK", "0") == "0"
-
-
-def _cmd_init(ctx: Context, args: argparse.Namespace) -> int:
-    from fext.workspace import init_workspace
-
-    written = init_workspace(ctx.workspace, overwrite=args.force)
-    print(f"Workspace ready at {ctx.workspace.root}")
-    for path in written:
-        print(f"  wrote {path.relative_to(ctx.workspace.root)}")
-    if not written:
-        print(f"  {ctx.workspace.config_file.relative_to(ctx.workspace.root)} already exists (--force rewrites it)")
-    print(f"Put training images in {ctx.workspace.dataset} and run `fext train`.")
-    return 0
-
-
-def _cmd_config(ctx: Context, args: argparse.Namespace) -> int:
-    import json
-
-    from fext.config import config_to_dict
-
-    print(json.dumps(config_to_dict(ctx.config), indent=4))
-    return 0
-
-
-def _cmd_analyze(ctx: Context, args: argparse.Namespace) -> int:
-    from fext.analysis import analyze
-
-    analyze(ctx.config, ctx.workspace, dataset=args.dataset, progress=ctx.progress)
-    return 0
-
-
-def _cmd_train(ctx: Context, args: argparse.Namespace) -> int:
-    if args.nproc:
-        from fext.distributed import launch_torchrun
-
-        return launch_torchrun(args.nproc, sys.argv[1:])
-    from fext.checkpoints import resolve_checkpoint
-    from fext.training import TrainingInterrupted, train
-
-    resume = None
-    if args.resume is not None:
-        resume = resolve_checkpoint(ctx.workspace, args.resume or None, interactive=ctx.interactive)
-    try:
-        folder = train(ctx.config, ctx.workspace, resume=resume, dataset=args.dataset, progress=ctx.progress)
-    except TrainingInterrupted as e:
-        print(e, file=sys.stderr)
-        return e.exit_code
-    if _first_process():
-        print(f"Checkpoint: {folder}")
-    return 0
-
-
-def _cmd_checkpoints(ctx: Context, args: argparse.Namespace) -> int:
-    from fext.checkpoints import checkpoints_table
-
-    print(checkpoints_table(ctx.workspace))
-    return 0
-
-
-def _cmd_evaluate(ctx: Context, args: argparse.Namespace) -> int:
-    from fext.checkpoints import list_checkpoints, resolve_checkpoint
-    from fext.evaluation import evaluate_checkpoints
-
-    if args.all:
-        ckpts = [c.path for c in list_checkpoints(ctx.workspace) if c.ok]
-        if not ckpts:
-            raise FeXTError(f"No checkpoint in {ctx.workspace.checkpoints}; train one with `fext train`")
-    elif args.checkpoints:
-        ckpts = [resolve_checkpoint(ctx.workspace, c, interactive=False) for c in args.checkpoints]
-    else:
-        ckpts = [resolve_checkpoint(ctx.workspace, None, interactive=ctx.interactive)]
-    for out in evaluate_checkpoints(ckpts, ctx.config, ctx.workspace, dataset=args.dataset, images=args.images,
-                                    progress=ctx.progress, labels_from_folders=args.labels_from_folders):
-        print(f"Report: {out / 'report.html'}")
-    return 0
-
-
-def _cmd_encode(ctx: Context, args: argparse.Namespace) -> int:
-    from fext.checkpoints import resolve_checkpoint
-    from fext.encoding import encode_folder
-
-    ckpt = resolve_checkpoint(ctx.workspace, args.checkpoint, interactive=ctx.interactive)
-    out = encode_folder(
-        ckpt,
-        args.input or ctx.workspace.extraction_images,
-        args.output,
-        config=ctx.config,
-        workspace=ctx.workspace,
-        batch_size=args.batch_size,
-        per_image=args.per_image,
-        overwrite=args.overwrite,
-        progress=ctx.progress,
-    )
-    if _first_process():
-        print(f"Embeddings: {out}")
-    return 0
-
-
-def _embeddings_dir(ctx: Context, folder: Path) -> Path:
-    """An embeddings folder, or a checkpoint name standing for its default output folder."""
-    if not folder.exists() and (ctx.workspace.extraction / folder).is_dir():
-        return ctx.workspace.extraction / folder
-    return folder
-
-
-def _cmd_search(ctx: Context, args: argparse.Namespace) -> int:
-    from fext.search import print_results, search, search_folder, write_results_csv
-
-    embeddings = _embeddings_dir(ctx, args.embeddings)
-    if args.queries is not None:
-        results = search_folder(embeddings, args.queries, k=args.k, config=ctx.config, checkpoint=args.checkpoint,
-                                use_index=not args.exact)
-        write_results_csv(results, args.output)
-        if args.output is not None:
-            print(f"Results: {args.output} ({len({r[0] for r in results})} queries)")
-        return 0
-    results = search(embeddings, args.query, k=args.k, sheet=args.sheet, config=ctx.config, checkpoint=args.checkpoint,
-                     use_index=not args.exact)
-    print_results(results)
-    return 0
-
-
-def _cmd_index(ctx: Context, args: argparse.Namespace) -> int:
-    from fext.index import build_index
-
-    info = build_index(_embeddings_dir(ctx, args.embeddings), args.kind, args.memory, progress=ctx.progress)
-    effort = f", {'nprobe' if info['kind'] == 'ivf' else 'efSearch'} {info['effort']}" if info["effort"] else ""
-    print(f"Index: {info['factory']} over {info['vectors']} vectors{effort}, about {info['estimated_mb']:.0f} MB, "
-          f"built in {info['build_seconds']:.1f} s; recall@10 {info['recall_at_10']:.3f} "
-          f"against exact search on {info['recall_queries']} queries")
-    return 0
-
-
-def _cmd_export(ctx: Context, args: argparse.Namespace) -> int:
-    from fext.checkpoints import resolve_checkpoint
-    from fext.export import export_encoder
-
-    ckpt = resolve_checkpoint(ctx.workspace, args.checkpoint, interactive=ctx.interactive)
-    path, max_diff = export_encoder(ckpt, args.format, args.output, dynamic_batch=args.batch == "dynamic")
-    print(f"Exported the encoder to {path}; max abs difference against PyTorch {max_diff:.2e}")
-    return 0
-
-
-def _cmd_export_embeddings(ctx: Context, args: argparse.Namespace) -> int:
-    from fext.export import export_embeddings
-
-    path, rows = export_embeddings(_embeddings_dir(ctx, args.embeddings), args.format, args.output)
-    print(f"Wrote {rows} rows to {path}")
-    return 0
-
-
-def _cmd_explore(ctx: Context, args: argparse.Namespace) -> int:
-    from fext.explore.run import explore, resolve_embeddings
-
-    folder = resolve_embeddings(ctx.workspace.extraction, args.embeddings, ctx.interactive)
-    result = explore(folder, args.output, clusters=args.clusters, neighbours=args.neighbours, config=ctx.config,
-                     checkpoint=args.checkpoint, duplicate_threshold=args.duplicate_threshold,
-                     reconstruction=not args.no_reconstruction, progress=ctx.progress)
-    print(result.summary())
-    return 0
-
-
-def _cmd_setup(ctx: Context, args: argparse.Namespace) -> int:
-    from fext import setup_commands
-
-    action = {"install": setup_commands.install_editable, "update": setup_commands.update_project,
-              "clean-logs": setup_commands.clean_logs}[args.action]
-    print(action(ctx.workspace))
-    return 0
-
-
 def _cmd_menu(ctx: Context, args: argparse.Namespace) -> int:
+    """``fext menu``: here rather than in :mod:`fext.commands`, because the menu is handed this module's parser."""
     from fext.menu import run_menu
 
     return run_menu(ctx, build_parser)
@@ -273,24 +67,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="create the workspace folders and the default configuration")
     p.add_argument("--force", action="store_true", help="rewrite settings/configurations.json with the defaults")
-    p.set_defaults(func=_cmd_init)
+    p.set_defaults(func=commands.cmd_init)
 
     p = sub.add_parser("config", help="print the resolved configuration (file + --set overrides)")
-    p.set_defaults(func=_cmd_config)
+    p.set_defaults(func=commands.cmd_config)
 
     p = sub.add_parser("analyze", help="1) analyze the image dataset: statistics, histogram, problems")
     p.add_argument("--dataset", type=Path, help="image folder (default: resources/dataset)")
-    p.set_defaults(func=_cmd_analyze)
+    p.set_defaults(func=commands.cmd_analyze)
 
     p = sub.add_parser("train", help="2) train from scratch, or from a checkpoint with --resume")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
                    help="continue a checkpoint (name or path; omitted: the only one, or a choice) for ADDITIONAL_EPOCHS")
     p.add_argument("--dataset", type=Path, help="image folder (default: resources/dataset)")
     p.add_argument("--nproc", type=int, default=0, metavar="N", help="train on N processes of this machine with torchrun")
-    p.set_defaults(func=_cmd_train)
+    p.set_defaults(func=commands.cmd_train)
 
     p = sub.add_parser("checkpoints", help="list the checkpoints")
-    p.set_defaults(func=_cmd_checkpoints)
+    p.set_defaults(func=commands.cmd_checkpoints)
 
     p = sub.add_parser("evaluate", help="2) evaluate checkpoints: metrics, pictures, PCA baseline, report")
     p.add_argument("checkpoints", nargs="*", metavar="CKPT", help="checkpoint names or paths (omitted: the only one, or a choice)")
@@ -299,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=6, metavar="N", help="images per reconstruction figure (default 6)")
     p.add_argument("--labels-from-folders", action="store_true",
                    help="each image's first folder under the dataset is its class: adds k-NN accuracy to the scorecard")
-    p.set_defaults(func=_cmd_evaluate)
+    p.set_defaults(func=commands.cmd_evaluate)
 
     p = sub.add_parser("encode", help="3) encode a folder of images into feature vectors (.npy)")
     p.add_argument("checkpoint", nargs="?", metavar="CKPT", help="checkpoint name or path (omitted: the only one, or a choice)")
@@ -308,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per batch (default 64)")
     p.add_argument("--per-image", action="store_true", help="also write one .npy per image, mirroring the input tree")
     p.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
-    p.set_defaults(func=_cmd_encode)
+    p.set_defaults(func=commands.cmd_encode)
 
     p = sub.add_parser("search", help="find the stored images most similar to a query image (or to each of a folder)")
     p.add_argument("embeddings", type=Path, metavar="EMBEDDINGS_DIR",
@@ -323,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exact", action="store_true", help="scan every vector even where an index is present")
     p.add_argument("--checkpoint", type=Path, metavar="CKPT",
                    help="where the checkpoint that wrote the embeddings is now, if it moved (default: metadata.json)")
-    p.set_defaults(func=_cmd_search)
+    p.set_defaults(func=commands.cmd_search)
 
     p = sub.add_parser("index", help="build a faiss index beside the embeddings, so search stays fast at scale")
     p.add_argument("embeddings", type=Path, metavar="EMBEDDINGS_DIR",
@@ -332,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): exact up to 100,000 vectors, else ivf; flat: exact; ivf: inverted file, "
                         "quantised when the vectors do not fit --memory; hnsw: graph")
     p.add_argument("--memory", type=int, metavar="MB", help="memory budget of the index (default: half the RAM)")
-    p.set_defaults(func=_cmd_index)
+    p.set_defaults(func=commands.cmd_index)
 
     p = sub.add_parser("export", help="export a checkpoint's encoder to ONNX or TorchScript, verified against PyTorch")
     p.add_argument("checkpoint", nargs="?", metavar="CKPT", help="checkpoint name or path (omitted: the only one, or a choice)")
@@ -340,14 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, metavar="FILE", help="file to write (default: encoder.onnx / encoder.pt in CKPT)")
     p.add_argument("--batch", choices=["dynamic", "1"], default="dynamic",
                    help="dynamic (default): any batch size; 1: a fixed batch of one image")
-    p.set_defaults(func=_cmd_export)
+    p.set_defaults(func=commands.cmd_export)
 
     p = sub.add_parser("export-embeddings", help="write the embeddings as Parquet: path, width, height, vector")
     p.add_argument("embeddings", type=Path, metavar="EMBEDDINGS_DIR",
                    help="a folder written by `fext encode` (or a checkpoint name: resources/extraction/<name>)")
     p.add_argument("--format", choices=["parquet"], default="parquet", help="parquet (the default and only format)")
     p.add_argument("--output", type=Path, metavar="FILE", help="file to write (default: EMBEDDINGS_DIR/embeddings.parquet)")
-    p.set_defaults(func=_cmd_export_embeddings)
+    p.set_defaults(func=commands.cmd_export_embeddings)
 
     p = sub.add_parser("explore", help="map, clusters, outliers and near-duplicates of encoded images: atlas.html + CSVs")
     p.add_argument("embeddings", nargs="?", metavar="EMBEDDINGS_DIR",
@@ -361,12 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave the model's reconstruction error out of the outlier score (saves a pass over the images)")
     p.add_argument("--checkpoint", type=Path, metavar="CKPT",
                    help="where the checkpoint that wrote the embeddings is now, if it moved (default: metadata.json)")
-    p.set_defaults(func=_cmd_explore)
+    p.set_defaults(func=commands.cmd_explore)
 
     p = sub.add_parser("setup", help="4) setup and maintenance")
     p.add_argument("action", choices=["install", "update", "clean-logs"],
                    help="install: pip install -e the source checkout; update: git pull it; clean-logs: remove log files")
-    p.set_defaults(func=_cmd_setup)
+    p.set_defaults(func=commands.cmd_setup)
 
     p = sub.add_parser("menu", help="open the navigation menu")
     p.set_defaults(func=_cmd_menu)

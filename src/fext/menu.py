@@ -20,7 +20,7 @@ from fext.workspace import Workspace
 
 
 class Context(Protocol):
-    """What the menu needs of the CLI's context (:class:`fext.cli.Context`)."""
+    """What the menu needs of the CLI's context (:class:`fext.commands.Context`)."""
 
     workspace: Workspace
     interactive: bool
