@@ -8,7 +8,7 @@ small preset, then runs the same API functions as the commands: analyze → trai
 encode → search. Training shows one progress bar for the whole run (the per-epoch lines go to the
 log file). The search step asks with a query whose right answer is known: a cropped, mirrored,
 JPEG re-encoded copy of one bundled photo, which should come back first; the demo says whether it
-did. About two to three minutes on a quiet 2-core CPU; ``--epochs 1`` makes it a quick smoke test.
+did. A few minutes on a quiet 2-core CPU (figures in the README); ``--epochs 1`` makes it a quick smoke test.
 """
 
 from __future__ import annotations
