@@ -225,7 +225,7 @@ def verdict(results: dict[str, dict[str, float]], warning: str | None) -> str:
                 f"at finding transformed copies (mAP {f:.3f} against PCA {p:.3f} and raw pixels {r:.3f})")
     else:
         head = (f"The feature vectors do not beat the baselines at finding transformed copies "
-                f"(mAP {f:.3f} against PCA {p:.3f} and raw pixels {r:.3f}): for search, a thumbnail does as well")
+                f"(mAP {f:.3f} against PCA {p:.3f} and raw pixels {r:.3f}): for search, a thumbnail does at least as well")
     return head + "."
 
 
