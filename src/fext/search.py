@@ -38,7 +38,8 @@ def search(
     query: str | os.PathLike,
     k: int = 10,
     sheet: str | os.PathLike | None = None,
-    config: Config | None = None,
+    *,
+    config: Config,
     checkpoint: str | os.PathLike | None = None,
     use_index: bool = True,
 ) -> list[tuple[int, float, str]]:
@@ -46,7 +47,8 @@ def search(
 
     ``query`` is a path as written in ``embeddings_index.csv`` (its stored vector is used) or an
     image file (encoded on ``config``'s device with the checkpoint of ``metadata.json``, or with
-    ``checkpoint`` when that one has moved). ``sheet`` writes a PNG of the query and the results.
+    ``checkpoint`` when that one has moved). ``config`` is the resolved configuration (the CLI's;
+    ``Config()`` for the documented defaults). ``sheet`` writes a PNG of the query and the results.
     Paths in the results are relative to the encoded folder, as in the index. ``use_index``
     False searches exactly even where an index is present.
     """
@@ -65,7 +67,7 @@ def search(
                 f"Query {query} is neither an image file nor a path in {emb_dir / INDEX}; "
                 "pass an image file or a path as written in the index"
             )
-        vector = _encode_query(query_image, metadata, emb_dir, config or Config(), checkpoint)
+        vector = _encode_query(query_image, metadata, emb_dir, config, checkpoint)
     rows, scores = nearest(encoding, normalized(vector[None]), k, use_index)
     names = paths_of_rows(emb_dir / INDEX, rows[0])
     results = [(rank, float(score), names[r]) for rank, (r, score) in enumerate(zip(rows[0].tolist(), scores[0]), 1)]
@@ -78,14 +80,16 @@ def search_folder(
     emb_dir: str | os.PathLike,
     queries_dir: str | os.PathLike,
     k: int = 10,
-    config: Config | None = None,
+    *,
+    config: Config,
     checkpoint: str | os.PathLike | None = None,
     use_index: bool = True,
 ) -> list[tuple[str, int, float, str]]:
     """Every image under ``queries_dir`` as a query: ``[(query path, rank, score, path), ...]``.
 
     Query paths are relative to ``queries_dir``; files that are not readable images are skipped
-    with a warning (as in ``fext encode``). The queries are encoded in batches and searched at once.
+    with a warning (as in ``fext encode``). The queries are encoded in batches on ``config``'s
+    device, as in :func:`search`, and searched at once.
     """
     from fext.encoding.inference import encode_images
 
@@ -94,9 +98,8 @@ def search_folder(
     encoding = open_encoding(emb_dir)
     if not queries_dir.is_dir():
         raise FeXTError(f"--queries {queries_dir} is not a folder; pass a folder of query images")
-    cfg = config or Config()
-    model = _query_model(encoding.metadata, emb_dir, cfg, checkpoint)
-    vectors, index = encode_images(model, queries_dir, config=cfg)
+    model = _query_model(encoding.metadata, emb_dir, config, checkpoint)
+    vectors, index = encode_images(model, queries_dir, config=config)
     if not index:
         raise FeXTError(f"No readable image in {queries_dir}; pass a folder of query images")
     rows, scores = nearest(encoding, normalized(vectors), k, use_index)
@@ -248,9 +251,11 @@ def write_contact_sheet(sheet: Path, query_image: Path, results: list[tuple[int,
     from matplotlib.figure import Figure
 
     from fext._io import save_figure
+    from fext.data import thumbnail
+    from fext.report import shorten
 
-    tiles = [(query_image, "query\n" + _short(query_image.name))]
-    tiles += [(root / path, f"{rank}. {score:.3f}\n{_short(path)}") for rank, score, path in results]
+    tiles = [(query_image, "query\n" + shorten(query_image.name, 28))]
+    tiles += [(root / path, f"{rank}. {score:.3f}\n{shorten(path, 28)}") for rank, score, path in results]
     cols = min(6, len(tiles))
     rows = math.ceil(len(tiles) / cols)
     fig = Figure(figsize=(2.2 * cols, 2.6 * rows), layout="constrained")  # no pyplot: any backend, any thread
@@ -258,26 +263,12 @@ def write_contact_sheet(sheet: Path, query_image: Path, results: list[tuple[int,
     for ax in axes.flat:
         ax.axis("off")
     for ax, (path, title) in zip(axes.flat, tiles):
-        thumb = _thumbnail(path)
+        thumb = thumbnail(path, 192)
         if thumb is None:
             ax.text(0.5, 0.5, "unreadable", ha="center", va="center", transform=ax.transAxes)
         else:
-            ax.imshow(thumb)
+            ax.imshow(np.asarray(thumb))
         ax.set_title(title, fontsize=8)
     axes.flat[0].set_title(tiles[0][1], fontsize=8, fontweight="bold")
     save_figure(fig, sheet, dpi=100)
 
-
-def _thumbnail(path: Path, size: int = 192) -> np.ndarray | None:
-    from fext.data import ImageDecodeError, open_rgb
-
-    try:
-        image = open_rgb(path, draft_size=size)
-    except ImageDecodeError:
-        return None
-    image.thumbnail((size, size))
-    return np.asarray(image)
-
-
-def _short(name: str, width: int = 28) -> str:
-    return name if len(name) <= width else "…" + name[-(width - 1):]

@@ -111,13 +111,14 @@ def encode_images(
     paths_or_folder: str | os.PathLike | Sequence[str | os.PathLike],
     batch_size: int = 64,
     *,
-    config: Config | None = None,
+    config: Config,
     progress: bool = False,
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Encode images in memory; return ``(vectors (N, D) float32, index rows)``.
 
-    ``ckpt`` is a checkpoint folder (run on ``config``'s device; ``config`` None means the
-    documented defaults of :class:`~fext.config.Config`) or an already loaded FeXTAutoEncoder
+    ``config`` is the resolved configuration (``load_config(...)``, or ``Config()`` for the
+    documented defaults): its device, precision, workers and compile settings are used. ``ckpt``
+    is a checkpoint folder (run on ``config``'s device) or an already loaded FeXTAutoEncoder
     (run where it is, in eval mode). ``paths_or_folder`` is a folder (every image under it, paths
     in the index relative to it) or a list of image files (paths in the index as given). Index
     rows are ``{"row", "path", "width", "height"}``. Files that cannot be read are left out with
@@ -126,7 +127,6 @@ def encode_images(
     """
     from fext.data import decode_batches, find_images
 
-    cfg = config if config is not None else Config()
     if batch_size < 1:
         raise FeXTError(f"batch_size must be at least 1, got {batch_size}")
     if isinstance(paths_or_folder, (str, os.PathLike)) and Path(paths_or_folder).is_dir():
@@ -143,18 +143,18 @@ def encode_images(
         device = next(model.parameters()).device
         model.eval().enable_fast_inference()
     else:
-        device, was_training, was_fast = device_of(cfg), False, True
-        model = load_model(ckpt, device, compile_backend(cfg))
-    padding = 0 if isinstance(ckpt, torch.nn.Module) else pad_to(cfg, batch_size)
+        device, was_training, was_fast = device_of(config), False, True
+        model = load_model(ckpt, device, compile_backend(config))
+    padding = 0 if isinstance(ckpt, torch.nn.Module) else pad_to(config, batch_size)
     vectors, index = [], []
     try:
-        batches = decode_batches(paths, model.arch.img_size, batch_size, workers(cfg, len(paths), batch_size),
+        batches = decode_batches(paths, model.arch.img_size, batch_size, workers(config, len(paths), batch_size),
                                  log_failures=False)
         for batch in with_progress(batches, progress, len(paths)):
             for position, reason in failures(batch):
                 log.warning("Skipped %s: %s", names[position], reason)
             if len(batch.positions):
-                vectors.append(embed(model, batch.images, device, cfg.device.MIXED_PRECISION, padding))
+                vectors.append(embed(model, batch.images, device, config.device.MIXED_PRECISION, padding))
             for position, (width, height) in zip(batch.positions, batch.sizes):
                 index.append({"row": len(index), "path": names[position], "width": int(width), "height": int(height)})
     finally:
