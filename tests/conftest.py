@@ -1,6 +1,7 @@
 """Shared fixtures and helpers: one image generator, a tiny configuration, checkpoints, the real CLI.
 
 - :func:`make_images` writes generated PNGs (every Pillow mode on request); ``image_folder`` is 12 of them.
+- :func:`blob_image` is a smooth scene; :func:`make_image_tree` writes a nested PNG/JPEG tree of them (encoding, search).
 - :func:`tiny_config` is the small preset at 64 px on the CPU; ``tiny_cfg`` is it as a fixture.
 - :func:`make_checkpoint` writes an untrained, seeded checkpoint with :func:`fext.checkpoints.save_checkpoint`
   (no training: fast); ``trained_checkpoint`` is one real training run, made once per session.
@@ -109,6 +110,37 @@ def make_images(folder: Path, n: int = 12, seed: int = 0, modes: tuple[str, ...]
         paths.append(folder / f"img_{i:02d}.{'jpg' if mode == 'CMYK' else 'png'}")
         image.save(paths[-1])
     return paths
+
+
+def blob_image(rng: np.random.Generator, height: int = 64, width: int = 64) -> np.ndarray:
+    """A smooth uint8 (H, W, 3) picture: a flat colour with three soft coloured blobs.
+
+    For tests that need a scene a model sees as one (a shifted or cropped copy stays its nearest
+    neighbour), which the noisy gradients of :func:`make_images` are not.
+    """
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.zeros((height, width, 3), np.float32) + rng.uniform(0, 1, 3)
+    for _ in range(3):
+        cy, cx, r = rng.uniform(8, height - 8), rng.uniform(8, width - 8), rng.uniform(6, 16)
+        mask = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))[..., None]
+        img = img * (1 - mask) + rng.uniform(0, 1, 3) * mask
+    return (img * 255).round().astype(np.uint8)
+
+
+def make_image_tree(folder: Path, count: int, seed: int = 0) -> list[str]:
+    """``count`` :func:`blob_image` pictures of various sizes, as a nested tree; return their sorted relative paths.
+
+    Image ``i`` is ``sub/imgNNN.png`` when ``i % 3 == 0``, ``imgNNN.jpg`` when 1, ``imgNNN.png`` when 2,
+    of 40 + i by 70 - i pixels: the folders, formats and sizes that encoding must keep apart.
+    """
+    rng = np.random.default_rng(seed)
+    names = []
+    for i in range(count):
+        name = f"sub/img{i:03d}.png" if i % 3 == 0 else f"img{i:03d}.jpg" if i % 3 == 1 else f"img{i:03d}.png"
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(blob_image(rng, 40 + i, 70 - i)).save(folder / name)
+        names.append(name)
+    return sorted(names)
 
 
 @pytest.fixture

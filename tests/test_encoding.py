@@ -12,60 +12,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import run_fext
+from conftest import make_checkpoint, make_image_tree, run_fext, tiny_config
 from PIL import Image
 
-from fext.config import Config, with_overrides
+from fext.config import with_overrides
 from fext.encoding import EMBEDDINGS, FAILED, INDEX, METADATA, PARTIAL, STATE, encode_folder, encode_images, load_embeddings
 from fext.encoding.files import SOURCES
 from fext.errors import FeXTError
 from fext.model import FeXTAutoEncoder
 
-CPU = with_overrides(Config(), {"device.DEVICE": "CPU", "device.NUM_PROCESSORS": 0, "model.PRESET": "small", "model.IMG_SIZE": 64})
-
-
-def make_checkpoint(path: Path, seed: int = 0) -> Path:
-    """An untrained small 64 px checkpoint, saved the way `fext train` saves one."""
-    from fext.checkpoints import CheckpointDescription, DatasetRecord, save_checkpoint
-
-    torch.manual_seed(seed)
-    model = FeXTAutoEncoder.from_preset("small", img_size=64)
-    save_checkpoint(path, model, CheckpointDescription(model.arch, CPU, DatasetRecord("none")))
-    return path
-
-
-def blob_image(rng: np.random.Generator, height: int = 64, width: int = 64) -> np.ndarray:
-    """A smooth uint8 (H, W, 3) picture: a flat colour with three soft coloured blobs."""
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    img = np.zeros((height, width, 3), np.float32) + rng.uniform(0, 1, 3)
-    for _ in range(3):
-        cy, cx, r = rng.uniform(8, height - 8), rng.uniform(8, width - 8), rng.uniform(6, 16)
-        mask = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))[..., None]
-        img = img * (1 - mask) + rng.uniform(0, 1, 3) * mask
-    return (img * 255).round().astype(np.uint8)
-
-
-def make_images(folder: Path, count: int, seed: int = 0) -> list[str]:
-    """``count`` PNG/JPEG images of various sizes, some in a subfolder; return their relative paths."""
-    rng = np.random.default_rng(seed)
-    names = []
-    for i in range(count):
-        name = f"sub/img{i:03d}.png" if i % 3 == 0 else f"img{i:03d}.jpg" if i % 3 == 1 else f"img{i:03d}.png"
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(blob_image(rng, 40 + i, 70 - i)).save(folder / name)
-        names.append(name)
-    return sorted(names)
+CPU = tiny_config()
+"""The small preset at 64 px on the CPU, no workers: what every encoding here runs with."""
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "FeXT_20240101T000000")
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "FeXT_20240101T000000", CPU)
 
 
 def test_encode_folder_writes_aligned_loadable_files(tmp_path, ckpt):
     images = tmp_path / "images"
-    names = make_images(images, 9)
+    names = make_image_tree(images, 9)
     (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (images / "notes.txt").write_text("ignored: not an image")
     out = encode_folder(ckpt, images, tmp_path / "out", config=CPU, batch_size=4, per_image=True, progress=False)
@@ -96,7 +63,7 @@ def test_encode_folder_writes_aligned_loadable_files(tmp_path, ckpt):
 
 
 def test_api_round_trip_and_default_output_folder(tmp_path, ckpt, ws):
-    names = make_images(ws.extraction_images, 5, seed=1)
+    names = make_image_tree(ws.extraction_images, 5, seed=1)
     out = encode_folder(ckpt, ws.extraction_images, config=CPU, workspace=ws, batch_size=2, progress=False)
     assert out == ws.extraction / ckpt.name
     stored, index = load_embeddings(out)
@@ -107,7 +74,7 @@ def test_api_round_trip_and_default_output_folder(tmp_path, ckpt, ws):
 
 
 def test_mixed_precision_gives_float32_close_to_fp32(tmp_path, ckpt):
-    make_images(tmp_path, 3, seed=2)
+    make_image_tree(tmp_path, 3, seed=2)
     fp32, _ = encode_images(ckpt, tmp_path, config=CPU)
     bf16, _ = encode_images(ckpt, tmp_path, config=with_overrides(CPU, {"device.MIXED_PRECISION": True}))
     assert bf16.dtype == np.float32
@@ -117,7 +84,7 @@ def test_mixed_precision_gives_float32_close_to_fp32(tmp_path, ckpt):
 
 def test_jit_compile_encodes_the_same_vectors(tmp_path, ckpt):
     """model.JIT_COMPILE compiles the encoder (inductor, frozen weights) and pads the short last batch."""
-    names = make_images(tmp_path / "in", 5, seed=3)
+    names = make_image_tree(tmp_path / "in", 5, seed=3)
     eager, eager_index = encode_images(ckpt, tmp_path / "in", batch_size=2, config=CPU)
     out = encode_folder(ckpt, tmp_path / "in", tmp_path / "out", config=with_overrides(CPU, {"model.JIT_COMPILE": True}),
                         batch_size=2, progress=False)
@@ -129,7 +96,7 @@ def test_jit_compile_encodes_the_same_vectors(tmp_path, ckpt):
 
 def test_a_failing_compiler_gets_one_message_and_loses_nothing(tmp_path, ckpt):
     """Inductor without a working C++ compiler: exit 1 with what to change; the same run without it finishes."""
-    make_images(tmp_path / "in", 3, seed=4)
+    make_image_tree(tmp_path / "in", 3, seed=4)
     args = ["--workspace", str(tmp_path / "ws"), "--set", "device.DEVICE=CPU", "--set", "device.NUM_PROCESSORS=0"]
     encode = ["encode", str(ckpt), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
     env = {"CXX": str(tmp_path / "no-such-c++"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}  # no cached kernels
@@ -144,13 +111,13 @@ def test_a_failing_compiler_gets_one_message_and_loses_nothing(tmp_path, ckpt):
 
 def test_rerun_is_a_no_op_and_other_checkpoints_or_inputs_are_refused(tmp_path, ckpt):
     images, out = tmp_path / "images", tmp_path / "out"
-    make_images(images, 3, seed=3)
+    make_image_tree(images, 3, seed=3)
     encode_folder(ckpt, images, out, config=CPU, progress=False)
     before = (out / EMBEDDINGS).stat().st_mtime_ns
     encode_folder(ckpt, images, out, config=CPU, progress=False)
     assert (out / EMBEDDINGS).stat().st_mtime_ns == before
 
-    other = make_checkpoint(tmp_path / "other", seed=1)
+    other = make_checkpoint(tmp_path / "other", CPU, seed=1)
     with pytest.raises(FeXTError, match="never mixed.*--overwrite.*--output"):
         encode_folder(other, images, out, config=CPU, progress=False)
     encode_folder(other, images, out, config=CPU, overwrite=True, progress=False)
@@ -162,7 +129,7 @@ def test_an_unfinished_run_is_resumed_only_with_its_own_checkpoint(tmp_path, ckp
     import fext.encoding.inference
 
     images, out = tmp_path / "images", tmp_path / "out"
-    make_images(images, 6, seed=5)
+    make_image_tree(images, 6, seed=5)
     real_embed, calls = fext.encoding.inference.embed, []
 
     def interrupted_embed(*args, **kwargs):
@@ -178,7 +145,7 @@ def test_an_unfinished_run_is_resumed_only_with_its_own_checkpoint(tmp_path, ckp
     with pytest.raises(FeXTError, match="did not finish.*run the same"):
         load_embeddings(out)
 
-    other = make_checkpoint(tmp_path / "other", seed=1)
+    other = make_checkpoint(tmp_path / "other", CPU, seed=1)
     with pytest.raises(FeXTError, match="never mixed"):
         encode_folder(other, images, out, config=CPU, batch_size=2, progress=False)
     encode_folder(ckpt, images, out, config=CPU, batch_size=2, progress=False)
@@ -215,7 +182,7 @@ def _interrupt_when_done(proc: subprocess.Popen, state: Path, min_done: int, sig
 @pytest.mark.slow
 def test_resume_after_sigkill_and_ctrl_c_gives_the_files_of_one_run(tmp_path, ckpt):
     images = tmp_path / "images"
-    make_images(images, 40, seed=4)
+    make_image_tree(images, 40, seed=4)
     (images / "img000_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     common = ["--workspace", str(tmp_path / "ws"), "--set", "device.DEVICE=CPU", "--set", "device.NUM_PROCESSORS=1",
               "encode", str(ckpt), "--input", str(images), "--batch-size", "4"]

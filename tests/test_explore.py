@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_checkpoint, tiny_config
+from conftest import blob_image, make_checkpoint, tiny_config
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score
-from test_encoding import blob_image
 
 from fext.encoding import EMBEDDINGS, METADATA, encode_folder
 from fext.encoding.files import write_index, write_metadata

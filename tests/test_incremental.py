@@ -10,17 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import blob_image, make_checkpoint, make_image_tree, tiny_config
 from PIL import Image
 
 from fext.encoding import EMBEDDINGS, FAILED, INDEX, METADATA, STATE, encode_folder
 from fext.encoding.files import SOURCES, TODO
 from fext.errors import FeXTError
-from test_encoding import CPU, blob_image, make_checkpoint, make_images
+
+CPU = tiny_config()
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "FeXT_20240101T000000")
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "FeXT_20240101T000000", CPU)
 
 
 def assert_same_as_fresh(out: Path, fresh: Path) -> None:
@@ -50,7 +52,7 @@ def test_add_change_remove_rename_equal_a_fresh_run_and_reuse_the_rest(tmp_path,
     import fext.encoding.inference
 
     images, out = tmp_path / "images", tmp_path / "out"
-    make_images(images, 9)
+    make_image_tree(images, 9)
     (images / "unreadable.jpg").write_bytes(b"not a jpeg")
     encode_folder(ckpt, images, out, config=CPU, batch_size=4, progress=False)
     grow_and_edit(images)
@@ -75,7 +77,7 @@ def test_add_change_remove_rename_equal_a_fresh_run_and_reuse_the_rest(tmp_path,
 
 def test_a_touched_file_with_the_same_bytes_is_reused(tmp_path, ckpt):
     images, out = tmp_path / "images", tmp_path / "out"
-    make_images(images, 3, seed=1)
+    make_image_tree(images, 3, seed=1)
     encode_folder(ckpt, images, out, config=CPU, progress=False)
     before = np.load(out / EMBEDDINGS)
     os.utime(images / "img001.jpg", ns=(1, 1))
@@ -88,7 +90,7 @@ def test_an_interrupted_update_resumes_where_it_stopped(tmp_path, ckpt, monkeypa
     import fext.encoding.inference
 
     images, out = tmp_path / "images", tmp_path / "out"
-    make_images(images, 6, seed=2)
+    make_image_tree(images, 6, seed=2)
     encode_folder(ckpt, images, out, config=CPU, batch_size=2, progress=False)
     grow_and_edit(images)
     real_embed, calls = fext.encoding.inference.embed, []
@@ -106,7 +108,7 @@ def test_an_interrupted_update_resumes_where_it_stopped(tmp_path, ckpt, monkeypa
     assert state["incremental"] and state["done"] == 2 and state["todo"] == 4 and (out / TODO).exists()  # added_a, broken
     assert (out / METADATA).exists()  # the previous encoding stays readable until the update finishes
 
-    other = make_checkpoint(tmp_path / "other", seed=1)
+    other = make_checkpoint(tmp_path / "other", CPU, seed=1)
     with pytest.raises(FeXTError, match="never mixed"):
         encode_folder(other, images, out, config=CPU, batch_size=1, progress=False)
     encode_folder(ckpt, images, out, config=CPU, batch_size=1, progress=False)
@@ -118,7 +120,7 @@ def test_an_interrupted_update_resumes_where_it_stopped(tmp_path, ckpt, monkeypa
 
 def test_a_folder_encoded_before_sources_csv_is_encoded_again_once(tmp_path, ckpt):
     images, out = tmp_path / "images", tmp_path / "out"
-    make_images(images, 4, seed=3)
+    make_image_tree(images, 4, seed=3)
     encode_folder(ckpt, images, out, config=CPU, progress=False)
     (out / SOURCES).unlink()  # as written by an earlier FeXT
     shutil.copy(images / "img000.png" if (images / "img000.png").exists() else next(images.rglob("*.png")),

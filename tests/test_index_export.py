@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import blob_image, make_checkpoint, make_image_tree, tiny_config
 from PIL import Image
 
 from fext.cli import main
@@ -17,7 +18,8 @@ from fext.encoding.files import write_failed, write_index, write_metadata
 from fext.errors import FeXTError
 from fext.index import INDEX_FILE, INDEX_JSON, build_index, open_index, plan_index
 from fext.search import exact_top_k, normalized, search, search_folder
-from test_encoding import CPU, blob_image, make_checkpoint, make_images
+
+CPU = tiny_config()
 
 
 def synthetic_folder(folder: Path, n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -65,8 +67,8 @@ def test_plan_is_exact_when_small_and_quantises_only_what_does_not_fit():
 def encoded(tmp_path_factory) -> tuple[Path, Path, Path]:
     """(checkpoint, encoded folder of 12 images, folder of 2 query images)."""
     root = tmp_path_factory.mktemp("indexed")
-    ckpt = make_checkpoint(root / "FeXT_20240101T000000")
-    make_images(root / "images", 12, seed=7)
+    ckpt = make_checkpoint(root / "FeXT_20240101T000000", CPU)
+    make_image_tree(root / "images", 12, seed=7)
     queries = root / "queries"
     queries.mkdir()
     rng = np.random.default_rng(11)
@@ -112,7 +114,7 @@ def test_many_queries_at_once_write_one_csv_and_skip_non_images(encoded, tmp_pat
 def test_an_incremental_encode_refreshes_the_index(encoded, tmp_path):
     ckpt, _, _ = encoded
     images = tmp_path / "images"
-    make_images(images, 5, seed=8)
+    make_image_tree(images, 5, seed=8)
     out = encode_folder(ckpt, images, tmp_path / "out", config=CPU, progress=False)
     build_index(out, "flat")
     Image.fromarray(blob_image(np.random.default_rng(3))).save(images / "new.png")

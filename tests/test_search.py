@@ -8,14 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import blob_image, make_checkpoint, tiny_config
 from PIL import Image
 
 from fext.encoding import encode_folder
 from fext.errors import FeXTError
 from fext.search import search, top_k_cosine
-from test_encoding import CPU, blob_image, make_checkpoint
 
 SHIFT = 8  # pixels, of 64
+CPU = tiny_config()
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def encoded(tmp_path_factory) -> tuple[Path, Path, Path]:
     files to ranking honestly without training.
     """
     root = tmp_path_factory.mktemp("search")
-    ckpt = make_checkpoint(root / "FeXT_20240101T000000")
+    ckpt = make_checkpoint(root / "FeXT_20240101T000000", CPU)
     rng = np.random.default_rng(0)
     images = root / "images"
     images.mkdir()
@@ -88,7 +89,7 @@ def test_a_moved_checkpoint_is_a_clear_error_unless_the_query_is_in_the_index(en
     assert search(copy, outside, k=1, config=CPU, checkpoint=ckpt)[0][2] in {"a.png", "a_shifted.png"}
     with pytest.raises(FeXTError, match="neither an image file nor a path"):
         search(copy, "missing.png", config=CPU)
-    other = make_checkpoint(tmp_path / "other", seed=1)
+    other = make_checkpoint(tmp_path / "other", CPU, seed=1)
     with pytest.raises(FeXTError, match="not the checkpoint that wrote"):
         search(copy, outside, config=CPU, checkpoint=other)
 
