@@ -60,10 +60,11 @@ def child(folder: Path) -> None:
     """Run explore on ``folder`` and print one JSON line of figures (runs in its own process)."""
     from sklearn.metrics import adjusted_rand_score
 
+    from fext.config import Config
     from fext.explore import explore
 
     start = time.perf_counter()
-    result = explore(folder)
+    result = explore(folder, config=Config())
     seconds = time.perf_counter() - start
     labels = np.load(folder / "planted_labels.npy")
     usage = resource.getrusage(resource.RUSAGE_SELF)

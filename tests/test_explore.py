@@ -162,7 +162,7 @@ def test_cli_explores_the_only_encoded_folder_of_the_workspace(encoded, ws, caps
 
 def test_missing_images_still_give_a_page_without_thumbnails(tmp_path):
     vectors, _ = planted(n_per=20, k=3)
-    result = explore(vectors_folder(tmp_path / "emb", vectors), tmp_path / "out", duplicate_threshold=-1.0)
+    result = explore(vectors_folder(tmp_path / "emb", vectors), tmp_path / "out", config=CPU, duplicate_threshold=-1.0)
     assert not result.thumbnails and result.outliers.reconstruction_error is None
     assert result.threshold.by_hand and "set by hand" in result.summary()
     assert sorted(map(len, result.duplicates.groups)) == [20, 20, 20]  # -1 links every image to its 10 nearest
@@ -176,7 +176,7 @@ def test_paths_that_look_like_html_cannot_break_the_page(tmp_path):
     folder = vectors_folder(tmp_path / "emb", vectors)
     odd = "x</script><!--<script>alert(1)</script>.png"
     write_index(folder, [odd] + [f"img_{i}.png" for i in range(1, len(vectors))], np.full((len(vectors), 2), 64))
-    page = (explore(folder).output / "atlas.html").read_text(encoding="utf-8")
+    page = (explore(folder, config=CPU).output / "atlas.html").read_text(encoding="utf-8")
     assert page.count("</script>") == 2  # the data block's and the script's own
     assert json.loads(_page_data(page))["paths"][0] == odd
 

@@ -77,7 +77,8 @@ def explore(
     output: str | os.PathLike | None = None,
     clusters: int | None = None,
     neighbours: int = 10,
-    config: Config | None = None,
+    *,
+    config: Config,
     checkpoint: str | os.PathLike | None = None,
     duplicate_threshold: float | None = None,
     reconstruction: bool = True,
@@ -85,15 +86,15 @@ def explore(
 ) -> Exploration:
     """Explore the `fext encode` folder ``embeddings``; write ``output`` (default ``<embeddings>/explore``).
 
-    ``clusters``: K (None: chosen, see :mod:`fext.explore.clusters`); ``neighbours``: how many
-    the page lists for a clicked image; ``checkpoint``: where the checkpoint that wrote the
-    embeddings is now, if it moved; ``duplicate_threshold``: a cosine similarity instead of the
-    measured one; ``reconstruction``: False skips the reconstruction errors (a pass of the
-    full autoencoder over every image).
+    ``config``: the resolved configuration (its seed, device and workers; ``Config()`` for the
+    documented defaults); ``clusters``: K (None: chosen, see :mod:`fext.explore.clusters`);
+    ``neighbours``: how many the page lists for a clicked image; ``checkpoint``: where the
+    checkpoint that wrote the embeddings is now, if it moved; ``duplicate_threshold``: a cosine
+    similarity instead of the measured one; ``reconstruction``: False skips the reconstruction
+    errors (a pass of the full autoencoder over every image).
     """
     from fext.encoding import open_encoding
 
-    cfg = config or Config()
     if neighbours < 1:
         raise FeXTError(f"--neighbours must be at least 1, got {neighbours}")
     encoding = open_encoding(embeddings)
@@ -104,18 +105,18 @@ def explore(
 
     clock = _Clock()
     # 1. neighbours, map, clusters
-    nb = nearest_neighbours(unit, max(neighbours, MAP_NEIGHBOURS - 1, OUTLIER_NEIGHBOURS), cfg.SEED)
+    nb = nearest_neighbours(unit, max(neighbours, MAP_NEIGHBOURS - 1, OUTLIER_NEIGHBOURS), config.SEED)
     clock.lap("neighbours")
-    xy = embedding_map(unit, cfg.SEED, nb)
+    xy = embedding_map(unit, config.SEED, nb)
     clock.lap("map")
-    groups = find_clusters(unit, clusters, cfg.SEED)
+    groups = find_clusters(unit, clusters, config.SEED)
     clock.lap("clusters")
     # 2. what needs the model and the images
     input_dir = Path(metadata.get("input", ""))
     files = [input_dir / p for p in paths]
     have_images = input_dir.is_dir() and any(f.is_file() for f in files[:50])
     ckpt = measure.recorded_checkpoint(metadata, checkpoint) if have_images else None
-    errors, copies, sample = _model_measurements(ckpt, files, unit, metadata, cfg, reconstruction, progress)
+    errors, copies, sample = _model_measurements(ckpt, files, unit, metadata, config, reconstruction, progress)
     clock.lap("model")
     # 3. outliers, duplicates
     outliers = find_outliers(unit, errors, nb)
