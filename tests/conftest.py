@@ -1,7 +1,8 @@
 """Shared fixtures and helpers: one image generator, a tiny configuration, checkpoints, the real CLI.
 
 - :func:`make_images` writes generated PNGs (every Pillow mode on request); ``image_folder`` is 12 of them.
-- :func:`blob_image` is a smooth scene; :func:`make_image_tree` writes a nested PNG/JPEG tree of them (encoding, search).
+- :func:`blob_image` is a smooth scene; :func:`make_image_tree` writes a nested PNG/JPEG tree of them (encoding, search);
+  ``encoded_scenes`` is an encoded folder of them with planted near-duplicates (explore).
 - :func:`tiny_config` is the small preset at 64 px on the CPU; ``tiny_cfg`` is it as a fixture.
 - :func:`make_checkpoint` writes an untrained, seeded checkpoint with :func:`fext.checkpoints.save_checkpoint`
   (no training: fast); ``trained_checkpoint`` is one real training run, made once per session.
@@ -141,6 +142,30 @@ def make_image_tree(folder: Path, count: int, seed: int = 0) -> list[str]:
         Image.fromarray(blob_image(rng, 40 + i, 70 - i)).save(folder / name)
         names.append(name)
     return sorted(names)
+
+
+@pytest.fixture(scope="module")
+def encoded_scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 distinct :func:`blob_image` scenes plus an exact copy of d00.png and a half-size copy of d01.png, encoded.
+
+    With an untrained, seeded checkpoint, for the explore tests (near-duplicates to find, a browser page).
+    Module-scoped: a test may write beside the encoded files (``explore/``), not into them.
+    """
+    import shutil
+
+    from fext.encoding import encode_folder
+
+    root = tmp_path_factory.mktemp("explore")
+    images = root / "images"
+    (images / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(blob_image(rng, 96, 128)).save(images / ("sub" if i % 4 == 0 else "") / f"d{i:02d}.png")
+    shutil.copy(images / "sub" / "d00.png", images / "d00_copy.png")
+    with Image.open(images / "d01.png") as im:
+        im.resize((64, 48), Image.Resampling.BILINEAR).save(images / "d01_half.jpg", quality=90)
+    ckpt = make_checkpoint(root / "FeXT_20240101T000000")
+    return encode_folder(ckpt, images, root / "out", config=tiny_config(), batch_size=16, progress=False)
 
 
 @pytest.fixture

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import blob_image, make_checkpoint, tiny_config
-from PIL import Image
+from conftest import tiny_config
 from sklearn.metrics import adjusted_rand_score
 
-from fext.encoding import EMBEDDINGS, METADATA, encode_folder
+from fext.encoding import EMBEDDINGS, METADATA
 from fext.encoding.files import write_index, write_metadata
 from fext.errors import FeXTError
 from fext.explore import choose_threshold, embedding_map, explore, find_clusters, find_duplicates, find_outliers
@@ -44,22 +43,6 @@ def vectors_folder(folder: Path, vectors: np.ndarray, input_dir: str = "/nonexis
     write_metadata(folder, {"checkpoint": {"name": "gone", "path": "/nonexistent/ckpt", "hash": "0"},
                             "embedding_dim": vectors.shape[1], "images": len(vectors), "input": input_dir, "img_size": 64})
     return folder
-
-
-@pytest.fixture(scope="module")
-def encoded(tmp_path_factory) -> Path:
-    """40 distinct generated pictures plus an exact copy of d00.png and a half-size copy of d01.png, encoded."""
-    root = tmp_path_factory.mktemp("explore")
-    images = root / "images"
-    (images / "sub").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(40):
-        Image.fromarray(blob_image(rng, 96, 128)).save(images / ("sub" if i % 4 == 0 else "") / f"d{i:02d}.png")
-    shutil.copy(images / "sub" / "d00.png", images / "d00_copy.png")
-    with Image.open(images / "d01.png") as im:
-        im.resize((64, 48), Image.Resampling.BILINEAR).save(images / "d01_half.jpg", quality=90)
-    ckpt = make_checkpoint(root / "FeXT_20240101T000000")
-    return encode_folder(ckpt, images, root / "out", config=CPU, batch_size=16, progress=False)
 
 
 def test_planted_clusters_are_recovered_with_k_chosen_by_the_rule():
@@ -125,13 +108,13 @@ def test_the_map_is_seeded_and_in_the_unit_square():
     assert few.shape == (5, 2) and few.min() >= 0 and few.max() <= 1
 
 
-def test_explore_groups_exact_and_resized_copies_and_not_distinct_images(encoded):
-    result = explore(encoded, config=CPU)
+def test_explore_groups_exact_and_resized_copies_and_not_distinct_images(encoded_scenes):
+    result = explore(encoded_scenes, config=CPU)
     groups = sorted(sorted(result.paths[r] for r in g) for g in result.duplicates.groups)
     assert groups == [["d00_copy.png", "sub/d00.png"], ["d01.png", "d01_half.jpg"]]
     assert result.threshold.copy_recall is not None and result.threshold.false_positive_rate < 0.01
     assert result.outliers.reconstruction_error is not None and np.isfinite(result.outliers.reconstruction_error).all()
-    out = encoded / "explore"
+    out = encoded_scenes / "explore"
     assert result.output == out and result.thumbnails
     rows = {name: list(csv.DictReader(open(out / name, encoding="utf-8"))) for name in CSV_FILES}
     assert [r["path"] for r in rows["map.csv"]] == result.paths
@@ -145,11 +128,11 @@ def test_explore_groups_exact_and_resized_copies_and_not_distinct_images(encoded
     assert page.count("data:image/jpeg;base64,") == 1  # 42 thumbnails, one sprite sheet
 
 
-def test_cli_explores_the_only_encoded_folder_of_the_workspace(encoded, ws, capsys):
+def test_cli_explores_the_only_encoded_folder_of_the_workspace(encoded_scenes, ws, capsys):
     from fext.cli import main
 
     target = ws.extraction / "FeXT_20240101T000000"
-    shutil.copytree(encoded, target, ignore=shutil.ignore_patterns("explore"))
+    shutil.copytree(encoded_scenes, target, ignore=shutil.ignore_patterns("explore"))
     code = main(["--workspace", str(ws.root), "--set", "device.DEVICE=CPU", "explore", "--clusters", "3",
                  "--neighbours", "4", "--no-reconstruction"])
     printed = capsys.readouterr().out

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 from PIL import Image
-from test_explore import CPU, encoded  # noqa: F401 - the module fixture of encoded real images
 
 from fext.explore import explore
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 NEIGHBOURS = 5
+CPU = tiny_config()
 BACKGROUND = (0x17, 0x1A, 0x1C)  # the canvas background drawn by atlas.js
 
 
@@ -59,9 +60,9 @@ def browser(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(browser, encoded):  # noqa: F811 - the fixture imported above
+def page(browser, encoded_scenes):
     """The atlas of the encoded images, open in the browser, thumbnails decoded."""
-    result = explore(encoded, encoded.parent / "atlas", neighbours=NEIGHBOURS, config=CPU, reconstruction=False)
+    result = explore(encoded_scenes, encoded_scenes.parent / "atlas", neighbours=NEIGHBOURS, config=CPU, reconstruction=False)
     url = (result.output / "atlas.html").as_uri()
     browser.get(url)
     _wait(lambda: browser.execute_script("return document.body.dataset.ready === '1'"))
