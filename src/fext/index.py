@@ -305,4 +305,20 @@ def open_index(folder: Path) -> VectorIndex | None:
     index = VectorIndex(faiss.read_index(str(folder / INDEX_FILE)), info, folder)
     if info.get("effort"):
         index.set_effort(info["effort"])
+    index.faiss_index = _on_gpus(faiss, index.faiss_index, info["kind"])
     return index
+
+
+def _on_gpus(faiss: Any, index: Any, kind: str) -> Any:
+    """The index cloned onto every GPU when faiss is a CUDA build (faiss-gpu) and sees one; else as it is.
+
+    The clone keeps the search effort (nprobe) set on the CPU index. faiss has no GPU HNSW, and a GPU
+    that cannot hold the index leaves the search on the CPU with a log line.
+    """
+    if kind == "hnsw" or not hasattr(faiss, "index_cpu_to_all_gpus") or faiss.get_num_gpus() == 0:
+        return index
+    try:
+        return faiss.index_cpu_to_all_gpus(index)
+    except RuntimeError as exc:
+        log.warning("The index stays on the CPU: faiss could not move it to the GPU (%s)", exc)
+        return index
