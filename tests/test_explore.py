@@ -19,7 +19,6 @@ from sklearn.metrics import adjusted_rand_score
 
 from fext.encoding import EMBEDDINGS, METADATA
 from fext.encoding.files import write_index, write_metadata
-from fext.errors import FeXTError
 from fext.explore import choose_threshold, embedding_map, explore, find_clusters, find_duplicates, find_outliers
 from fext.explore.run import CSV_FILES
 

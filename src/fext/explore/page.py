@@ -20,7 +20,7 @@ import numpy as np
 
 from fext._io import atomic_open
 from fext.explore.clusters import Clusters
-from fext.explore.duplicates import Duplicates, Threshold
+from fext.explore.duplicates import Duplicates
 from fext.explore.neighbours import Neighbours
 from fext.explore.outliers import Outliers
 from fext.explore.thumbnails import Sprites, iter_sheet_uris
