@@ -204,9 +204,10 @@ def _encode_query(
 
 def normalized(block: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (all-zero rows stay zero), float32."""
-    x = np.array(block, dtype=np.float32)
+    x = np.array(block, dtype=np.float32)  # a copy, scaled in place: no second (N, D) array
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
+    x /= np.where(norms > 0, norms, 1.0)
+    return x
 
 
 def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from fext.errors import FeXTError
-from fext.explore.neighbours import principal_components, unit_rows
+from fext.explore.neighbours import principal_components
+from fext.search import normalized
 
 CANDIDATE_KS = (2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 25, 30, 40, 50)
 SILHOUETTE_SAMPLE = 2000
@@ -69,7 +70,7 @@ class Clusters:
 
 def find_clusters(vectors: np.ndarray, k: int | None = None, seed: int = 0) -> Clusters:
     """Cluster ``vectors`` (N, D) into ``k`` groups (None: the silhouette rule of this module)."""
-    unit = unit_rows(vectors)
+    unit = normalized(vectors)
     n = len(unit)
     if k is not None and not 1 <= k <= n:
         raise FeXTError(f"--clusters must be between 1 and the number of images ({n}), got {k}")
@@ -78,7 +79,7 @@ def find_clusters(vectors: np.ndarray, k: int | None = None, seed: int = 0) -> C
     if k is None:
         k, score = choose_k(reduced, seed)
     labels = _kmeans(k, n, seed).fit_predict(reduced).astype(np.int32)
-    centres = unit_rows(np.stack([unit[labels == c].sum(axis=0) for c in range(k)]))  # (K, D)
+    centres = normalized(np.stack([unit[labels == c].sum(axis=0) for c in range(k)]))  # (K, D)
     distances = (1.0 - np.einsum("nd,nd->n", unit, centres[labels])).clip(0.0, 2.0).astype(np.float32)
     return Clusters(labels, distances, centres, score)
 

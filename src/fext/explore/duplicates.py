@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from fext.explore.neighbours import Neighbours, nearest_neighbours, unit_rows
+from fext.explore.neighbours import Neighbours, nearest_neighbours
+from fext.search import normalized
 
 MAX_FALSE_POSITIVE_RATE = 0.01
 DUPLICATE_NEIGHBOURS = 10
@@ -123,7 +124,7 @@ def find_duplicates(vectors: np.ndarray, threshold: float, neighbours: Neighbour
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    unit = unit_rows(vectors)
+    unit = normalized(vectors)
     n = len(unit)
     if neighbours is None:
         neighbours = nearest_neighbours(unit, DUPLICATE_NEIGHBOURS)

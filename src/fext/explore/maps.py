@@ -12,7 +12,8 @@ import warnings
 
 import numpy as np
 
-from fext.explore.neighbours import Neighbours, nearest_neighbours, principal_components, unit_rows
+from fext.explore.neighbours import Neighbours, nearest_neighbours, principal_components
+from fext.search import normalized
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def embedding_map(vectors: np.ndarray, seed: int = 0, neighbours: Neighbours | N
     ``neighbours``: the cosine neighbour graph of the same vectors, if already computed (at least
     ``MAP_NEIGHBOURS - 1`` per row). The same vectors and seed give the same map.
     """
-    unit = unit_rows(vectors)
+    unit = normalized(vectors)
     n = len(unit)
     if n < MIN_UMAP_IMAGES:
         log.info("Map: PCA (%d images; UMAP needs at least %d)", n, MIN_UMAP_IMAGES)

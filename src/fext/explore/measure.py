@@ -89,10 +89,10 @@ def copy_similarities(model: Any, files: list[Path], vectors: np.ndarray, img_si
     edited copies; rows of unreadable files are NaN."""
     from fext.data import ImageDecodeError
     from fext.encoding import embed
-    from fext.explore.neighbours import unit_rows
+    from fext.search import normalized
 
     out = np.full((len(files), len(EDITS)), np.nan)
-    unit = unit_rows(vectors)
+    unit = normalized(vectors)
     per_batch = max(1, BATCH // len(EDITS))
     for lo in range(0, len(files), per_batch):
         rows, copies = [], []
@@ -103,6 +103,6 @@ def copy_similarities(model: Any, files: list[Path], vectors: np.ndarray, img_si
                 continue
             rows.append(i)
         if rows:
-            z = unit_rows(embed(model, np.concatenate(copies), device)).reshape(len(rows), len(EDITS), -1)
+            z = normalized(embed(model, np.concatenate(copies), device)).reshape(len(rows), len(EDITS), -1)
             out[rows] = np.einsum("med,md->me", z, unit[rows])
     return out

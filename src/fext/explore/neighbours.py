@@ -40,14 +40,6 @@ class Neighbours:
         return Neighbours(self.indices[:, :k], self.similarities[:, :k])
 
 
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """float32 (N, D) rows scaled to length 1 (all-zero rows stay zero)."""
-    x = np.array(vectors, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    x /= np.where(norms > 0, norms, 1.0)
-    return x
-
-
 def principal_components(unit: np.ndarray, dims: int, seed: int = 0) -> np.ndarray:
     """float32 (N, min(dims, D, N)) projection of ``unit`` on its first principal components."""
     from sklearn.decomposition import PCA

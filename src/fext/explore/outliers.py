@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from fext.explore.neighbours import Neighbours, nearest_neighbours, unit_rows
+from fext.explore.neighbours import Neighbours, nearest_neighbours
+from fext.search import normalized
 
 OUTLIER_NEIGHBOURS = 10
 
@@ -55,7 +56,7 @@ def find_outliers(
     ``neighbours``: the cosine neighbour graph of the same vectors, if already computed.
     """
     if neighbours is None or neighbours.k < min(k, len(vectors) - 1):
-        neighbours = nearest_neighbours(unit_rows(vectors), k)
+        neighbours = nearest_neighbours(normalized(vectors), k)
     knn = (1.0 - neighbours.similarities[:, :k]).mean(axis=1).astype(np.float32)
     score = robust_z(knn)
     if reconstruction_error is not None:

@@ -28,10 +28,11 @@ from fext.explore.duplicates import (
     DUPLICATE_NEIGHBOURS, Duplicates, Threshold, choose_threshold, find_duplicates, threshold_at,
 )
 from fext.explore.maps import MAP_NEIGHBOURS, embedding_map
-from fext.explore.neighbours import Neighbours, nearest_neighbours, unit_rows
+from fext.explore.neighbours import Neighbours, nearest_neighbours
 from fext.explore.outliers import OUTLIER_NEIGHBOURS, Outliers, find_outliers
 from fext.explore.page import PageNotes, write_page
 from fext.explore.thumbnails import make_sprites
+from fext.search import normalized
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def _checked_vectors(vectors: np.ndarray, paths: list[str], folder: Path) -> np.
     if n < MIN_IMAGES:
         raise FeXTError(f"{folder} holds {n} image(s); exploring needs at least {MIN_IMAGES}. "
                         "Encode a folder with more images (`fext encode --input FOLDER`)")
-    unit = unit_rows(vectors)  # (N, D) float32, loaded into memory once
+    unit = normalized(vectors)  # (N, D) float32, loaded into memory once
     bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
     if len(bad):
         raise FeXTError(f"{folder}: {len(bad)} of {n} vectors contain NaN or infinite values (first: {paths[bad[0]]}); "
