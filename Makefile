@@ -29,14 +29,21 @@ test-fast: venv
 
 # The fast tests with every dependency at the lowest version pyproject.toml allows (torch stays
 # TORCH_VERSION), in a separate venv: proves the declared lower bounds true.
+# installed.txt (what pip installed) is the stamp: a re-run reinstalls only after pyproject.toml or the
+# pin script changed, and the pins then move the installed packages to the new lower bounds.
 MIN_VENV ?= .venv-min
-test-min:
+
+$(MIN_VENV)/bin/python:
 	$(PYTHON) -m venv $(MIN_VENV)
 	$(MIN_VENV)/bin/pip install --upgrade --quiet pip
+
+$(MIN_VENV)/installed.txt: $(MIN_VENV)/bin/python pyproject.toml .ci/lowest_constraints.py
 	$(MIN_VENV)/bin/pip install --quiet "$(TORCH_SPEC)"
 	$(MIN_VENV)/bin/python .ci/lowest_constraints.py --extra dev --torch $(TORCH_VERSION) > $(MIN_VENV)/constraints.txt
 	$(MIN_VENV)/bin/pip install --quiet -c $(MIN_VENV)/constraints.txt -e ".[dev]"
-	$(MIN_VENV)/bin/pip list --format=freeze > $(MIN_VENV)/installed.txt
+	$(MIN_VENV)/bin/pip list --format=freeze > $@.tmp && mv $@.tmp $@
+
+test-min: $(MIN_VENV)/installed.txt
 	$(MIN_VENV)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
 
 demo: venv
