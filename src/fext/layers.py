@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fext._lean_units import padded_empty, run_units_lean
+
 
 class LayerNorm2d(nn.LayerNorm):
     """Layer normalisation over the channel dim of (B, C, H, W), independently at every position (ConvNeXt style).
@@ -63,15 +65,8 @@ class _PadRightBottom(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        out = torch.empty((b, c, h + 1, w + 1), dtype=x.dtype, device=x.device, memory_format=fmt)
-        # Zero the new row and column through a view in memory order: ``fill_`` on the (B, C, ...)
-        # view of a channels_last tensor walks it against its strides, hundreds of times slower.
-        border = out.permute(0, 2, 3, 1)  # (B, H+1, W+1, C)
-        border[:, h].zero_()
-        border[:, :, w].zero_()
-        out[:, :, :h, :w].copy_(x)
+        out = padded_empty(x)  # (B, C, H+1, W+1), zero border
+        out[:, :, : x.shape[2], : x.shape[3]].copy_(x)
         return out
 
     @staticmethod
@@ -84,6 +79,28 @@ def pad_right_bottom(x: torch.Tensor) -> torch.Tensor:
     if torch.jit.is_tracing() or torch.compiler.is_exporting():  # fext export: exporters want a plain Pad
         return F.pad(x, (0, 1, 0, 1))
     return _PadRightBottom.apply(x)
+
+
+def _tracing() -> bool:
+    """Whether a tracer, compiler or exporter is recording (they get plain ops)."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+LEAN_TRAINING = True
+"""Train each stage as one memory-lean autograd node (see :func:`_lean_route`); off: plain autograd."""
+
+
+def _lean_route(units: nn.Sequential) -> bool:
+    """Whether a stage runs its units through :func:`fext._lean_units.run_units_lean`: when gradients are on.
+
+    Autograd would keep three full-size activations per unit (and the pooling's input and indices);
+    the lean node keeps the stage's input and each unit's convolution output and rebuilds the rest in
+    backward with a few cheap passes, with the same values and gradients bit for bit. Those
+    activations are most of a training step's memory, and this saves them without activation
+    checkpointing's extra forward pass. Tracers, compilers and exporters get the plain units: they
+    plan memory themselves.
+    """
+    return LEAN_TRAINING and torch.is_grad_enabled() and not units[0].fast_inference and not _tracing()
 
 
 RESIDUAL_GAIN_INIT = 0.1
@@ -107,8 +124,9 @@ class ResidualConvUnit(nn.Module):
     oneDNN does inside the kernel, and keeps the bottom-right (H, W) of its (H+1, W+1) output (no
     padded copy of the input, a little more convolution work; on narrower maps the extra row and
     column cost more than the copy saves); the shortcut is added in place, into ``x`` itself when
-    ``overwrite_input`` allows it. Off (the default), one plain forward serves training, validation
-    and everything else.
+    ``overwrite_input`` allows it. Off (the default), the plain forward serves validation and everything
+    else; with gradients on, the stages run their units as one memory-lean autograd node instead (same
+    ops, same values: see :func:`_lean_route`).
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
@@ -155,6 +173,8 @@ class ResidualConvStack(nn.Module):
         self.pool = nn.MaxPool2d(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _lean_route(self.units):
+            return run_units_lean(self.units, x, pool=True)  # the same values; see _lean_route
         return self.pool(_run_units(self.units, x, own_input=False))
 
 
@@ -177,7 +197,10 @@ class DecoderStage(nn.Module):
         self.units = nn.Sequential(*(ResidualConvUnit(out_channels, out_channels) for _ in range(depth)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _run_units(self.units, self.upsample(x), own_input=True)
+        x = self.upsample(x)
+        if _lean_route(self.units):
+            return run_units_lean(self.units, x)  # the same values; see _lean_route
+        return _run_units(self.units, x, own_input=True)
 
 
 class _DenseNormAct(nn.Sequential):

@@ -1,0 +1,216 @@
+"""A run of residual 2×2 conv units as one autograd node that keeps about one activation per unit.
+
+Autograd's graph of a :class:`fext.layers.ResidualConvUnit` keeps three activations of the unit's full
+size for backward: the padded input (for the convolution's weight gradient), the convolution output
+``y`` (for layer norm's backward) and the ReLU output (for ReLU's mask); a max pooling after the units
+keeps its input and int64 indices. For the base preset that is most of a training step's memory.
+:func:`run_units_lean` runs a stage's units (and its pooling) as one :class:`_LeanUnits` node that
+keeps only the stage's padded input and every unit's ``y``. Its backward rebuilds the rest with cheap
+passes and no convolution (but a 1×1 shortcut's, and the conv of a unit whose input has at most
+:data:`RECOMPUTED_CONV_MAX_CHANNELS` channels, such as the RGB image, whose ``y`` is not kept): layer
+norm again on ``y`` (a deterministic kernel: the same output, mean and rstd), the ReLU mask from it,
+every unit's input by re-adding the residual branches in the order of the forward pass, the pooling
+indices by pooling again. It then calls the ATen backward kernels autograd's own nodes call, with the
+same arguments, so the gradients are the plain graph's bit for bit. Activation checkpointing,
+autocast (the backward casts as autocast did in forward) and DDP see an ordinary autograd node.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+aten = torch.ops.aten
+
+
+def padded_empty(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An uninitialised (B, C, H+1, W+1) buffer in ``x``'s memory format whose last row and column are zero."""
+    b, c, h, w = x.shape
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    out = torch.empty((b, c, h + 1, w + 1), dtype=dtype or x.dtype, device=x.device, memory_format=fmt)
+    # Zero the new row and column through a view in memory order: ``fill_`` on the (B, C, ...)
+    # view of a channels_last tensor walks it against its strides, hundreds of times slower.
+    border = out.permute(0, 2, 3, 1)  # (B, H+1, W+1, C)
+    border[:, h].zero_()
+    border[:, :, w].zero_()
+    return out
+
+
+def _padded_copy(x: torch.Tensor) -> torch.Tensor:
+    out = padded_empty(x)
+    out[:, :, : x.shape[2], : x.shape[3]].copy_(x)
+    return out
+
+
+RECOMPUTED_CONV_MAX_CHANNELS = 4
+"""A unit convolving at most this many input channels (the RGB image) recomputes ``y`` in backward:
+a convolution that cheap costs less than keeping its 64-channel output."""
+
+_POOL = ([2, 2], [2, 2], [0, 0], [1, 1], False)  # kernel, stride, padding, dilation, ceil_mode
+
+
+def _unit_params(unit: torch.nn.Module) -> list[torch.Tensor]:
+    """conv weight, norm weight, norm bias[, shortcut weight, shortcut bias]: the order :class:`_LeanUnits` expects."""
+    params = [unit.conv.weight, unit.norm.weight, unit.norm.bias]
+    if isinstance(unit.shortcut, torch.nn.Conv2d):
+        params += [unit.shortcut.weight, unit.shortcut.bias]
+    return params
+
+
+def run_units_lean(units: torch.nn.Sequential, x: torch.Tensor, pool: bool = False) -> torch.Tensor:
+    """``units(x)`` (then 2×2 max pooling if ``pool``) for plain-route ResidualConvUnits, as one lean autograd node.
+
+    The same values as the units' own forward; (B, C_in, H, W) -> (B, C_out, H, W), or (H/2, W/2) pooled.
+    """
+    per_unit = [_unit_params(unit) for unit in units]
+    spec = tuple((len(params), unit.norm.eps) for params, unit in zip(per_unit, units))
+    return _LeanUnits.apply((spec, pool), x, *(p for params in per_unit for p in params))
+
+
+def _split(spec: tuple, flat: tuple) -> list[tuple]:
+    out, i = [], 0
+    for count, _ in spec:
+        out.append(tuple(flat[i : i + count]))
+        i += count
+    return out
+
+
+def _shortcut(x: torch.Tensor, params: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """The unit's shortcut: identity, or the 1×1 convolution in ``dtype`` (autocast's choice in forward)."""
+    if len(params) == 3:
+        return x
+    weight, bias = params[3:]
+    return F.conv2d(x.to(dtype), weight.to(dtype), bias.to(dtype))
+
+
+class _LeanUnits(torch.autograd.Function):
+    """``x -> pool?(units(x))``, saving the padded input and each unit's conv output ``y``; see the module docstring.
+
+    Inputs: ``(spec, pool)`` (spec: per unit, parameter count and layer-norm eps), ``x`` (B, C, H, W),
+    then every unit's parameters in :func:`_unit_params` order.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, layout: tuple, x: torch.Tensor, *flat: torch.Tensor) -> torch.Tensor:
+        # The ops of ResidualConvUnit's plain route (autocast, if on, picks their dtypes as it would
+        # there), except that each unit's output is written straight into the next unit's padded
+        # input, which saves the pad's copy.
+        spec, pool = layout
+        ys, dtypes = [], []
+        padded = first = _padded_copy(x)
+        xi = x
+        for i, ((_, eps), params) in enumerate(zip(spec, _split(spec, flat))):
+            weight, norm_weight, norm_bias = params[:3]
+            y = F.conv2d(padded, weight)  # (B, C_out, H, W)
+            z = F.relu_(F.layer_norm(y.permute(0, 2, 3, 1), y.shape[1:2], norm_weight, norm_bias, eps))  # (B, H, W, C)
+            z = z.permute(0, 3, 1, 2)
+            s = F.conv2d(xi, *params[3:]) if len(params) > 3 else xi
+            dtypes.append((y.dtype, z.dtype, s.dtype))
+            ys.append(None if weight.shape[1] <= RECOMPUTED_CONV_MAX_CHANNELS else y)
+            if i == len(spec) - 1:
+                out = z + s
+            else:
+                padded = padded_empty(z, torch.result_type(z, s))
+                xi = torch.add(z, s, out=padded[:, :, : x.shape[2], : x.shape[3]])
+        ctx.layout, ctx.dtypes, ctx.device_type = layout, dtypes, x.device.type
+        # The padded input rather than x: the same memory (x is nobody else's), no copy in backward.
+        ctx.save_for_backward(first, *ys, *flat)
+        return F.max_pool2d(out, 2) if pool else out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        with torch.autocast(ctx.device_type, enabled=False):  # the recomputation repeats forward's dtypes itself
+            return (None, *_backward(ctx, grad))
+
+
+def _backward(ctx: Any, grad: torch.Tensor) -> list[torch.Tensor | None]:
+    (spec, pool), dtypes, n = ctx.layout, ctx.dtypes, len(ctx.layout[0])
+    first, *rest = ctx.saved_tensors
+    ys, flat = list(rest[:n]), tuple(rest[n:])
+    per_unit = _split(spec, flat)
+    h, w = first.shape[2] - 1, first.shape[3] - 1
+    # 1. Rebuild every unit's padded input by re-adding the residual branches in forward order
+    #    (and the stage output, if pooled); keep the last unit's norm output for ReLU's mask.
+    padded, stats = [first], []
+    for i, ((_, eps), params) in enumerate(zip(spec, per_unit)):
+        y_dtype, z_dtype, s_dtype = dtypes[i]
+        if ys[i] is None:
+            ys[i] = F.conv2d(first.to(y_dtype), params[0].to(y_dtype))
+        z, mean, rstd = aten.native_layer_norm(_norm_input(ys[i], z_dtype), [ys[i].shape[1]], params[1], params[2], eps)
+        last = z
+        stats.append((mean, rstd))
+        z.relu_()  # (B, H, W, C)
+        s = _shortcut(padded[i][:, :, :h, :w], params, s_dtype) if i < n - 1 or pool else None
+        if i < n - 1:
+            nxt = padded_empty(z.permute(0, 3, 1, 2), torch.result_type(z, s))
+            torch.add(z.permute(0, 3, 1, 2), s, out=nxt[:, :, :h, :w])
+            padded.append(nxt)
+            del nxt
+    owned = False  # whether ``grad`` is this function's own tensor, free to update in place
+    if pool:  # the stage output again, then the pooling's indices
+        out = z.permute(0, 3, 1, 2) + s
+        indices = aten.max_pool2d_with_indices(out, *_POOL)[1]
+        grad, owned = aten.max_pool2d_with_indices_backward(grad, out, *_POOL, indices), True
+        del out, indices
+    del z, s  # but the last unit's norm output, kept in ``last``
+    # 2. Backward unit by unit, last first, through the kernels autograd's own nodes call.
+    grads: list[Any] = [None] * len(flat)
+    offset = len(flat)
+    for i in reversed(range(n)):
+        params = per_unit[i]
+        offset -= len(params)
+        y_dtype, z_dtype, s_dtype = dtypes[i]
+        mean, rstd = stats.pop()
+        y = _norm_input(ys[i], z_dtype)
+        if i == n - 1:
+            z, last = last, None
+        else:  # ReLU's mask (z <= 0) is the same before and after the ReLU
+            z = aten.native_layer_norm(y, [y.shape[-1]], params[1], params[2], spec[i][1])[0]
+        g = aten.threshold_backward.grad_input(grad.to(z_dtype).permute(0, 2, 3, 1), z, 0, grad_input=z)  # (B, H, W, C)
+        del z
+        gy, gnw, gnb = aten.native_layer_norm_backward(
+            g, y, [y.shape[-1]], mean, rstd, params[1], params[2], [True, *_needs(ctx, offset + 1, offset + 2)])
+        del g, y
+        gy = gy.permute(0, 3, 1, 2).to(y_dtype)  # (B, C, H, W)
+        need_x = i > 0 or ctx.needs_input_grad[1]
+        xp = padded.pop()
+        gp, gw, _ = aten.convolution_backward(
+            gy, xp.to(y_dtype), params[0].to(y_dtype), None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+            [need_x, *_needs(ctx, offset), False])
+        del gy
+        grads[offset : offset + 3] = [_to(gw, params[0]), _to(gnw, params[1]), _to(gnb, params[2])]
+        xi, x_dtype = xp[:, :, :h, :w], xp.dtype
+        if len(params) > 3:
+            gsx, gsw, gsb = aten.convolution_backward(
+                grad.to(s_dtype), xi.to(s_dtype), params[3].to(s_dtype), [params[4].shape[0]], [1, 1], [0, 0],
+                [1, 1], False, [0, 0], 1, [need_x, *_needs(ctx, offset + 3, offset + 4)])
+            grads[offset + 3 : offset + 5] = [_to(gsw, params[3]), _to(gsb, params[4])]
+            owned = True
+        else:
+            gsx = grad
+        del xp, xi, grad
+        grad = None
+        if need_x:  # the shortcut's gradient plus the padded conv input's, in place when it is ours
+            gx = gp[:, :, :-1, :-1]
+            grad = gsx.add_(gx) if owned and gsx.dtype == x_dtype else gx.to(x_dtype) + gsx.to(x_dtype)
+            owned = True
+        del gp, gsx
+    return [grad if ctx.needs_input_grad[1] else None, *grads]
+
+
+def _norm_input(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The layer norm's input: the conv output ``y`` as (B, H, W, C), in the dtype the norm ran in."""
+    return y.permute(0, 2, 3, 1).to(dtype)
+
+
+def _needs(ctx: Any, *flat_indices: int) -> list[bool]:
+    """Whether the parameters at these positions of ``flat`` need a gradient (apply's inputs: spec, x, *flat)."""
+    return [ctx.needs_input_grad[2 + i] for i in flat_indices]
+
+
+def _to(grad: torch.Tensor | None, param: torch.Tensor) -> torch.Tensor | None:
+    return None if grad is None else grad.to(param.dtype)

@@ -1,0 +1,117 @@
+"""The memory-lean training route of the residual stages: the plain graph's values and gradients, bit for bit,
+on fewer saved bytes; and the plain route wherever gradients are off or a tracer records."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import fext.layers
+from fext.layers import DecoderStage, ResidualConvStack
+from fext.model import FeXTAutoEncoder
+
+
+def _rand(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).contiguous(memory_format=torch.channels_last)
+
+
+def _randomised(stage: nn.Module) -> nn.Module:
+    """Random weights everywhere (the init's small norm gains and zero biases would hide mistakes)."""
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in stage.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    return stage.to(memory_format=torch.channels_last)
+
+
+def _outputs_and_grads(stage: nn.Module, x: torch.Tensor, lean: bool, monkeypatch) -> tuple:
+    monkeypatch.setattr(fext.layers, "LEAN_TRAINING", lean)
+    stage.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(x.requires_grad)
+    out = stage(x)
+    assert type(out.grad_fn).__name__ == ("_LeanUnitsBackward" if lean else "MaxPool2DWithIndicesBackward0"
+                                          if isinstance(stage, ResidualConvStack) else "AddBackward0")
+    out.backward(_rand(*out.shape, seed=9))
+    return out.detach(), x.grad, [p.grad for p in stage.parameters()]
+
+
+@pytest.mark.parametrize("stage, shape", [
+    (ResidualConvStack(3, 8, 3), (2, 3, 8, 8)),     # RGB input: the first unit's conv is recomputed, 1×1 shortcut
+    (ResidualConvStack(5, 12, 2), (3, 5, 6, 6)),    # channel change: 1×1 shortcut conv on the first unit
+    (ResidualConvStack(6, 6, 4), (2, 6, 4, 4)),     # identity shortcuts all along
+    (ResidualConvStack(4, 4, 1), (1, 4, 2, 2)),     # one unit
+    (DecoderStage(8, 6, 3), (2, 8, 3, 3)),          # transposed-conv upsampling, then units, not pooled
+], ids=["rgb", "channels", "identity", "one-unit", "decoder"])
+@pytest.mark.parametrize("input_grad", [True, False], ids=["x-grad", "no-x-grad"])
+def test_lean_stage_gives_the_plain_graphs_values_and_gradients_exactly(stage, shape, input_grad, monkeypatch):
+    stage = _randomised(stage)
+    x = _rand(*shape, seed=1).requires_grad_(input_grad)
+    plain = _outputs_and_grads(stage, x, False, monkeypatch)
+    lean = _outputs_and_grads(stage, x, True, monkeypatch)
+    assert torch.equal(plain[0], lean[0])
+    assert (plain[1] is None) == (lean[1] is None) == (not input_grad)
+    if input_grad:
+        assert torch.equal(plain[1], lean[1])
+    assert len(plain[2]) == len(lean[2]) and all(g is not None for g in lean[2])
+    for a, b in zip(plain[2], lean[2]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "act-ckpt"])
+@pytest.mark.parametrize("mixed", [False, True], ids=["fp32", "bf16"])
+def test_whole_model_trains_on_the_same_loss_and_gradients(checkpointing, mixed, monkeypatch):
+    torch.manual_seed(0)
+    model = FeXTAutoEncoder.from_preset("small", 64).train()
+    model.activation_checkpointing = checkpointing
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    results = []
+    for lean in (False, True):
+        monkeypatch.setattr(fext.layers, "LEAN_TRAINING", lean)
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same dropout masks
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
+            loss = torch.nn.functional.l1_loss(model(x)["reconstruction"].float(), x)
+        loss.backward()
+        results.append((loss.detach(), [p.grad for p in model.parameters()]))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.equal(loss_a, loss_b)
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+
+
+def _saved_bytes(stage: nn.Module, x: torch.Tensor, lean: bool, monkeypatch) -> int:
+    """Bytes of the distinct storages the autograd graph of ``stage(x)`` keeps for backward, parameters excluded."""
+    monkeypatch.setattr(fext.layers, "LEAN_TRAINING", lean)
+    params = {p.untyped_storage().data_ptr() for p in stage.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        stage(x)
+    return sum(storages.values())
+
+
+def test_lean_stage_keeps_about_one_activation_per_unit(monkeypatch):
+    stage, depth = _randomised(ResidualConvStack(16, 16, 4)), 4
+    x = _rand(2, 16, 32, 32, seed=1).requires_grad_()
+    activation = x.numel() * x.element_size()
+    plain, lean = _saved_bytes(stage, x, False, monkeypatch), _saved_bytes(stage, x, True, monkeypatch)
+    assert plain > 3 * depth * activation  # padded input, conv output, ReLU output per unit, and the pooling's
+    assert lean < (depth + 1.1) * activation  # the padded input and each unit's conv output
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace")
+def test_plain_route_when_gradients_are_off_or_a_tracer_records():
+    stage = _randomised(ResidualConvStack(4, 4, 2))
+    x = _rand(1, 4, 4, 4, seed=1)
+    with torch.no_grad():
+        expected = stage(x)
+    traced = torch.jit.trace(stage, x.requires_grad_(), check_trace=False)
+    assert "LeanUnits" not in str(traced.graph)
+    with torch.no_grad():
+        assert torch.equal(traced(x), expected)
