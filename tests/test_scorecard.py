@@ -235,3 +235,45 @@ def test_a_checkpoint_from_before_recipes_keeps_the_seed_recipe(tmp_path):
     assert config["configuration"]["training"].pop("RECIPE") == "views"
     (ckpt / "config.json").write_text(json.dumps(config))
     assert load_checkpoint(ckpt)[1].description.configuration.training.RECIPE == "seed"
+    # A views checkpoint from before SHARED_FLIP and PROJECTOR_DIM was trained without either.
+    config["configuration"]["training"]["RECIPE"] = "views"
+    for key in ("SHARED_FLIP", "PROJECTOR_DIM"):
+        del config["configuration"]["training"]["VIEWS"][key]
+    (ckpt / "config.json").write_text(json.dumps(config))
+    views = load_checkpoint(ckpt)[1].description.configuration.training.VIEWS
+    assert (views.SHARED_FLIP, views.PROJECTOR_DIM) == (False, 0)
+
+
+def test_shared_flip_gives_both_views_of_an_image_one_orientation():
+    # Dark left half, bright right half: a view's orientation is which half is brighter (crops keep >= 86 % of the width).
+    x = torch.zeros(64, 3, 32, 32)
+    x[..., 16:] = 1.0
+    flat = {"training.VIEWS.CROP_MIN_AREA": 1.0, "training.VIEWS.COLOR_JITTER": 0.0, "training.VIEWS.BLUR": 0.0}
+
+    def orientations(shared: bool) -> torch.Tensor:
+        cfg = with_overrides(Config(), {**flat, "training.VIEWS.SHARED_FLIP": shared})
+        _, views = objectives.training_inputs(x, cfg, torch.Generator().manual_seed(0))
+        return (views[..., 16:].mean((1, 2, 3)) > views[..., :16].mean((1, 2, 3))).view(2, 64)
+
+    shared, independent = orientations(True), orientations(False)
+    assert torch.equal(shared[0], shared[1]) and 0 < shared[0].sum() < 64  # flipped or not, the same for both views
+    assert not torch.equal(independent[0], independent[1])
+
+
+def test_the_projector_trains_with_the_model_and_is_kept_only_in_the_trainer_state(tmp_path):
+    from conftest import make_images, tiny_config
+    from fext.checkpoints import load_trainer_state, load_weights_file
+    from fext.training import train
+    from fext.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws").ensure()
+    make_images(ws.dataset, n=8)
+    cfg = tiny_config(**{"training.EPOCHS": 1, "training.VIEWS.PROJECTOR_DIM": 32})
+    ckpt = train(cfg, ws, progress=False)
+    state = load_trainer_state(ckpt)
+    fresh = objectives.recipe_projector(cfg, FeXTAutoEncoder.from_preset("small", 64).arch.feature_dim)
+    assert state["projector"].keys() == fresh.state_dict().keys() and state["projector"]["3.weight"].shape == (32, 32)
+    assert not torch.equal(state["projector"]["0.weight"], fresh.state_dict()["0.weight"])  # it was trained
+    assert not any(k.startswith(("projector", "0.", "3.")) for k in load_weights_file(ckpt / "model.safetensors"))
+    assert objectives.recipe_projector(with_overrides(cfg, {"training.RECIPE": "seed"}), 128) is None
+    assert objectives.recipe_projector(with_overrides(cfg, {"training.VIEWS.PROJECTOR_DIM": 0}), 128) is None

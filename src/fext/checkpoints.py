@@ -112,6 +112,10 @@ class CheckpointDescription:
         if isinstance(saved, dict) and isinstance(saved.get("training", {}), dict):
             # Checkpoints from before training.RECIPE existed were trained with the seed's recipe: they resume with it.
             saved = {**saved, "training": {"RECIPE": "seed", **saved.get("training", {})}}
+            # Views checkpoints from before SHARED_FLIP and PROJECTOR_DIM existed were trained without either.
+            views = saved["training"].get("VIEWS")
+            if isinstance(views, dict):
+                saved["training"] = {**saved["training"], "VIEWS": {"SHARED_FLIP": False, "PROJECTOR_DIM": 0, **views}}
         try:
             configuration = config_from_dict(saved) if saved else None
         except ConfigError as e:

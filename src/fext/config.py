@@ -87,7 +87,7 @@ class ViewsConfig:
     """Weight of the mean squared difference between the two views' latents (same image, same vector)."""
     VARIANCE_WEIGHT: float = _key(1.0, "a number >= 0", lambda v: v >= 0)
     """Weight of the hinge keeping every latent number's standard deviation over the batch at 1 or more (no collapse)."""
-    COVARIANCE_WEIGHT: float = _key(0.04, "a number >= 0", lambda v: v >= 0)
+    COVARIANCE_WEIGHT: float = _key(1.0, "a number >= 0", lambda v: v >= 0)
     """Weight of the squared off-diagonal latent covariances (numbers that do not repeat each other)."""
     CROP_MIN_AREA: float = _key(0.3, "a fraction 0 < x <= 1", lambda v: 0 < v <= 1)
     """Smallest fraction of an image's area a view's random resized crop keeps."""
@@ -97,6 +97,10 @@ class ViewsConfig:
     """Probability that a view is halved in resolution and scaled back up (invariance to thumbnails, recompression)."""
     MASK_RATIO: float = _key(0.0, "a fraction 0 <= x < 1", lambda v: 0 <= v < 1)
     """Fraction of a view's 8x8-pixel patches replaced by grey at the input (denoising); the clean view is the target."""
+    SHARED_FLIP: bool = True
+    """Both views of an image share one random horizontal flip, so the latent's left and right cells are never asked to match mirror images."""
+    PROJECTOR_DIM: int = _key(1024, "an integer >= 0", lambda v: v >= 0)
+    """Width of the projector, a small MLP used in training only, on whose output the invariance, variance and covariance terms act a second time (besides the latent); 0: no projector."""
 
 
 @dataclass(frozen=True)

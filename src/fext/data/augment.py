@@ -65,13 +65,13 @@ def _flip_some(x: torch.Tensor, chosen: torch.Tensor, dim: int) -> None:
 
 def random_view(
     x: torch.Tensor, generator: torch.Generator | None = None, min_area: float = 0.3, jitter: float = 0.4,
-    blur: float = 0.0,
+    blur: float = 0.0, flip: bool = True,
 ) -> torch.Tensor:
     """One random view of each image of ``x`` (B, 3, H, W) float in [0, 1], drawn per image.
 
     Per sample: a random resized crop (area fraction U(min_area, 1), aspect ratio log-uniform in
     [3/4, 4/3], position uniform, resampled bilinearly back to H × W), a horizontal flip with
-    p = 0.5, and brightness, contrast and saturation factors from U(1 - jitter, 1 + jitter),
+    p = 0.5 (none with ``flip`` False), and brightness, contrast and saturation factors from U(1 - jitter, 1 + jitter),
     clamped to [0, 1]; with probability ``blur``, the view is then halved in resolution and scaled
     back up (the detail lost to thumbnails and recompression). The crop and flip are one
     ``affine_grid`` / ``grid_sample`` over the whole batch, so views cost a few small kernels, not a
@@ -86,7 +86,7 @@ def random_view(
     aspect = torch.exp((u[:, 1] * 2 - 1) * math.log(4 / 3))
     sx, sy = (area * aspect).sqrt().clamp(max=1.0), (area / aspect).sqrt().clamp(max=1.0)  # fractions of W, H
     tx, ty = (u[:, 2] * 2 - 1) * (1 - sx), (u[:, 3] * 2 - 1) * (1 - sy)  # crop centre in [-1, 1] coordinates
-    flip = torch.where(u[:, 4] < FLIP_P, -1.0, 1.0)
+    flip = torch.where(u[:, 4] < (FLIP_P if flip else 0.0), -1.0, 1.0)
     theta = torch.zeros(b, 2, 3, device=x.device)
     theta[:, 0, 0], theta[:, 0, 2] = sx * flip, tx
     theta[:, 1, 1], theta[:, 1, 2] = sy, ty
@@ -103,6 +103,15 @@ def random_view(
         soft = F.interpolate(F.avg_pool2d(out, 2), scale_factor=2, mode="bilinear", align_corners=False)
         out = torch.where((u[:, 8] < blur).view(view), soft, out)
     return out.clamp_(0.0, 1.0).to(x.dtype).contiguous(memory_format=torch.channels_last)
+
+
+def flip_half(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A copy of ``x`` (B, 3, H, W) with each image flipped horizontally with p = 0.5 (one draw per image)."""
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    chosen = torch.rand(x.shape[0], generator=generator, device=gen_device).to(x.device) < FLIP_P
+    out = x.clone()
+    _flip_some(out, chosen, dim=3)
+    return out
 
 
 def mask_patches(x: torch.Tensor, ratio: float, generator: torch.Generator | None = None, patch: int = 8) -> torch.Tensor:

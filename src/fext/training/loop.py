@@ -105,12 +105,14 @@ def train_one_epoch(
     augment: torch.Generator,
     stop: GracefulStop,
     show_bar: bool = True,
+    projector: torch.nn.Module | None = None,
 ) -> EpochResult:
     """Train epoch ``position.epoch + 1`` from batch ``position.batch`` on (0, or where a run stopped).
 
     ``forward`` is the (possibly compiled, possibly DDP) model; ``train_rows`` the cache rows of
     the training images, of which this rank takes its share of each epoch's order (all of them
-    in one process); the metrics returned are over the images of all ranks. Updates
+    in one process); ``projector`` the recipe's projector (trained with the model), or None; the
+    metrics returned are over the images of all ranks. Updates
     ``position.step``, ``position.batch`` and ``position.partial`` (running sums) after every
     batch, so an interruption leaves them describing the state exactly.
     Raises :class:`NonFiniteLoss` before the update of a batch whose loss is nan or inf.
@@ -120,6 +122,8 @@ def train_one_epoch(
     n_batches = math.ceil(len(order) / batch_size)
     sums = {k: position.partial.get(k, 0.0) for k in ("loss", "cosine", "psnr", "images", "seconds")}
     model.train()
+    if projector is not None:
+        projector.train()
     bar = tqdm(total=n_batches, initial=position.batch, desc=f"Epoch {epoch}", unit="batch",
                leave=False, disable=not show_bar, dynamic_ncols=True)
     start = time.perf_counter() - sums["seconds"]
@@ -136,17 +140,18 @@ def train_one_epoch(
             # 3. The recipe's inputs and targets, drawn with the seeded generator: the seed's augmented
             #    batch (B rows), or two augmented views of every image ("views", 2B rows).
             inputs, target = training_inputs(x, cfg, augment)
-            # 4. Forward under autocast; the recipe's loss is computed in float32.
+            # 4. Forward under autocast (the last batch's gradients dropped first, so they do not take
+            #    memory through it); the recipe's loss is computed in float32.
+            optimizer.zero_grad(set_to_none=True)
             with autocast(device, cfg.device.MIXED_PRECISION):
                 out = forward(inputs)
-            loss, terms = training_loss(out, target, cfg)
+            loss, terms = training_loss(out, target, cfg, projector)
             reconstruction = out["reconstruction"]
             # 5. Refuse a non-finite loss before it reaches the weights.
             loss_value = loss.item()
             if not distributed.all_true(math.isfinite(loss_value)):  # every rank stops at the same batch
                 raise NonFiniteLoss(loss_value, epoch, b + 1, position.step + 1)
             # 6. Backward and update (the scaler is a pass-through unless fp16 autocast needs it).
-            optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()

@@ -6,24 +6,28 @@
   :func:`~fext.data.augment.augment_batch` when ``dataset.IMG_AUGMENT``, is reconstructed and the
   loss is the mean absolute error.
 - ``"views"``: two views of every image, each drawn independently per image (random resized
-  crop, flip, colour jitter, blur, optionally masked patches), go through the model as one batch. Each
-  view is reconstructed (MAE against the clean view), and VICReg terms on the two views' latents
-  make the feature vector useful for search: invariance (the two views of an image get the same
-  vector), variance (every latent number keeps a spread over the batch, so the vectors cannot
-  collapse to a constant that would make invariance trivial) and covariance (latent numbers do
-  not repeat each other). Reconstruction alone teaches the latent to store pixels; the views
-  teach it which pixel changes do not change the image. Bardes, Ponce and LeCun, "VICReg", 2022.
+  crop, colour jitter, blur, optionally masked patches; one random flip per image that both views
+  share, or one per view), go through the model as one batch. Each view is reconstructed (MAE
+  against the clean view), and VICReg terms on the two views' latents, and again on their
+  :class:`Projector` outputs, make the feature vector useful for search: invariance (the two views
+  of an image get the same vector), variance (every number keeps a spread over the batch, so the
+  vectors cannot collapse to a constant that would make invariance trivial) and covariance
+  (numbers do not repeat each other). Reconstruction alone teaches the latent to store pixels; the
+  views teach it which pixel changes do not change the image. Bardes, Ponce and LeCun, "VICReg", 2022.
 
 Both recipes keep the model's architecture and latent size; only the loss and the inputs differ.
+The projector exists in training only: it is saved in the trainer state (for resuming), never in
+the model's weights.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from fext.config import Config, ViewsConfig
-from fext.data.augment import augment_batch, mask_patches, random_view
+from fext.data.augment import augment_batch, flip_half, mask_patches, random_view
 
 VARIANCE_EPS = 1e-4
 """Added to the variance before the square root, so the hinge's gradient stays finite at zero spread."""
@@ -60,23 +64,60 @@ def covariance_loss(z: torch.Tensor) -> torch.Tensor:
     return off.pow(2).sum() / d
 
 
-def views_loss(
-    reconstruction: torch.Tensor, latent: torch.Tensor, target: torch.Tensor, views: ViewsConfig
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The "views" recipe's loss of a batch of 2B rows: the first B views, then the second B views.
+class Projector(nn.Sequential):
+    """The "views" recipe's projector: latent (N, D) -> (N, width) by Linear, LayerNorm, ReLU, Linear.
 
-    ``reconstruction`` and ``target`` (2B, 3, S, S), ``latent`` (2B, D). Returns the weighted total
-    and its terms (unweighted, detached) for the logs.
+    The "expander" of VICReg: the VICReg terms also act on its wider output, where matching the
+    views and decorrelating the numbers does not have to be done within the latent's own D numbers
+    and spatial layout (Bardes et al. 2022, section 4.5; Bordes et al., "Guillotine
+    regularization", 2023). The terms on the latent itself stay, so the feature vector is
+    invariant and decorrelated too.
     """
-    z1, z2 = latent.float().chunk(2)
+
+    def __init__(self, dim: int, width: int) -> None:
+        super().__init__(nn.Linear(dim, width), nn.LayerNorm(width), nn.ReLU(inplace=True), nn.Linear(width, width))
+
+
+def recipe_projector(cfg: Config, feature_dim: int) -> Projector | None:
+    """The projector a run of ``cfg`` trains beside the model, or None (the "seed" recipe, PROJECTOR_DIM 0)."""
+    width = cfg.training.VIEWS.PROJECTOR_DIM
+    if cfg.training.RECIPE != "views" or width == 0:
+        return None
+    return Projector(feature_dim, width)
+
+
+def vicreg_terms(z: torch.Tensor, views: ViewsConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weighted sum and the (unweighted) invariance, variance and covariance terms of ``z``
+    (2B, N): the first B rows one view of each image, the last B the other."""
+    z1, z2 = z.float().chunk(2)
     terms = {
-        "reconstruction": reconstruction_loss(reconstruction, target),
         "invariance": invariance_loss(z1, z2),
         "variance": (variance_loss(z1) + variance_loss(z2)) / 2,
         "covariance": (covariance_loss(z1) + covariance_loss(z2)) / 2,
     }
-    total = (views.RECONSTRUCTION_WEIGHT * terms["reconstruction"] + views.INVARIANCE_WEIGHT * terms["invariance"]
-             + views.VARIANCE_WEIGHT * terms["variance"] + views.COVARIANCE_WEIGHT * terms["covariance"])
+    total = (views.INVARIANCE_WEIGHT * terms["invariance"] + views.VARIANCE_WEIGHT * terms["variance"]
+             + views.COVARIANCE_WEIGHT * terms["covariance"])
+    return total, terms
+
+
+def views_loss(
+    reconstruction: torch.Tensor, latent: torch.Tensor, target: torch.Tensor, views: ViewsConfig,
+    projection: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The "views" recipe's loss of a batch of 2B rows: the first B views, then the second B views.
+
+    ``reconstruction`` and ``target`` (2B, 3, S, S), ``latent`` (2B, D), ``projection`` the
+    projector's output (2B, width) or None. Returns the weighted total and its terms (unweighted,
+    detached; those of the projection prefixed "projection_") for the logs.
+    """
+    terms = {"reconstruction": reconstruction_loss(reconstruction, target)}
+    total, latent_terms = vicreg_terms(latent, views)
+    total = total + views.RECONSTRUCTION_WEIGHT * terms["reconstruction"]
+    terms.update(latent_terms)
+    if projection is not None:
+        projected, projection_terms = vicreg_terms(projection, views)
+        total = total + projected
+        terms.update({f"projection_{k}": v for k, v in projection_terms.items()})
     return total, {k: v.detach() for k, v in terms.items()}
 
 
@@ -92,15 +133,21 @@ def training_inputs(x: torch.Tensor, cfg: Config, generator: torch.Generator) ->
             x = augment_batch(x, generator)
         return x, x
     views = cfg.training.VIEWS
-    target = torch.cat([random_view(x, generator, views.CROP_MIN_AREA, views.COLOR_JITTER, views.BLUR)
-                        for _ in range(2)])
+    if views.SHARED_FLIP:
+        x = flip_half(x, generator)  # the flip is drawn once per image: both views keep that orientation
+    target = torch.cat([random_view(x, generator, views.CROP_MIN_AREA, views.COLOR_JITTER, views.BLUR,
+                                    flip=not views.SHARED_FLIP) for _ in range(2)])
     return mask_patches(target, views.MASK_RATIO, generator), target
 
 
 def training_loss(
-    out: dict[str, torch.Tensor], target: torch.Tensor, cfg: Config
+    out: dict[str, torch.Tensor], target: torch.Tensor, cfg: Config, projector: nn.Module | None = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The recipe's loss of the model's output ``out`` for ``target`` (float32), and its terms."""
+    """The recipe's loss of the model's output ``out`` for ``target`` (float32), and its terms.
+
+    ``projector``: the run's :func:`recipe_projector` (possibly wrapped for DDP), or None.
+    """
     if cfg.training.RECIPE == "seed":
         return reconstruction_loss(out["reconstruction"], target), {}
-    return views_loss(out["reconstruction"], out["latent"], target, cfg.training.VIEWS)
+    projection = None if projector is None else projector(out["latent"].float())
+    return views_loss(out["reconstruction"], out["latent"], target, cfg.training.VIEWS, projection)

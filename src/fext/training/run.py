@@ -29,6 +29,7 @@ from fext.errors import FeXTError
 from fext.model import FeXTAutoEncoder
 from fext.training import outputs
 from fext.training.loop import GracefulStop, NonFiniteLoss, train_one_epoch, validate
+from fext.training.objectives import recipe_projector
 from fext.training.state import (
     RunPosition, capture_rng, position_from_state, restore_rng, seed_everything, trainer_state,
 )
@@ -74,6 +75,10 @@ class Run:
     validate_forward: Any = None
     """The model for validation when it differs from ``forward`` (under DDP: not the DDP wrapper,
     whose forward could wait on ranks that have fewer validation batches)."""
+    projector: torch.nn.Module | None = None
+    """The recipe's projector, trained with the model and saved only in the trainer state; None without one."""
+    train_projector: Any = None
+    """``projector`` as the loss calls it (under DDP its wrapper, which averages its gradients)."""
 
 
 def train(
@@ -151,8 +156,14 @@ def _train(
         load_weights(model, state["model"] if state else load_weights_file(folder / WEIGHTS))
     model.to(device)
     model.activation_checkpointing = cfg.training.ACTIVATION_CHECKPOINTING
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.training.LR_SCHEDULER.INITIAL_LR,
-                                 fused=device.type == "cuda")
+    projector = recipe_projector(cfg, model.arch.feature_dim)
+    parameters = list(model.parameters())
+    if projector is not None:
+        projector.to(device)
+        if state and "projector" in state:
+            projector.load_state_dict(state["projector"])
+        parameters += list(projector.parameters())  # after the model's: the optimizer state keeps its order
+    optimizer = torch.optim.Adam(parameters, lr=cfg.training.LR_SCHEDULER.INITIAL_LR, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(device, cfg.device.MIXED_PRECISION))
     augment = torch.Generator().manual_seed(distributed.rank_seed(cfg.SEED + 1, rank))
     if fresh:
@@ -173,6 +184,7 @@ def _train(
             log.warning("The checkpoint stopped inside epoch %d: under torchrun that epoch starts again from its "
                         "first batch.", position.epoch + 1)
             position.batch, position.partial = 0, {}
+    train_projector = distributed.ddp_model(projector, device) if projector is not None else None
 
     # The checkpoint folder (rank 0 names and makes it): its description (config.json), summary.txt.
     if fresh:
@@ -196,7 +208,7 @@ def _train(
                  cfg.training.BATCH_SIZE)
     run = Run(cfg, folder, device, model, forward, optimizer, scaler, augment, images, train_rows, val_rows,
               description, position, saved=None if fresh else outputs.describe_position(position),
-              validate_forward=validate_forward)
+              validate_forward=validate_forward, projector=projector, train_projector=train_projector)
     try:
         fit(run, epochs, show_bar=progress and main)
     except BaseException:
@@ -299,7 +311,8 @@ def fit(run: Run, epochs: int, show_bar: bool = True) -> None:
             while p.epoch < epochs:
                 # 1. One epoch of updates (from where an interrupted epoch stopped).
                 result = train_one_epoch(run.forward, run.model, run.optimizer, run.scaler, run.images,
-                                         run.train_rows, cfg, run.device, p, run.augment, stop, show_bar)
+                                         run.train_rows, cfg, run.device, p, run.augment, stop, show_bar,
+                                         run.train_projector)
                 # 2. Validation, when the epoch's updates are all done.
                 validation, validation_started = None, time.perf_counter()
                 if not result.interrupted and stop.requested is None:
@@ -352,7 +365,8 @@ def _save(run: Run, tensorboard: outputs.TensorBoardLog, entry: dict[str, Any] |
         return
     keep = entry["epoch"] if entry is not None and run.cfg.training.SAVE_CHECKPOINTS else None
     save_checkpoint(folder, run.model, run.description, history=p.history, keep_epoch=keep,
-                    trainer_state=trainer_state(p, run.model, run.optimizer, run.scaler, run.augment, rank_rngs))
+                    trainer_state=trainer_state(p, run.model, run.optimizer, run.scaler, run.augment, rank_rngs,
+                                                run.projector))
     if p.history:
         outputs.plot_history(folder / PLOT, p.history, f"{folder.name}: {run.cfg.model.PRESET} preset, "
                              f"{run.cfg.model.IMG_SIZE} px, {len(run.train_rows)} training images")

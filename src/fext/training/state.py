@@ -87,10 +87,12 @@ def trainer_state(
     scaler: torch.amp.GradScaler,
     augment: torch.Generator,
     rank_rngs: list[dict[str, Any]] | None = None,
+    projector: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
     """The content of trainer_state.pt (written by :func:`fext.checkpoints.save_checkpoint`).
 
-    ``rank_rngs``: every rank's :func:`capture_rng`, in rank order.
+    ``rank_rngs``: every rank's :func:`capture_rng`, in rank order; ``projector``: the recipe's
+    projector, whose weights only the trainer state keeps.
     """
     state = {
         "epoch": position.epoch,
@@ -105,6 +107,8 @@ def trainer_state(
     }
     if rank_rngs:
         state["rng_ranks"] = rank_rngs
+    if projector is not None:
+        state["projector"] = {k: v.detach().to("cpu") for k, v in projector.state_dict().items()}
     return state
 
 
