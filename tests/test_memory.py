@@ -2,7 +2,7 @@
 
 The ceiling guards a small configuration (the base preset at 64 px, batch 8, the seed recipe) trained
 by the real CLI in a fresh process, which reports its own peak resident memory (VmHWM): about a
-sixth above what it needs with the lean stages of ``fext._lean_units``, and below what the plain
+seventh above what it needs with the lean stages of ``fext._lean_units``, and below what the plain
 autograd graph needed, so a change that keeps more of a step's activations, or holds on to more
 freed memory, fails here rather than on a user's laptop.
 """
@@ -51,8 +51,8 @@ def _train_peak_mb(tmp_path, checkpointing: bool) -> float:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_training_memory_stays_under_its_ceiling_and_checkpointing_lowers_it(tmp_path):
     plain, checkpointed = _train_peak_mb(tmp_path, False), _train_peak_mb(tmp_path, True)
-    assert plain < 1050, f"base, 64 px, batch 8 peaked at {plain:.0f} MB"
-    assert checkpointed < 0.95 * plain, (checkpointed, plain)
+    assert plain < 1000, f"base, 64 px, batch 8 peaked at {plain:.0f} MB"
+    assert checkpointed < 0.97 * plain, (checkpointed, plain)  # the lean stages keep little at this size already
 
 
 def test_activation_checkpointing_gives_the_same_loss_and_gradients():

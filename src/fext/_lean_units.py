@@ -5,18 +5,20 @@ size for backward: the padded input (for the convolution's weight gradient), the
 ``y`` (for layer norm's backward) and the ReLU output (for ReLU's mask); a max pooling after the units
 keeps its input and int64 indices. For the base preset that is most of a training step's memory.
 :func:`run_units_lean` runs a stage's units (and its pooling) as one :class:`_LeanUnits` node that
-keeps only the stage's padded input and every unit's ``y``. Its backward rebuilds the rest with cheap
+keeps only the stage's input and every unit's ``y``. Its backward rebuilds the rest with cheap
 passes and no convolution (but a 1×1 shortcut's, and the conv of a unit whose input has at most
 :data:`RECOMPUTED_CONV_MAX_CHANNELS` channels, such as the RGB image, whose ``y`` is not kept): layer
 norm again on ``y`` (a deterministic kernel: the same output, mean and rstd), the ReLU mask from it,
 every unit's input by re-adding the residual branches in the order of the forward pass, the pooling
 indices by pooling again. It then calls the ATen backward kernels autograd's own nodes call, with the
-same arguments, so the gradients are the plain graph's bit for bit. Activation checkpointing,
-autocast (the backward casts as autocast did in forward) and DDP see an ordinary autograd node.
+same arguments, so the gradients are the plain graph's: bit for bit where those kernels are
+deterministic (CPUs; cuDNN's may not be). Activation checkpointing, autocast (the backward casts as
+autocast did in forward) and DDP see an ordinary autograd node.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -48,6 +50,12 @@ def _padded_copy(x: torch.Tensor) -> torch.Tensor:
 RECOMPUTED_CONV_MAX_CHANNELS = 4
 """A unit convolving at most this many input channels (the RGB image) recomputes ``y`` in backward:
 a convolution that cheap costs less than keeping its 64-channel output."""
+
+BACKWARD_CHUNK_BYTES = 16 * 2**20
+"""The backward runs on chunks of images whose largest activation takes at most about this much memory:
+its rebuilt inputs and gradients are then a fraction of a batch's, freed before the next chunk, and fit
+into the memory the allocator already holds. The parameter gradients are sums over the chunks (equal
+to the whole batch's to float rounding); small batches and maps are one chunk, bit for bit."""
 
 _POOL = ([2, 2], [2, 2], [0, 0], [1, 1], False)  # kernel, stride, padding, dilation, ceil_mode
 
@@ -87,7 +95,7 @@ def _shortcut(x: torch.Tensor, params: tuple, dtype: torch.dtype) -> torch.Tenso
 
 
 class _LeanUnits(torch.autograd.Function):
-    """``x -> pool?(units(x))``, saving the padded input and each unit's conv output ``y``; see the module docstring.
+    """``x -> pool?(units(x))``, saving the input and each unit's conv output ``y``; see the module docstring.
 
     Inputs: ``(spec, pool)`` (spec: per unit, parameter count and layer-norm eps), ``x`` (B, C, H, W),
     then every unit's parameters in :func:`_unit_params` order.
@@ -96,28 +104,30 @@ class _LeanUnits(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, layout: tuple, x: torch.Tensor, *flat: torch.Tensor) -> torch.Tensor:
         # The ops of ResidualConvUnit's plain route (autocast, if on, picks their dtypes as it would
-        # there), except that each unit's output is written straight into the next unit's padded
-        # input, which saves the pad's copy.
+        # there), except that each unit adds its branch straight into the padded buffer the next unit
+        # convolves (this function's own: never x), which saves the pad's copy and a buffer.
         spec, pool = layout
         ys, dtypes = [], []
-        padded = first = _padded_copy(x)
-        xi = x
+        padded = _padded_copy(x)
+        xi = padded[:, :, : x.shape[2], : x.shape[3]]  # x_i, in the padded buffer
         for i, ((_, eps), params) in enumerate(zip(spec, _split(spec, flat))):
             weight, norm_weight, norm_bias = params[:3]
             y = F.conv2d(padded, weight)  # (B, C_out, H, W)
             z = F.relu_(F.layer_norm(y.permute(0, 2, 3, 1), y.shape[1:2], norm_weight, norm_bias, eps))  # (B, H, W, C)
             z = z.permute(0, 3, 1, 2)
-            s = F.conv2d(xi, *params[3:]) if len(params) > 3 else xi
+            s = F.conv2d(x if i == 0 else xi, *params[3:]) if len(params) > 3 else xi
             dtypes.append((y.dtype, z.dtype, s.dtype))
             ys.append(None if weight.shape[1] <= RECOMPUTED_CONV_MAX_CHANNELS else y)
+            dtype = torch.result_type(z, s)  # in place below wherever that is the dtype: the same sums
             if i == len(spec) - 1:
-                out = z + s
+                out = z.add_(s) if dtype == z.dtype else z + s
+            elif s is xi and padded.dtype == dtype:
+                xi = xi.add_(z)  # x_{i+1} = x_i + ReLU(LN(y_i)), over x_i
             else:
-                padded = padded_empty(z, torch.result_type(z, s))
+                padded = padded_empty(z, dtype)
                 xi = torch.add(z, s, out=padded[:, :, : x.shape[2], : x.shape[3]])
         ctx.layout, ctx.dtypes, ctx.device_type = layout, dtypes, x.device.type
-        # The padded input rather than x: the same memory (x is nobody else's), no copy in backward.
-        ctx.save_for_backward(first, *ys, *flat)
+        ctx.save_for_backward(x, *ys, *flat)  # x: the caller's tensor, alive through this forward anyway
         return F.max_pool2d(out, 2) if pool else out
 
     @staticmethod
@@ -128,22 +138,39 @@ class _LeanUnits(torch.autograd.Function):
 
 
 def _backward(ctx: Any, grad: torch.Tensor) -> list[torch.Tensor | None]:
+    """The gradients, a few images at a time (see :data:`BACKWARD_CHUNK_BYTES`)."""
+    n = len(ctx.layout[0])
+    x, *rest = ctx.saved_tensors
+    ys, flat = rest[:n], tuple(rest[n:])
+    image_bytes = max(t[0].numel() * t.element_size() for t in (x, *(y for y in ys if y is not None)))
+    chunks = max(1, math.ceil(len(x) * image_bytes / BACKWARD_CHUNK_BYTES))
+    size = math.ceil(len(x) / chunks)
+    input_grads, grads = [], [None] * len(flat)
+    for b in range(0, len(x), size):
+        part = slice(b, b + size)
+        input_grad, *param_grads = _backward_images(ctx, x[part], [None if y is None else y[part] for y in ys],
+                                                   flat, grad[part])
+        input_grads.append(input_grad)
+        grads = [g if total is None else total if g is None else total.add_(g) for total, g in zip(grads, param_grads)]
+    input_grad = input_grads[0] if len(input_grads) == 1 or input_grads[0] is None else torch.cat(input_grads)
+    return [input_grad, *grads]
+
+
+def _backward_images(ctx: Any, x: torch.Tensor, ys: list, flat: tuple, grad: torch.Tensor) -> list:
+    """The input's and every parameter's gradient from these images' saved tensors and output gradient."""
     (spec, pool), dtypes, n = ctx.layout, ctx.dtypes, len(ctx.layout[0])
-    first, *rest = ctx.saved_tensors
-    ys, flat = list(rest[:n]), tuple(rest[n:])
     per_unit = _split(spec, flat)
-    h, w = first.shape[2] - 1, first.shape[3] - 1
+    h, w = x.shape[2:]
+    first = _padded_copy(x)
     # 1. Rebuild every unit's padded input by re-adding the residual branches in forward order
-    #    (and the stage output, if pooled); keep the last unit's norm output for ReLU's mask.
-    padded, stats = [first], []
+    #    (and the stage output, if pooled); keep the norm outputs for ReLU's masks (a chunk's worth).
+    padded, norms = [first], []
     for i, ((_, eps), params) in enumerate(zip(spec, per_unit)):
         y_dtype, z_dtype, s_dtype = dtypes[i]
         if ys[i] is None:
             ys[i] = F.conv2d(first.to(y_dtype), params[0].to(y_dtype))
         z, mean, rstd = aten.native_layer_norm(_norm_input(ys[i], z_dtype), [ys[i].shape[1]], params[1], params[2], eps)
-        last = z
-        stats.append((mean, rstd))
-        z.relu_()  # (B, H, W, C)
+        norms.append((z.relu_(), mean, rstd))  # (B, H, W, C); the mask z <= 0 is the same after the ReLU
         s = _shortcut(padded[i][:, :, :h, :w], params, s_dtype) if i < n - 1 or pool else None
         if i < n - 1:
             nxt = padded_empty(z.permute(0, 3, 1, 2), torch.result_type(z, s))
@@ -156,7 +183,7 @@ def _backward(ctx: Any, grad: torch.Tensor) -> list[torch.Tensor | None]:
         indices = aten.max_pool2d_with_indices(out, *_POOL)[1]
         grad, owned = aten.max_pool2d_with_indices_backward(grad, out, *_POOL, indices), True
         del out, indices
-    del z, s  # but the last unit's norm output, kept in ``last``
+    del z, s
     # 2. Backward unit by unit, last first, through the kernels autograd's own nodes call.
     grads: list[Any] = [None] * len(flat)
     offset = len(flat)
@@ -164,12 +191,8 @@ def _backward(ctx: Any, grad: torch.Tensor) -> list[torch.Tensor | None]:
         params = per_unit[i]
         offset -= len(params)
         y_dtype, z_dtype, s_dtype = dtypes[i]
-        mean, rstd = stats.pop()
+        z, mean, rstd = norms.pop()
         y = _norm_input(ys[i], z_dtype)
-        if i == n - 1:
-            z, last = last, None
-        else:  # ReLU's mask (z <= 0) is the same before and after the ReLU
-            z = aten.native_layer_norm(y, [y.shape[-1]], params[1], params[2], spec[i][1])[0]
         g = aten.threshold_backward.grad_input(grad.to(z_dtype).permute(0, 2, 3, 1), z, 0, grad_input=z)  # (B, H, W, C)
         del z
         gy, gnw, gnb = aten.native_layer_norm_backward(
