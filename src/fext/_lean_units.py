@@ -12,8 +12,9 @@ norm again on ``y`` (a deterministic kernel: the same output, mean and rstd), th
 every unit's input by re-adding the residual branches in the order of the forward pass, the pooling
 indices by pooling again. It then calls the ATen backward kernels autograd's own nodes call, with the
 same arguments, so the gradients are the plain graph's: bit for bit where those kernels are
-deterministic (CPUs; cuDNN's may not be). Activation checkpointing, autocast (the backward casts as
-autocast did in forward) and DDP see an ordinary autograd node.
+deterministic (CPUs; cuDNN's may not be), to float rounding where a large batch's backward runs in
+chunks of images (:data:`BACKWARD_CHUNK_BYTES`). Activation checkpointing, autocast (the backward
+casts as autocast did in forward) and DDP see an ordinary autograd node.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ class TrainingConfig:
     SAVE_CHECKPOINTS: bool = False
     """Keep one weights file per epoch (the last epoch is always saved)."""
     ACTIVATION_CHECKPOINTING: bool = False
-    """Memory first: recompute each encoder and decoder stage in backward instead of keeping its activations, and let the CPU allocator return freed memory: several times less training memory, for one more forward pass and slower CPU steps (larger batches on small machines)."""
+    """Memory first: recompute each encoder and decoder stage in backward instead of keeping its activations, and let the CPU allocator return freed memory: about a third less training memory than the default, for one more forward pass and slower CPU steps (larger batches on small machines)."""
     LR_SCHEDULER: LRSchedulerConfig = field(default_factory=LRSchedulerConfig)
     RECIPE: str = _key("views", 'one of "views", "seed"', lambda v: v in ("views", "seed"))
     """"views": reconstruction plus latent invariance between two augmented views of each image (training.VIEWS);

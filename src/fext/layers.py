@@ -95,10 +95,10 @@ def _lean_route(units: nn.Sequential) -> bool:
 
     Autograd would keep three full-size activations per unit (and the pooling's input and indices);
     the lean node keeps the stage's input and each unit's convolution output and rebuilds the rest in
-    backward with a few cheap passes, with the same values and gradients (bit for bit on CPUs). Those
-    activations are most of a training step's memory, and this saves them without activation
-    checkpointing's extra forward pass. Tracers, compilers and exporters get the plain units: they
-    plan memory themselves.
+    backward with a few cheap passes: the same values, and the same gradients (to float rounding
+    where its backward runs a large batch in chunks of images). Those activations are most of a
+    training step's memory, and this saves them without activation checkpointing's extra forward
+    pass. Tracers, compilers and exporters get the plain units: they plan memory themselves.
     """
     return LEAN_TRAINING and torch.is_grad_enabled() and not units[0].fast_inference and not _tracing()
 

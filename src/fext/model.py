@@ -183,7 +183,8 @@ class FeXTAutoEncoder(nn.Module):
         chunks of images that stay in cache (see :class:`fext.layers.ResidualConvUnit` and
         INFERENCE_CHUNK_BYTES). It overwrites tensors that backward would need, so it runs only with
         gradients off (``torch.inference_mode()``) and raises otherwise. Encoding and evaluation turn it
-        on; training and its validation pass use the plain forward.
+        on; training and its validation pass use the plain forward (training as the lean stages of
+        :func:`fext.layers._lean_route`, the same values).
         """
         self._fast_inference = enabled
         for module in self.modules():
