@@ -53,10 +53,12 @@ RECOMPUTED_CONV_MAX_CHANNELS = 4
 a convolution that cheap costs less than keeping its 64-channel output."""
 
 BACKWARD_CHUNK_BYTES = 16 * 2**20
-"""The backward runs on chunks of images whose largest activation takes at most about this much memory:
-its rebuilt inputs and gradients are then a fraction of a batch's, freed before the next chunk, and fit
-into the memory the allocator already holds. The parameter gradients are sums over the chunks (equal
-to the whole batch's to float rounding); small batches and maps are one chunk, bit for bit."""
+"""On CPUs the backward runs on chunks of images whose largest activation takes at most about this much
+memory: its rebuilt inputs and gradients are then a fraction of a batch's, freed before the next chunk,
+and fit into the holes of glibc's heap, which batch-sized ones did not (``fext._allocator`` keeps that
+heap). The parameter gradients are sums over the chunks (equal to the whole batch's to float rounding);
+small batches and maps are one chunk, bit for bit. GPUs (a caching allocator, and kernels that want
+large batches) run the whole batch."""
 
 _POOL = ([2, 2], [2, 2], [0, 0], [1, 1], False)  # kernel, stride, padding, dilation, ceil_mode
 
@@ -144,7 +146,7 @@ def _backward(ctx: Any, grad: torch.Tensor) -> list[torch.Tensor | None]:
     x, *rest = ctx.saved_tensors
     ys, flat = rest[:n], tuple(rest[n:])
     image_bytes = max(t[0].numel() * t.element_size() for t in (x, *(y for y in ys if y is not None)))
-    chunks = max(1, math.ceil(len(x) * image_bytes / BACKWARD_CHUNK_BYTES))
+    chunks = max(1, math.ceil(len(x) * image_bytes / BACKWARD_CHUNK_BYTES)) if x.device.type == "cpu" else 1
     size = math.ceil(len(x) / chunks)
     input_grads, grads = [], [None] * len(flat)
     for b in range(0, len(x), size):
