@@ -42,7 +42,8 @@ def padded_empty(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Ten
     return out
 
 
-def _padded_copy(x: torch.Tensor) -> torch.Tensor:
+def padded_copy(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, C, H, W) zero-padded to (B, C, H+1, W+1) on the right and bottom, in its memory format."""
     out = padded_empty(x)
     out[:, :, : x.shape[2], : x.shape[3]].copy_(x)
     return out
@@ -111,7 +112,7 @@ class _LeanUnits(torch.autograd.Function):
         # convolves (this function's own: never x), which saves the pad's copy and a buffer.
         spec, pool = layout
         ys, dtypes = [], []
-        padded = _padded_copy(x)
+        padded = padded_copy(x)
         xi = padded[:, :, : x.shape[2], : x.shape[3]]  # x_i, in the padded buffer
         for i, ((_, eps), params) in enumerate(zip(spec, _split(spec, flat))):
             weight, norm_weight, norm_bias = params[:3]
@@ -164,7 +165,7 @@ def _backward_images(ctx: Any, x: torch.Tensor, ys: list, flat: tuple, grad: tor
     (spec, pool), dtypes, n = ctx.layout, ctx.dtypes, len(ctx.layout[0])
     per_unit = _split(spec, flat)
     h, w = x.shape[2:]
-    first = _padded_copy(x)
+    first = padded_copy(x)
     # 1. Rebuild every unit's padded input by re-adding the residual branches in forward order
     #    (and the stage output, if pooled); keep the norm outputs for ReLU's masks (a chunk's worth).
     padded, norms = [first], []

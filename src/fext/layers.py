@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fext._lean_units import padded_empty, run_units_lean
+from fext._lean_units import padded_copy, run_units_lean
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -65,9 +65,7 @@ class _PadRightBottom(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        out = padded_empty(x)  # (B, C, H+1, W+1), zero border
-        out[:, :, : x.shape[2], : x.shape[3]].copy_(x)
-        return out
+        return padded_copy(x)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:

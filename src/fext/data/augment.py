@@ -17,6 +17,13 @@ CONTRAST_P, CONTRAST_RANGE = 0.35, (0.7, 1.3)  # scale about the image mean by U
 _LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601 grey, the axis saturation scales about
 
 
+def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """U(0, 1) draws of ``shape`` from ``generator`` (made on its device: a CPU generator also serves
+    a GPU batch), moved to ``device``."""
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    return torch.rand(shape, generator=generator, device=gen_device).to(device)
+
+
 def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Randomly flip, brighten and re-contrast each image of ``x`` (B, 3, H, W) float in [0, 1].
 
@@ -30,9 +37,8 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> 
     For training batches only: callers must never augment validation or encoding inputs.
     """
     b = x.shape[0]
-    gen_device = generator.device if generator is not None else torch.device("cpu")
     # (B, 6): flip h, flip v, brightness on, brightness value, contrast on, contrast value.
-    draws = torch.rand((b, 6), generator=generator, device=gen_device).to(x.device)
+    draws = _uniform((b, 6), generator, x.device)
     view = (b, 1, 1, 1)
     brightness = torch.where(
         draws[:, 2] < BRIGHTNESS_P, (draws[:, 3] * 2 - 1) * BRIGHTNESS_DELTA, torch.zeros_like(draws[:, 3])
@@ -79,9 +85,8 @@ def random_view(
     generator reproduces the views exactly).
     """
     b = x.shape[0]
-    gen_device = generator.device if generator is not None else torch.device("cpu")
     # (B, 9): area, aspect, x position, y position, flip, brightness, contrast, saturation, blur.
-    u = torch.rand((b, 9), generator=generator, device=gen_device).to(x.device, torch.float32)
+    u = _uniform((b, 9), generator, x.device).float()
     area = min_area + u[:, 0] * (1 - min_area)
     aspect = torch.exp((u[:, 1] * 2 - 1) * math.log(4 / 3))
     sx, sy = (area * aspect).sqrt().clamp(max=1.0), (area / aspect).sqrt().clamp(max=1.0)  # fractions of W, H
@@ -107,8 +112,7 @@ def random_view(
 
 def flip_half(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """A copy of ``x`` (B, 3, H, W) with each image flipped horizontally with p = 0.5 (one draw per image)."""
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    chosen = torch.rand(x.shape[0], generator=generator, device=gen_device).to(x.device) < FLIP_P
+    chosen = _uniform((x.shape[0],), generator, x.device) < FLIP_P
     out = x.clone()
     _flip_some(out, chosen, dim=3)
     return out
@@ -122,7 +126,6 @@ def mask_patches(x: torch.Tensor, ratio: float, generator: torch.Generator | Non
     if ratio <= 0:
         return x
     b, _, h, w = x.shape
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    keep = torch.rand((b, 1, h // patch, w // patch), generator=generator, device=gen_device) >= ratio
-    keep = keep.to(x.device).repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+    keep = _uniform((b, 1, h // patch, w // patch), generator, x.device) >= ratio
+    keep = keep.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
     return torch.where(keep, x, torch.full_like(x, 0.5))
