@@ -63,14 +63,15 @@ def test_lean_stage_gives_the_plain_graphs_values_and_gradients_exactly(stage, s
     (ResidualConvStack(3, 8, 3), (5, 3, 8, 8)),
     (DecoderStage(8, 6, 3), (5, 8, 3, 3)),
 ], ids=["rgb", "decoder"])
-def test_backward_in_chunks_of_images_gives_the_same_gradients_to_rounding(stage, shape, monkeypatch):
-    """Chunks of two images (of five): the parameter gradients are sums over chunks, and oneDNN may order a
-    convolution's sums differently for another batch size, so gradients agree to float rounding."""
+def test_chunks_of_images_give_the_same_outputs_and_gradients_to_rounding(stage, shape, monkeypatch):
+    """Forward and backward on chunks of two images (of five, the last chunk one): the same outputs; the parameter
+    gradients are sums over chunks, and oneDNN may order a convolution's sums differently for another batch size,
+    so gradients agree to float rounding."""
     stage = _randomised(stage)
     x = _rand(*shape, seed=1).requires_grad_()
     plain = _outputs_and_grads(stage, x, False, monkeypatch)
     per_image = 8 * 8 * 8 * 4  # bytes of the largest activation of one image: 8 channels of 8×8 (rgb), 6×6×6 (decoder)
-    monkeypatch.setattr(fext._lean_units, "BACKWARD_CHUNK_BYTES", 2 * per_image)
+    monkeypatch.setattr(fext._lean_units, "CHUNK_BYTES", 2 * per_image)
     lean = _outputs_and_grads(stage, x, True, monkeypatch)
     assert torch.equal(plain[0], lean[0])
     for a, b in zip([plain[1], *plain[2]], [lean[1], *lean[2]]):

@@ -277,3 +277,56 @@ def test_the_projector_trains_with_the_model_and_is_kept_only_in_the_trainer_sta
     assert not any(k.startswith(("projector", "0.", "3.")) for k in load_weights_file(ckpt / "model.safetensors"))
     assert objectives.recipe_projector(with_overrides(cfg, {"training.RECIPE": "seed"}), 128) is None
     assert objectives.recipe_projector(with_overrides(cfg, {"training.VIEWS.PROJECTOR_DIM": 0}), 128) is None
+
+
+def _gradients(
+    cfg: Config, images: torch.Tensor, dropout: float, hook=None, dtype: torch.dtype = torch.float32
+) -> tuple[float, dict, dict[str, torch.Tensor]]:
+    """(loss, terms, every parameter's gradient) of one views step of a fresh small model (and projector) in ``dtype``."""
+    from fext.model import ModelArchitecture, preset_architecture
+    from fext.training.loop import compute_gradients
+
+    torch.manual_seed(0)
+    arch = preset_architecture("small", images.shape[-1])
+    model = FeXTAutoEncoder(ModelArchitecture(**{**arch.__dict__, "dropout": dropout})).train()
+    projector = objectives.recipe_projector(cfg, arch.feature_dim)
+    if hook is not None:  # on the compression stack's dropout
+        next(m for m in model.compress.modules() if isinstance(m, torch.nn.Dropout)).register_forward_hook(hook)
+    inputs, target = (t.to(dtype) for t in objectives.training_inputs(images, cfg, torch.Generator().manual_seed(0)))
+    model.to(dtype)  # the projector stays float32, as the loss is computed in float32
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loss, terms, reconstruction = compute_gradients(model, model, inputs, target, cfg, torch.device("cpu"), scaler,
+                                                    projector)
+    assert reconstruction.shape == target.shape and not reconstruction.requires_grad
+    named = [*model.named_parameters(), *(("projector." + k, v) for k, v in (projector or torch.nn.Identity()).named_parameters())]
+    return loss, terms, {k: v.grad for k, v in named}
+
+
+def test_one_view_at_a_time_gives_the_gradients_of_both_views_in_one_pass():
+    """The memory-saving views step (two backward passes, view B's latent found first without a graph) adds up
+    to the gradient of the one-pass loss: every parameter's, the projector's too, and the same loss and terms.
+    The model runs in float64 so the comparison is exact but for float64 rounding."""
+    torch.set_num_threads(1)
+    images = torch.from_numpy(photos(6, 64)).permute(0, 3, 1, 2).float() / 255
+    split, joint = (with_overrides(Config(), {"training.VIEWS.ONE_VIEW_AT_A_TIME": flag, "training.VIEWS.PROJECTOR_DIM": 64})
+                    for flag in (True, False))
+    loss_s, terms_s, grads_s = _gradients(split, images, dropout=0.0, dtype=torch.float64)
+    loss_j, terms_j, grads_j = _gradients(joint, images, dropout=0.0, dtype=torch.float64)
+    assert loss_s == pytest.approx(loss_j, rel=1e-6)
+    assert terms_s.keys() == terms_j.keys() and all(torch.allclose(terms_s[k], terms_j[k], rtol=1e-6) for k in terms_s)
+    assert grads_s.keys() == grads_j.keys() and any(k.startswith("projector.") for k in grads_s)
+    for name, g in grads_s.items():
+        assert g is not None and (g - grads_j[name]).abs().max() <= 1e-9 * grads_j[name].abs().max(), name
+
+
+def test_one_view_at_a_time_replays_the_dropout_of_view_b():
+    """With dropout on, view B's second (gradient) pass draws the same dropout masks as its first pass, so the
+    latent whose gradient was found is the latent backpropagated; view A draws its own."""
+    cfg = with_overrides(Config(), {"training.VIEWS.PROJECTOR_DIM": 0})
+    images = torch.from_numpy(photos(4, 64)).permute(0, 3, 1, 2).float() / 255
+    passes = []  # (non-zero inputs, zeroed outputs) of the compression stack's dropout: B without a graph, A, B again
+    _gradients(cfg, images, dropout=0.5, hook=lambda module, args, out: passes.append((args[0] != 0, out == 0)))
+    (live, first_b), (_, a), (_, second_b) = passes
+    assert 0.4 < (first_b & live).sum() / live.sum() < 0.6  # dropout is at work
+    assert torch.equal(first_b, second_b)
+    assert not torch.equal(first_b, a)  # A's pass drew masks of its own

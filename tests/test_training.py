@@ -159,16 +159,16 @@ def test_resume_adds_epochs_with_the_saved_configuration_exactly(tmp_path, three
 
 def test_ctrl_c_inside_an_epoch_saves_a_state_that_resumes_exactly(tmp_path, monkeypatch, three_epochs):
     ws = new_workspace(tmp_path)
-    calls = {"n": 0}
-    real_loss = training.objectives.reconstruction_loss
+    steps = {"n": 0}
+    real_inputs = training.loop.training_inputs
 
-    def loss_then_sigint(reconstruction, target):
-        calls["n"] += 1
-        if calls["n"] == 3:  # epoch 2, batch 1: a real SIGINT, as a terminal's Ctrl-C sends
+    def inputs_then_sigint(*args):
+        steps["n"] += 1
+        if steps["n"] == 3:  # epoch 2, batch 1: a real SIGINT, as a terminal's Ctrl-C sends
             signal.raise_signal(signal.SIGINT)
-        return real_loss(reconstruction, target)
+        return real_inputs(*args)
 
-    monkeypatch.setattr(training.objectives, "reconstruction_loss", loss_then_sigint)
+    monkeypatch.setattr(training.loop, "training_inputs", inputs_then_sigint)
     with pytest.raises(training.TrainingInterrupted) as info:
         train(tiny_config(**{"training.EPOCHS": 3}), ws, progress=False)
     assert info.value.exit_code == 130
@@ -180,7 +180,7 @@ def test_ctrl_c_inside_an_epoch_saves_a_state_that_resumes_exactly(tmp_path, mon
     assert history(folder)["total_epochs"] == 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
-    monkeypatch.setattr(training.objectives, "reconstruction_loss", real_loss)
+    monkeypatch.setattr(training.loop, "training_inputs", real_inputs)
     train(tiny_config(**{"training.ADDITIONAL_EPOCHS": 2}), ws, resume=folder, progress=False)
     assert history(folder)["total_epochs"] == 3
     assert same_weights(weights(folder), weights(three_epochs))
@@ -188,14 +188,18 @@ def test_ctrl_c_inside_an_epoch_saves_a_state_that_resumes_exactly(tmp_path, mon
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     ws = new_workspace(tmp_path)
-    calls = {"n": 0}
-    real_loss = training.objectives.reconstruction_loss
+    steps = {"n": 0}
+    real_inputs, real_loss = training.loop.training_inputs, training.objectives.reconstruction_loss
 
-    def nan_at_step_4(reconstruction, target):
-        calls["n"] += 1
+    def counted_inputs(*args):
+        steps["n"] += 1
+        return real_inputs(*args)
+
+    def nan_at_step_4(reconstruction, target):  # every reconstruction loss of the step (one per view, one at a time)
         loss = real_loss(reconstruction, target)
-        return loss * float("nan") if calls["n"] == 4 else loss
+        return loss * float("nan") if steps["n"] == 4 else loss
 
+    monkeypatch.setattr(training.loop, "training_inputs", counted_inputs)
     monkeypatch.setattr(training.objectives, "reconstruction_loss", nan_at_step_4)
     with pytest.raises(FeXTError) as info:
         train(tiny_config(**{"training.EPOCHS": 3}), ws, progress=False)

@@ -12,8 +12,8 @@ norm again on ``y`` (a deterministic kernel: the same output, mean and rstd), th
 every unit's input by re-adding the residual branches in the order of the forward pass, the pooling
 indices by pooling again. It then calls the ATen backward kernels autograd's own nodes call, with the
 same arguments, so the gradients are the plain graph's: bit for bit where those kernels are
-deterministic (CPUs; cuDNN's may not be), to float rounding where a large batch's backward runs in
-chunks of images (:data:`BACKWARD_CHUNK_BYTES`). Activation checkpointing, autocast (the backward
+deterministic (CPUs; cuDNN's may not be), to float rounding where a large batch runs in chunks of
+images (:data:`CHUNK_BYTES`). Activation checkpointing, autocast (the backward
 casts as autocast did in forward) and DDP see an ordinary autograd node.
 """
 
@@ -53,13 +53,13 @@ RECOMPUTED_CONV_MAX_CHANNELS = 4
 """A unit convolving at most this many input channels (the RGB image) recomputes ``y`` in backward:
 a convolution that cheap costs less than keeping its 64-channel output."""
 
-BACKWARD_CHUNK_BYTES = 16 * 2**20
-"""On CPUs the backward runs on chunks of images whose largest activation takes at most about this much
-memory: its rebuilt inputs and gradients are then a fraction of a batch's, freed before the next chunk,
-and fit into the holes of glibc's heap, which batch-sized ones did not (``fext._allocator`` keeps that
-heap). The parameter gradients are sums over the chunks (equal to the whole batch's to float rounding);
-small batches and maps are one chunk, bit for bit. GPUs (a caching allocator, and kernels that want
-large batches) run the whole batch."""
+CHUNK_BYTES = 8 * 2**20
+"""On CPUs a stage runs, forward and backward, on chunks of images whose largest activation takes at
+most about this much memory: every buffer it allocates, kept for backward or not, is then a fraction
+of a batch's and fits into the holes of glibc's heap (``fext._allocator`` keeps that heap), which
+batch-sized ones of about 100 MB did not. The parameter gradients are sums over the chunks (equal
+to the whole batch's to float rounding); small batches and maps are one chunk, bit for bit. GPUs (a
+caching allocator, and kernels that want large batches) run the whole batch."""
 
 _POOL = ([2, 2], [2, 2], [0, 0], [1, 1], False)  # kernel, stride, padding, dilation, ceil_mode
 
@@ -107,32 +107,16 @@ class _LeanUnits(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, layout: tuple, x: torch.Tensor, *flat: torch.Tensor) -> torch.Tensor:
-        # The ops of ResidualConvUnit's plain route (autocast, if on, picks their dtypes as it would
-        # there), except that each unit adds its branch straight into the padded buffer the next unit
-        # convolves (this function's own: never x), which saves the pad's copy and a buffer.
         spec, pool = layout
-        ys, dtypes = [], []
-        padded = padded_copy(x)
-        xi = padded[:, :, : x.shape[2], : x.shape[3]]  # x_i, in the padded buffer
-        for i, ((_, eps), params) in enumerate(zip(spec, _split(spec, flat))):
-            weight, norm_weight, norm_bias = params[:3]
-            y = F.conv2d(padded, weight)  # (B, C_out, H, W)
-            z = F.relu_(F.layer_norm(y.permute(0, 2, 3, 1), y.shape[1:2], norm_weight, norm_bias, eps))  # (B, H, W, C)
-            z = z.permute(0, 3, 1, 2)
-            s = F.conv2d(x if i == 0 else xi, *params[3:]) if len(params) > 3 else xi
-            dtypes.append((y.dtype, z.dtype, s.dtype))
-            ys.append(None if weight.shape[1] <= RECOMPUTED_CONV_MAX_CHANNELS else y)
-            dtype = torch.result_type(z, s)  # in place below wherever that is the dtype: the same sums
-            if i == len(spec) - 1:
-                out = z.add_(s) if dtype == z.dtype else z + s
-            elif s is xi and padded.dtype == dtype:
-                xi = xi.add_(z)  # x_{i+1} = x_i + ReLU(LN(y_i)), over x_i
-            else:
-                padded = padded_empty(z, dtype)
-                xi = torch.add(z, s, out=padded[:, :, : x.shape[2], : x.shape[3]])
-        ctx.layout, ctx.dtypes, ctx.device_type = layout, dtypes, x.device.type
+        size = _images_per_chunk(x, spec, flat)
+        out, ys = None, []
+        for start in range(0, len(x), size):
+            part, part_ys, dtypes = _forward_images(spec, x[start : start + size], flat)
+            out = _into(out, F.max_pool2d(part, 2) if pool else part, start, len(x))
+            ys += part_ys
+        ctx.layout, ctx.dtypes, ctx.device_type, ctx.chunk = layout, dtypes, x.device.type, size
         ctx.save_for_backward(x, *ys, *flat)  # x: the caller's tensor, alive through this forward anyway
-        return F.max_pool2d(out, 2) if pool else out
+        return out
 
     @staticmethod
     @once_differentiable
@@ -141,23 +125,74 @@ class _LeanUnits(torch.autograd.Function):
             return (None, *_backward(ctx, grad))
 
 
+def _images_per_chunk(x: torch.Tensor, spec: tuple, flat: tuple) -> int:
+    """Images per chunk of the batch ``x`` (see :data:`CHUNK_BYTES`): equal chunks whose largest map
+    (the input, or a unit's conv output) takes at most about CHUNK_BYTES; on GPUs the whole batch."""
+    if x.device.type != "cpu":
+        return len(x)
+    channels = max(x.shape[1], *(params[0].shape[0] for params in _split(spec, flat)))
+    image_bytes = channels * x.shape[2] * x.shape[3] * x.element_size()
+    chunks = max(1, math.ceil(len(x) * image_bytes / CHUNK_BYTES))
+    return math.ceil(len(x) / chunks)
+
+
+def _forward_images(spec: tuple, x: torch.Tensor, flat: tuple) -> tuple[torch.Tensor, list, list]:
+    """The units' output for these images (before pooling), every unit's ``y`` to keep (None where
+    backward recomputes it) and the dtypes (y, z, shortcut) each unit ran in.
+
+    The ops of ResidualConvUnit's plain route (autocast, if on, picks their dtypes as it would
+    there), except that each unit adds its branch straight into the padded buffer the next unit
+    convolves (this function's own: never x), which saves the pad's copy and a buffer.
+    """
+    ys, dtypes = [], []
+    padded = padded_copy(x)
+    xi = padded[:, :, : x.shape[2], : x.shape[3]]  # x_i, in the padded buffer
+    for i, ((_, eps), params) in enumerate(zip(spec, _split(spec, flat))):
+        weight, norm_weight, norm_bias = params[:3]
+        y = F.conv2d(padded, weight)  # (B, C_out, H, W)
+        z = F.relu_(F.layer_norm(y.permute(0, 2, 3, 1), y.shape[1:2], norm_weight, norm_bias, eps))  # (B, H, W, C)
+        z = z.permute(0, 3, 1, 2)
+        s = F.conv2d(x if i == 0 else xi, *params[3:]) if len(params) > 3 else xi
+        dtypes.append((y.dtype, z.dtype, s.dtype))
+        ys.append(None if weight.shape[1] <= RECOMPUTED_CONV_MAX_CHANNELS else y)
+        dtype = torch.result_type(z, s)  # in place below wherever that is the dtype: the same sums
+        if i == len(spec) - 1:
+            out = z.add_(s) if dtype == z.dtype else z + s
+        elif s is xi and padded.dtype == dtype:
+            xi = xi.add_(z)  # x_{i+1} = x_i + ReLU(LN(y_i)), over x_i
+        else:
+            padded = padded_empty(z, dtype)
+            xi = torch.add(z, s, out=padded[:, :, : x.shape[2], : x.shape[3]])
+    return out, ys, dtypes
+
+
 def _backward(ctx: Any, grad: torch.Tensor) -> list[torch.Tensor | None]:
-    """The gradients, a few images at a time (see :data:`BACKWARD_CHUNK_BYTES`)."""
+    """The gradients, chunk by chunk of the forward pass (see :data:`CHUNK_BYTES`)."""
     n = len(ctx.layout[0])
     x, *rest = ctx.saved_tensors
-    ys, flat = rest[:n], tuple(rest[n:])
-    image_bytes = max(t[0].numel() * t.element_size() for t in (x, *(y for y in ys if y is not None)))
-    chunks = max(1, math.ceil(len(x) * image_bytes / BACKWARD_CHUNK_BYTES)) if x.device.type == "cpu" else 1
-    size = math.ceil(len(x) / chunks)
-    input_grads, grads = [], [None] * len(flat)
-    for b in range(0, len(x), size):
-        part = slice(b, b + size)
-        input_grad, *param_grads = _backward_images(ctx, x[part], [None if y is None else y[part] for y in ys],
-                                                   flat, grad[part])
-        input_grads.append(input_grad)
+    n_ys = n * math.ceil(len(x) / ctx.chunk)  # every chunk's ys, chunk after chunk
+    ys, flat = rest[:n_ys], tuple(rest[n_ys:])
+    input_grad, grads = None, [None] * len(flat)
+    for c, start in enumerate(range(0, len(x), ctx.chunk)):
+        part = slice(start, start + ctx.chunk)
+        part_grad, *param_grads = _backward_images(ctx, x[part], list(ys[c * n : (c + 1) * n]), flat, grad[part])
+        if part_grad is not None:
+            input_grad = _into(input_grad, part_grad, start, len(x))
         grads = [g if total is None else total if g is None else total.add_(g) for total, g in zip(grads, param_grads)]
-    input_grad = input_grads[0] if len(input_grads) == 1 or input_grads[0] is None else torch.cat(input_grads)
     return [input_grad, *grads]
+
+
+def _into(whole: torch.Tensor | None, part: torch.Tensor, start: int, total: int) -> torch.Tensor:
+    """``part``, the rows of a batch of ``total`` from ``start`` on, copied into ``whole`` (made like
+    ``part`` on first use): one batch-sized buffer, not every chunk's and then their concatenation.
+    ``part`` itself when it is the whole batch."""
+    if len(part) == total:
+        return part
+    if whole is None:
+        fmt = torch.channels_last if part.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        whole = torch.empty((total, *part.shape[1:]), dtype=part.dtype, device=part.device, memory_format=fmt)
+    whole[start : start + len(part)].copy_(part)
+    return whole
 
 
 def _backward_images(ctx: Any, x: torch.Tensor, ys: list, flat: tuple, grad: torch.Tensor) -> list:

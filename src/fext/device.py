@@ -50,6 +50,24 @@ def needs_grad_scaler(device: torch.device, enabled: bool) -> bool:
     return enabled and autocast_dtype(device) == torch.float16
 
 
+def rng_state(device: torch.device) -> torch.Tensor:
+    """The state of the generator that dropout on ``device`` draws from (the CPU's or the GPU's)."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+@contextlib.contextmanager
+def replay_rng(device: torch.device, state: torch.Tensor) -> Iterator[None]:
+    """Inside the block ``device``'s generator draws again from ``state`` (an earlier :func:`rng_state`);
+    after it, it goes on from where it was before the block."""
+    setter = (lambda s: torch.cuda.set_rng_state(s, device)) if device.type == "cuda" else torch.set_rng_state
+    resume = rng_state(device)
+    setter(state)
+    try:
+        yield
+    finally:
+        setter(resume)
+
+
 @contextlib.contextmanager
 def explain_compile_failure() -> Iterator[None]:
     """Turn a torch.compile backend failure (``model.JIT_COMPILE``) into one FeXTError that says what to change.

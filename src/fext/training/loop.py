@@ -23,9 +23,9 @@ from tqdm import tqdm
 from fext import distributed
 from fext.config import Config
 from fext.data import CachedImages, to_float
-from fext.device import autocast
+from fext.device import autocast, replay_rng, rng_state
 from fext.metrics import cosine, mae, psnr
-from fext.training.objectives import training_inputs, training_loss
+from fext.training.objectives import training_inputs, training_loss, views_pass_loss
 from fext.training.schedule import lr_at, set_lr
 from fext.training.state import RunPosition
 
@@ -140,24 +140,20 @@ def train_one_epoch(
             # 3. The recipe's inputs and targets, drawn with the seeded generator: the seed's augmented
             #    batch (B rows), or two augmented views of every image ("views", 2B rows).
             inputs, target = training_inputs(x, cfg, augment)
-            # 4. Forward under autocast (the last batch's gradients dropped first, so they do not take
-            #    memory through it); the recipe's loss is computed in float32.
+            # 4. Forward and backward (the last batch's gradients dropped first, so they do not take
+            #    memory through it).
             optimizer.zero_grad(set_to_none=True)
-            with autocast(device, cfg.device.MIXED_PRECISION):
-                out = forward(inputs)
-            loss, terms = training_loss(out, target, cfg, projector)
-            reconstruction = out["reconstruction"]
+            loss_value, terms, reconstruction = compute_gradients(forward, model, inputs, target, cfg, device,
+                                                                  scaler, projector)
             # 5. Refuse a non-finite loss before it reaches the weights.
-            loss_value = loss.item()
             if not distributed.all_true(math.isfinite(loss_value)):  # every rank stops at the same batch
                 raise NonFiniteLoss(loss_value, epoch, b + 1, position.step + 1)
-            # 6. Backward and update (the scaler is a pass-through unless fp16 autocast needs it).
-            scaler.scale(loss).backward()
+            # 6. Update (the scaler is a pass-through unless fp16 autocast needs it).
             scaler.step(optimizer)
             scaler.update()
             # 7. Running per-image sums of the train metrics, and the position in the run.
             with torch.no_grad():
-                r, per_image = reconstruction.detach().float(), len(x) / len(target)  # 1 or 1/2 (two views)
+                r, per_image = reconstruction.float(), len(x) / len(target)  # 1 or 1/2 (two views)
                 # The reported train loss is the reconstruction MAE in every recipe, comparable to validation's.
                 sums["loss"] += (terms["reconstruction"].item() if terms else loss_value) * len(x)
                 sums["cosine"] += cosine(r, target).sum().item() * per_image
@@ -183,6 +179,79 @@ def train_one_epoch(
         lr=lr_at(max(position.step - 1, 0), cfg.training.LR_SCHEDULER),  # of the last update
         interrupted=interrupted,
     )
+
+
+def compute_gradients(
+    forward: Forward,
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    cfg: Config,
+    device: torch.device,
+    scaler: torch.amp.GradScaler,
+    projector: torch.nn.Module | None = None,
+) -> tuple[float, dict[str, torch.Tensor], torch.Tensor]:
+    """Forward and backward of one batch: the gradients of the recipe's loss are added to ``.grad``.
+
+    ``inputs`` and ``target`` come from :func:`~fext.training.objectives.training_inputs`;
+    ``forward`` and ``projector`` are as in :func:`train_one_epoch`, ``model`` the bare model.
+    The forward runs under autocast and the loss is computed in float32, scaled by ``scaler``
+    for backward. Returns the loss's value, its terms (detached; empty for "seed") and the
+    reconstruction (detached). The "views" recipe takes its two views one at a time
+    (:func:`_views_one_at_a_time`) when ``training.VIEWS.ONE_VIEW_AT_A_TIME`` and not
+    ``model.JIT_COMPILE``; otherwise the batch takes one forward and one backward pass.
+    """
+    if cfg.training.RECIPE == "views" and cfg.training.VIEWS.ONE_VIEW_AT_A_TIME and not cfg.model.JIT_COMPILE:
+        return _views_one_at_a_time(forward, model, inputs, target, cfg, device, scaler, projector)
+    with autocast(device, cfg.device.MIXED_PRECISION):
+        out = forward(inputs)
+    loss, terms = training_loss(out, target, cfg, projector)
+    scaler.scale(loss).backward()
+    return loss.item(), terms, out["reconstruction"].detach()
+
+
+def _views_one_at_a_time(
+    forward: Forward,
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    cfg: Config,
+    device: torch.device,
+    scaler: torch.amp.GradScaler,
+    projector: torch.nn.Module | None,
+) -> tuple[float, dict[str, torch.Tensor], torch.Tensor]:
+    """:func:`compute_gradients` of the "views" recipe with the activations of one view (B rows) in
+    memory at a time instead of both (2B rows): about half the memory, the same gradients.
+
+    The VICReg terms tie the two views' latents together, so view B's latent is first computed
+    without a graph (the encoder only: the extra cost). View A then goes forward and backward with
+    the whole loss but B's reconstruction, which also leaves the loss's gradient with respect to
+    B's latent in that latent's ``.grad``. View B finally goes forward again, with its graph and
+    the same dropout draws (so the same latent), and backward with its reconstruction and that
+    gradient. The two backward passes add up to the gradient of the one-pass loss (to float rounding).
+    """
+    views, mixed = cfg.training.VIEWS, cfg.device.MIXED_PRECISION
+    (input_a, input_b), (target_a, target_b) = inputs.chunk(2), target.chunk(2)
+    # 1. View B's latent without a graph; the dropout generator's state is kept to replay its draws in 3.
+    state_b = rng_state(device)
+    with torch.no_grad(), autocast(device, mixed):
+        latent_b = model.encode(input_b)
+    latent_b.requires_grad_()  # a leaf: the gradient of the latent terms with respect to it lands in .grad
+    # 2. View A forward and backward: the latent terms of both views and A's reconstruction.
+    with autocast(device, mixed):
+        out_a = forward(input_a)
+    loss_a, terms = views_pass_loss(out_a["reconstruction"], target_a, views, torch.cat([out_a["latent"], latent_b]),
+                                    projector)
+    scaler.scale(loss_a).backward()
+    # 3. View B forward again with its graph, and backward: its reconstruction, and through its latent the
+    #    gradient of the latent terms found in 2 (already scaled).
+    with replay_rng(device, state_b), autocast(device, mixed):
+        out_b = forward(input_b)
+    loss_b, terms_b = views_pass_loss(out_b["reconstruction"], target_b, views)
+    torch.autograd.backward([scaler.scale(loss_b), out_b["latent"]], [None, latent_b.grad])
+    terms["reconstruction"] = (terms["reconstruction"] + terms_b["reconstruction"]) / 2
+    reconstruction = torch.cat([out_a["reconstruction"].detach(), out_b["reconstruction"].detach()])
+    return loss_a.item() + loss_b.item(), terms, reconstruction
 
 
 @torch.no_grad()

@@ -100,24 +100,56 @@ def vicreg_terms(z: torch.Tensor, views: ViewsConfig) -> tuple[torch.Tensor, dic
     return total, terms
 
 
+def views_latent_loss(
+    latent: torch.Tensor, views: ViewsConfig, projector: nn.Module | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weighted VICReg terms of the two views' latents (2B, D), first B rows one view of each
+    image, and again of their ``projector`` outputs when there is one; and the unweighted terms
+    (those of the projection prefixed "projection_")."""
+    total, terms = vicreg_terms(latent, views)
+    if projector is not None:
+        projected, projection_terms = vicreg_terms(projector(latent.float()), views)
+        total = total + projected
+        terms.update({f"projection_{k}": v for k, v in projection_terms.items()})
+    return total, terms
+
+
 def views_loss(
     reconstruction: torch.Tensor, latent: torch.Tensor, target: torch.Tensor, views: ViewsConfig,
-    projection: torch.Tensor | None = None,
+    projector: nn.Module | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The "views" recipe's loss of a batch of 2B rows: the first B views, then the second B views.
 
-    ``reconstruction`` and ``target`` (2B, 3, S, S), ``latent`` (2B, D), ``projection`` the
-    projector's output (2B, width) or None. Returns the weighted total and its terms (unweighted,
-    detached; those of the projection prefixed "projection_") for the logs.
+    ``reconstruction`` and ``target`` (2B, 3, S, S), ``latent`` (2B, D), ``projector`` the
+    recipe's :class:`Projector` or None. Returns the weighted total and its terms (unweighted,
+    detached) for the logs.
     """
-    terms = {"reconstruction": reconstruction_loss(reconstruction, target)}
-    total, latent_terms = vicreg_terms(latent, views)
-    total = total + views.RECONSTRUCTION_WEIGHT * terms["reconstruction"]
-    terms.update(latent_terms)
-    if projection is not None:
-        projected, projection_terms = vicreg_terms(projection, views)
-        total = total + projected
-        terms.update({f"projection_{k}": v for k, v in projection_terms.items()})
+    reconstruction_term = reconstruction_loss(reconstruction, target)
+    total, terms = views_latent_loss(latent, views, projector)
+    total = total + views.RECONSTRUCTION_WEIGHT * reconstruction_term
+    return total, {"reconstruction": reconstruction_term.detach()} | {k: v.detach() for k, v in terms.items()}
+
+
+def views_pass_loss(
+    reconstruction: torch.Tensor, target: torch.Tensor, views: ViewsConfig, latent: torch.Tensor | None = None,
+    projector: nn.Module | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The share of the "views" loss one pass over one of the two views carries, when the views go
+    through the model one at a time (``training.VIEWS.ONE_VIEW_AT_A_TIME``).
+
+    ``reconstruction`` and ``target`` (B, 3, S, S) of that view: RECONSTRUCTION_WEIGHT x half its
+    MAE (the mean over the 2B rows of :func:`views_loss` is the mean of the two views' means); with
+    ``latent``, both views' latents (2B, D), also :func:`views_latent_loss`. The two passes' totals
+    add up to :func:`views_loss`. Returns the total and its terms (unweighted, detached; the
+    reconstruction term this view's MAE).
+    """
+    reconstruction_term = reconstruction_loss(reconstruction, target)
+    total = views.RECONSTRUCTION_WEIGHT / 2 * reconstruction_term
+    terms = {"reconstruction": reconstruction_term}
+    if latent is not None:
+        latent_total, latent_terms = views_latent_loss(latent, views, projector)
+        total = total + latent_total
+        terms.update(latent_terms)
     return total, {k: v.detach() for k, v in terms.items()}
 
 
@@ -149,5 +181,4 @@ def training_loss(
     """
     if cfg.training.RECIPE == "seed":
         return reconstruction_loss(out["reconstruction"], target), {}
-    projection = None if projector is None else projector(out["latent"].float())
-    return views_loss(out["reconstruction"], out["latent"], target, cfg.training.VIEWS, projection)
+    return views_loss(out["reconstruction"], out["latent"], target, cfg.training.VIEWS, projector)
