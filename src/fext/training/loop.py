@@ -25,7 +25,7 @@ from fext.config import Config
 from fext.data import CachedImages, to_float
 from fext.device import autocast, replay_rng, rng_state
 from fext.metrics import cosine, mae, psnr
-from fext.training.objectives import training_inputs, training_loss, views_pass_loss
+from fext.training.objectives import training_inputs, training_loss, views_loss
 from fext.training.schedule import lr_at, set_lr
 from fext.training.state import RunPosition
 
@@ -240,14 +240,14 @@ def _views_one_at_a_time(
     # 2. View A forward and backward: the latent terms of both views and A's reconstruction.
     with autocast(device, mixed):
         out_a = forward(input_a)
-    loss_a, terms = views_pass_loss(out_a["reconstruction"], target_a, views, torch.cat([out_a["latent"], latent_b]),
-                                    projector)
+    loss_a, terms = views_loss(out_a["reconstruction"], target_a, views, torch.cat([out_a["latent"], latent_b]),
+                               projector, share=1 / 2)
     scaler.scale(loss_a).backward()
     # 3. View B forward again with its graph, and backward: its reconstruction, and through its latent the
     #    gradient of the latent terms found in 2 (already scaled).
     with replay_rng(device, state_b), autocast(device, mixed):
         out_b = forward(input_b)
-    loss_b, terms_b = views_pass_loss(out_b["reconstruction"], target_b, views)
+    loss_b, terms_b = views_loss(out_b["reconstruction"], target_b, views, share=1 / 2)
     torch.autograd.backward([scaler.scale(loss_b), out_b["latent"]], [None, latent_b.grad])
     terms["reconstruction"] = (terms["reconstruction"] + terms_b["reconstruction"]) / 2
     reconstruction = torch.cat([out_a["reconstruction"].detach(), out_b["reconstruction"].detach()])

@@ -7,7 +7,8 @@
   loss is the mean absolute error.
 - ``"views"``: two views of every image, each drawn independently per image (random resized
   crop, colour jitter, blur, optionally masked patches; one random flip per image that both views
-  share, or one per view), go through the model as one batch. Each view is reconstructed (MAE
+  share, or one per view), go through the model one after the other (for half the memory; see
+  :func:`fext.training.loop.compute_gradients`) or as one batch. Each view is reconstructed (MAE
   against the clean view), and VICReg terms on the two views' latents, and again on their
   :class:`Projector` outputs, make the feature vector useful for search: invariance (the two views
   of an image get the same vector), variance (every number keeps a spread over the batch, so the
@@ -115,36 +116,21 @@ def views_latent_loss(
 
 
 def views_loss(
-    reconstruction: torch.Tensor, latent: torch.Tensor, target: torch.Tensor, views: ViewsConfig,
-    projector: nn.Module | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The "views" recipe's loss of a batch of 2B rows: the first B views, then the second B views.
-
-    ``reconstruction`` and ``target`` (2B, 3, S, S), ``latent`` (2B, D), ``projector`` the
-    recipe's :class:`Projector` or None. Returns the weighted total and its terms (unweighted,
-    detached) for the logs.
-    """
-    reconstruction_term = reconstruction_loss(reconstruction, target)
-    total, terms = views_latent_loss(latent, views, projector)
-    total = total + views.RECONSTRUCTION_WEIGHT * reconstruction_term
-    return total, {"reconstruction": reconstruction_term.detach()} | {k: v.detach() for k, v in terms.items()}
-
-
-def views_pass_loss(
     reconstruction: torch.Tensor, target: torch.Tensor, views: ViewsConfig, latent: torch.Tensor | None = None,
-    projector: nn.Module | None = None,
+    projector: nn.Module | None = None, share: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The share of the "views" loss one pass over one of the two views carries, when the views go
-    through the model one at a time (``training.VIEWS.ONE_VIEW_AT_A_TIME``).
+    """The "views" recipe's loss, or the share of it one pass carries.
 
-    ``reconstruction`` and ``target`` (B, 3, S, S) of that view: RECONSTRUCTION_WEIGHT x half its
-    MAE (the mean over the 2B rows of :func:`views_loss` is the mean of the two views' means); with
-    ``latent``, both views' latents (2B, D), also :func:`views_latent_loss`. The two passes' totals
-    add up to :func:`views_loss`. Returns the total and its terms (unweighted, detached; the
-    reconstruction term this view's MAE).
+    Both views in one pass: ``reconstruction`` and ``target`` (2B, 3, S, S), the first B rows one
+    view of each image, the last B the other; ``latent`` (2B, D); ``share`` 1. One view at a time
+    (``training.VIEWS.ONE_VIEW_AT_A_TIME``): ``reconstruction`` and ``target`` of one view (B rows)
+    and ``share`` 1/2 (the mean over 2B rows is the mean of the two views' means); ``latent``, both
+    views' latents, in one of the two passes only. The total is RECONSTRUCTION_WEIGHT x ``share`` x
+    the reconstruction MAE, plus :func:`views_latent_loss` of ``latent`` (the recipe's
+    :class:`Projector` or None). Returns it and its terms (unweighted, detached) for the logs.
     """
     reconstruction_term = reconstruction_loss(reconstruction, target)
-    total = views.RECONSTRUCTION_WEIGHT / 2 * reconstruction_term
+    total = views.RECONSTRUCTION_WEIGHT * share * reconstruction_term
     terms = {"reconstruction": reconstruction_term}
     if latent is not None:
         latent_total, latent_terms = views_latent_loss(latent, views, projector)
@@ -181,4 +167,4 @@ def training_loss(
     """
     if cfg.training.RECIPE == "seed":
         return reconstruction_loss(out["reconstruction"], target), {}
-    return views_loss(out["reconstruction"], out["latent"], target, cfg.training.VIEWS, projector)
+    return views_loss(out["reconstruction"], target, cfg.training.VIEWS, out["latent"], projector)
