@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -283,12 +285,12 @@ def _gradients(
     cfg: Config, images: torch.Tensor, dropout: float, hook=None, dtype: torch.dtype = torch.float32
 ) -> tuple[float, dict, dict[str, torch.Tensor]]:
     """(loss, terms, every parameter's gradient) of one views step of a fresh small model (and projector) in ``dtype``."""
-    from fext.model import ModelArchitecture, preset_architecture
+    from fext.model import preset_architecture
     from fext.training.loop import compute_gradients
 
     torch.manual_seed(0)
-    arch = preset_architecture("small", images.shape[-1])
-    model = FeXTAutoEncoder(ModelArchitecture(**{**arch.__dict__, "dropout": dropout})).train()
+    arch = dataclasses.replace(preset_architecture("small", images.shape[-1]), dropout=dropout)
+    model = FeXTAutoEncoder(arch).train()
     projector = objectives.recipe_projector(cfg, arch.feature_dim)
     if hook is not None:  # on the compression stack's dropout
         next(m for m in model.compress.modules() if isinstance(m, torch.nn.Dropout)).register_forward_hook(hook)
@@ -298,8 +300,10 @@ def _gradients(
     loss, terms, reconstruction = compute_gradients(model, model, inputs, target, cfg, torch.device("cpu"), scaler,
                                                     projector)
     assert reconstruction.shape == target.shape and not reconstruction.requires_grad
-    named = [*model.named_parameters(), *(("projector." + k, v) for k, v in (projector or torch.nn.Identity()).named_parameters())]
-    return loss, terms, {k: v.grad for k, v in named}
+    named = dict(model.named_parameters())
+    if projector is not None:
+        named |= {f"projector.{k}": v for k, v in projector.named_parameters()}
+    return loss, terms, {k: v.grad for k, v in named.items()}
 
 
 def test_one_view_at_a_time_gives_the_gradients_of_both_views_in_one_pass():
