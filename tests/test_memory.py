@@ -1,10 +1,12 @@
 """Training memory: a ceiling on peak resident memory, and activation checkpointing that saves memory, not values.
 
-The ceiling guards a small configuration (the base preset at 64 px, batch 8, the seed recipe) trained
-by the real CLI in a fresh process, which reports its own peak resident memory (VmHWM): about a
-seventh above what it needs with the lean stages of ``fext._lean_units``, and below what the plain
-autograd graph needed, so a change that keeps more of a step's activations, or holds on to more
-freed memory, fails here rather than on a user's laptop.
+The ceiling guards a small configuration (the base preset at 128 px, batch 8, the seed recipe) trained
+by the real CLI in a fresh process, which reports its own peak resident memory (VmHWM): 1,700 MB,
+about a sixth above what it needs with the lean stages of ``fext._lean_units`` (1,440–1,470 MB
+measured), and below what the plain autograd graph needed (2,000 MB), so a change that keeps more of
+a step's activations, or holds on to more freed memory, fails here rather than on a user's laptop.
+Activation checkpointing measured 1,100–1,120 MB there. (At 64 px the model and Adam's state
+outweigh the activations, and checkpointing's saving was within run-to-run variation.)
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ print(json.dumps({"status": status, "peak_mb": peak}))
 def _train_peak_mb(tmp_path, checkpointing: bool) -> float:
     ws = tmp_path / ("ckpt" if checkpointing else "plain")
     make_images(ws / "resources" / "dataset", 16)
-    cfg = tiny_config(**{"model.PRESET": "base", "training.EPOCHS": 1, "training.BATCH_SIZE": 8,
+    cfg = tiny_config(**{"model.PRESET": "base", "model.IMG_SIZE": 128, "training.EPOCHS": 1, "training.BATCH_SIZE": 8,
                          "dataset.VALIDATION_SIZE": 0.0, "training.RECIPE": "seed",
                          "training.ACTIVATION_CHECKPOINTING": checkpointing})
     (ws / "settings").mkdir(parents=True)
@@ -51,8 +53,8 @@ def _train_peak_mb(tmp_path, checkpointing: bool) -> float:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_training_memory_stays_under_its_ceiling_and_checkpointing_lowers_it(tmp_path):
     plain, checkpointed = _train_peak_mb(tmp_path, False), _train_peak_mb(tmp_path, True)
-    assert plain < 1000, f"base, 64 px, batch 8 peaked at {plain:.0f} MB"
-    assert checkpointed < 0.97 * plain, (checkpointed, plain)  # the lean stages keep little at this size already
+    assert plain < 1700, f"base, 128 px, batch 8 peaked at {plain:.0f} MB"
+    assert checkpointed < 0.9 * plain, (checkpointed, plain)
 
 
 def test_activation_checkpointing_gives_the_same_loss_and_gradients():
