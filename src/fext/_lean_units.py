@@ -4,16 +4,18 @@ Autograd's graph of a :class:`fext.layers.ResidualConvUnit` keeps three activati
 size for backward: the padded input (for the convolution's weight gradient), the convolution output
 ``y`` (for layer norm's backward) and the ReLU output (for ReLU's mask); a max pooling after the units
 keeps its input and int64 indices. For the base preset that is most of a training step's memory.
-:func:`run_units_lean` runs a stage's units (and its pooling) as one :class:`_LeanUnits` node that
-keeps only the stage's input and every unit's ``y``. Its backward rebuilds the rest with cheap
-passes and no convolution (but a 1×1 shortcut's, and the conv of a unit whose input has at most
-:data:`RECOMPUTED_CONV_MAX_CHANNELS` channels, such as the RGB image, whose ``y`` is not kept): layer
-norm again on ``y`` (a deterministic kernel: the same output, mean and rstd), the ReLU mask from it,
-every unit's input by re-adding the residual branches in the order of the forward pass, the pooling
-indices by pooling again. It then calls the ATen backward kernels autograd's own nodes call, with the
-same arguments, so the gradients are the plain graph's: bit for bit where those kernels are
-deterministic (CPUs; cuDNN's may not be), to float rounding where a large batch runs in chunks of
-images (:data:`CHUNK_BYTES`). Activation checkpointing, autocast (the backward
+:func:`run_units_lean` runs a stage's units (and its pooling, or a decoder stage's upsampling before
+them) as one :class:`_LeanUnits` node that keeps only the stage's input and every unit's ``y``. Its
+backward rebuilds the rest with cheap passes and no convolution (but a 1×1 shortcut's, the
+upsampling's 2×2 stride-2 transposed one, and the conv of a unit whose input has at most
+:data:`RECOMPUTED_CONV_MAX_CHANNELS` channels, such as the RGB image, whose ``y`` is not kept): the
+upsampled map (four times the size of the input it is made from), layer norm again on ``y`` (a
+deterministic kernel: the same output, mean and rstd), the ReLU mask from it, every unit's input by
+re-adding the residual branches in the order of the forward pass, the pooling indices by pooling
+again. It then calls the ATen backward kernels autograd's own nodes call, with the same arguments,
+so the gradients are the plain graph's: bit for bit where those kernels are deterministic (CPUs;
+cuDNN's may not be), to float rounding where a large batch runs in chunks of images
+(:data:`CHUNK_BYTES`). Activation checkpointing, autocast (the backward
 casts as autocast did in forward) and DDP see an ordinary autograd node.
 """
 
@@ -72,14 +74,20 @@ def _unit_params(unit: torch.nn.Module) -> list[torch.Tensor]:
     return params
 
 
-def run_units_lean(units: torch.nn.Sequential, x: torch.Tensor, pool: bool = False) -> torch.Tensor:
-    """``units(x)`` (then 2×2 max pooling if ``pool``) for plain-route ResidualConvUnits, as one lean autograd node.
+def run_units_lean(
+    units: torch.nn.Sequential, x: torch.Tensor, pool: bool = False, upsample: torch.nn.ConvTranspose2d | None = None
+) -> torch.Tensor:
+    """``units(x)`` (then 2×2 max pooling if ``pool``) for plain-route ResidualConvUnits, as one lean autograd node;
+    with ``upsample`` (a 2×2 stride-2 transposed convolution) ``units(upsample(x))``, the upsampled map
+    made a chunk at a time and never kept (backward makes it again from ``x``, a quarter of its size).
 
-    The same values as the units' own forward; (B, C_in, H, W) -> (B, C_out, H, W), or (H/2, W/2) pooled.
+    The same values as the modules' own forward; (B, C_in, H, W) -> (B, C_out, H, W), (H/2, W/2) pooled,
+    (2H, 2W) upsampled.
     """
     per_unit = [_unit_params(unit) for unit in units]
     spec = tuple((len(params), unit.norm.eps) for params, unit in zip(per_unit, units))
-    return _LeanUnits.apply((spec, pool), x, *(p for params in per_unit for p in params))
+    head = [] if upsample is None else [upsample.weight, upsample.bias]
+    return _LeanUnits.apply((spec, pool, len(head)), x, *head, *(p for params in per_unit for p in params))
 
 
 def _split(spec: tuple, flat: tuple) -> list[tuple]:
@@ -99,22 +107,27 @@ def _shortcut(x: torch.Tensor, params: tuple, dtype: torch.dtype) -> torch.Tenso
 
 
 class _LeanUnits(torch.autograd.Function):
-    """``x -> pool?(units(x))``, saving the input and each unit's conv output ``y``; see the module docstring.
+    """``x -> pool?(units(upsample?(x)))``, saving the input and each unit's conv output ``y``; see the module docstring.
 
-    Inputs: ``(spec, pool)`` (spec: per unit, parameter count and layer-norm eps), ``x`` (B, C, H, W),
-    then every unit's parameters in :func:`_unit_params` order.
+    Inputs: ``(spec, pool, head)`` (spec: per unit, parameter count and layer-norm eps; head: 2 with an
+    upsampling, else 0), ``x`` (B, C, H, W), then the upsampling's weight and bias if any, then every
+    unit's parameters in :func:`_unit_params` order.
     """
 
     @staticmethod
     def forward(ctx: Any, layout: tuple, x: torch.Tensor, *flat: torch.Tensor) -> torch.Tensor:
-        spec, pool = layout
-        size = _images_per_chunk(x, spec, flat)
-        out, ys = None, []
+        spec, pool, head = layout
+        size = _images_per_chunk(x, spec, flat, head)
+        out, ys, up_dtype = None, [], None
         for start in range(0, len(x), size):
-            part, part_ys, dtypes = _forward_images(spec, x[start : start + size], flat)
+            xu = x[start : start + size]
+            if head:
+                xu = F.conv_transpose2d(xu, flat[0], flat[1], stride=2)  # autocast, if on, picks the dtype
+                up_dtype = xu.dtype
+            part, part_ys, dtypes = _forward_images(spec, xu, flat[head:])
             out = _into(out, F.max_pool2d(part, 2) if pool else part, start, len(x))
             ys += part_ys
-        ctx.layout, ctx.dtypes, ctx.device_type, ctx.chunk = layout, dtypes, x.device.type, size
+        ctx.layout, ctx.dtypes, ctx.up_dtype, ctx.device_type, ctx.chunk = layout, dtypes, up_dtype, x.device.type, size
         ctx.save_for_backward(x, *ys, *flat)  # x: the caller's tensor, alive through this forward anyway
         return out
 
@@ -125,13 +138,13 @@ class _LeanUnits(torch.autograd.Function):
             return (None, *_backward(ctx, grad))
 
 
-def _images_per_chunk(x: torch.Tensor, spec: tuple, flat: tuple) -> int:
+def _images_per_chunk(x: torch.Tensor, spec: tuple, flat: tuple, head: int) -> int:
     """Images per chunk of the batch ``x`` (see :data:`CHUNK_BYTES`): equal chunks whose largest map
-    (the input, or a unit's conv output) takes at most about CHUNK_BYTES; on GPUs the whole batch."""
+    (the input, or a unit's conv output, upsampled or not) takes at most about CHUNK_BYTES; on GPUs the whole batch."""
     if x.device.type != "cpu":
         return len(x)
-    channels = max(x.shape[1], *(params[0].shape[0] for params in _split(spec, flat)))
-    image_bytes = channels * x.shape[2] * x.shape[3] * x.element_size()
+    channels = max(x.shape[1], *(params[0].shape[0] for params in _split(spec, flat[head:])))
+    image_bytes = channels * x.shape[2] * x.shape[3] * (4 if head else 1) * x.element_size()
     chunks = max(1, math.ceil(len(x) * image_bytes / CHUNK_BYTES))
     return math.ceil(len(x) / chunks)
 
@@ -168,14 +181,22 @@ def _forward_images(spec: tuple, x: torch.Tensor, flat: tuple) -> tuple[torch.Te
 
 def _backward(ctx: Any, grad: torch.Tensor) -> list[torch.Tensor | None]:
     """The gradients, chunk by chunk of the forward pass (see :data:`CHUNK_BYTES`)."""
-    n = len(ctx.layout[0])
+    spec, _, head = ctx.layout
+    n = len(spec)
     x, *rest = ctx.saved_tensors
     n_ys = n * math.ceil(len(x) / ctx.chunk)  # every chunk's ys, chunk after chunk
     ys, flat = rest[:n_ys], tuple(rest[n_ys:])
     input_grad, grads = None, [None] * len(flat)
     for c, start in enumerate(range(0, len(x), ctx.chunk)):
         part = slice(start, start + ctx.chunk)
-        part_grad, *param_grads = _backward_images(ctx, x[part], list(ys[c * n : (c + 1) * n]), flat, grad[part])
+        xu = _upsample(x[part], flat, ctx.up_dtype) if head else x[part]
+        part_grad, *param_grads = _backward_images(ctx, xu, list(ys[c * n : (c + 1) * n]), flat[head:], grad[part])
+        if head:  # through the upsampling, as autograd's node of conv_transpose2d would
+            weight, bias = flat[:2]
+            part_grad, gw, gb = aten.convolution_backward(
+                part_grad.to(ctx.up_dtype), x[part].to(ctx.up_dtype), weight.to(ctx.up_dtype), [bias.shape[0]], [2, 2], [0, 0], [1, 1],
+                True, [0, 0], 1, [ctx.needs_input_grad[1], *_needs(ctx, 0, 1)])
+            param_grads = [_to(gw, weight), _to(gb, bias), *param_grads]
         if part_grad is not None:
             input_grad = _into(input_grad, part_grad, start, len(x))
         grads = [g if total is None else total if g is None else total.add_(g) for total, g in zip(grads, param_grads)]
@@ -195,9 +216,16 @@ def _into(whole: torch.Tensor | None, part: torch.Tensor, start: int, total: int
     return whole
 
 
+def _upsample(x: torch.Tensor, flat: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """The forward's upsampling of these images again, in the dtype autocast gave it there."""
+    return F.conv_transpose2d(x.to(dtype), flat[0].to(dtype), flat[1].to(dtype), stride=2)
+
+
 def _backward_images(ctx: Any, x: torch.Tensor, ys: list, flat: tuple, grad: torch.Tensor) -> list:
-    """The input's and every parameter's gradient from these images' saved tensors and output gradient."""
-    (spec, pool), dtypes, n = ctx.layout, ctx.dtypes, len(ctx.layout[0])
+    """The units' input's and every unit parameter's gradient from these images' saved tensors and output
+    gradient (``x`` the units' input: upsampled, if the node upsamples; ``flat`` the units' parameters)."""
+    (spec, pool, head), dtypes, n = ctx.layout, ctx.dtypes, len(ctx.layout[0])
+    input_needed = bool(head) or ctx.needs_input_grad[1]  # the upsampling's gradients come from this one
     per_unit = _split(spec, flat)
     h, w = x.shape[2:]
     first = padded_copy(x)
@@ -235,21 +263,21 @@ def _backward_images(ctx: Any, x: torch.Tensor, ys: list, flat: tuple, grad: tor
         g = aten.threshold_backward.grad_input(grad.to(z_dtype).permute(0, 2, 3, 1), z, 0, grad_input=z)  # (B, H, W, C)
         del z
         gy, gnw, gnb = aten.native_layer_norm_backward(
-            g, y, [y.shape[-1]], mean, rstd, params[1], params[2], [True, *_needs(ctx, offset + 1, offset + 2)])
+            g, y, [y.shape[-1]], mean, rstd, params[1], params[2], [True, *_needs(ctx, head + offset + 1, head + offset + 2)])
         del g, y
         gy = gy.permute(0, 3, 1, 2).to(y_dtype)  # (B, C, H, W)
-        need_x = i > 0 or ctx.needs_input_grad[1]
+        need_x = i > 0 or input_needed
         xp = padded.pop()
         gp, gw, _ = aten.convolution_backward(
             gy, xp.to(y_dtype), params[0].to(y_dtype), None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-            [need_x, *_needs(ctx, offset), False])
+            [need_x, *_needs(ctx, head + offset), False])
         del gy
         grads[offset : offset + 3] = [_to(gw, params[0]), _to(gnw, params[1]), _to(gnb, params[2])]
         xi, x_dtype = xp[:, :, :h, :w], xp.dtype
         if len(params) > 3:
             gsx, gsw, gsb = aten.convolution_backward(
                 grad.to(s_dtype), xi.to(s_dtype), params[3].to(s_dtype), [params[4].shape[0]], [1, 1], [0, 0],
-                [1, 1], False, [0, 0], 1, [need_x, *_needs(ctx, offset + 3, offset + 4)])
+                [1, 1], False, [0, 0], 1, [need_x, *_needs(ctx, head + offset + 3, head + offset + 4)])
             grads[offset + 3 : offset + 5] = [_to(gsw, params[3]), _to(gsb, params[4])]
             owned = True
         else:
@@ -261,7 +289,7 @@ def _backward_images(ctx: Any, x: torch.Tensor, ys: list, flat: tuple, grad: tor
             grad = gsx.add_(gx) if owned and gsx.dtype == x_dtype else gx.to(x_dtype) + gsx.to(x_dtype)
             owned = True
         del gp, gsx
-    return [grad if ctx.needs_input_grad[1] else None, *grads]
+    return [grad if input_needed else None, *grads]
 
 
 def _norm_input(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -89,7 +89,9 @@ LEAN_TRAINING = True
 
 
 def _lean_route(units: nn.Sequential) -> bool:
-    """Whether a stage runs its units through :func:`fext._lean_units.run_units_lean`: when gradients are on.
+    """Whether a stage runs its units through :func:`fext._lean_units.run_units_lean`: when gradients are
+    on, and in training mode without them (the "views" step's graph-free pass, whose buffers then come
+    in the same chunk sizes as the training passes' and whose values are theirs exactly).
 
     Autograd would keep three full-size activations per unit (and the pooling's input and indices);
     the lean node keeps the stage's input and each unit's convolution output and rebuilds the rest in
@@ -98,7 +100,8 @@ def _lean_route(units: nn.Sequential) -> bool:
     training step's memory, and this saves them without activation checkpointing's extra forward
     pass. Tracers, compilers and exporters get the plain units: they plan memory themselves.
     """
-    return LEAN_TRAINING and torch.is_grad_enabled() and not units[0].fast_inference and not _tracing()
+    return (LEAN_TRAINING and (torch.is_grad_enabled() or units.training) and not units[0].fast_inference
+            and not _tracing())
 
 
 RESIDUAL_GAIN_INIT = 0.1
@@ -195,10 +198,9 @@ class DecoderStage(nn.Module):
         self.units = nn.Sequential(*(ResidualConvUnit(out_channels, out_channels) for _ in range(depth)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.upsample(x)
         if _lean_route(self.units):
-            return run_units_lean(self.units, x)  # the same values; see _lean_route
-        return _run_units(self.units, x, own_input=True)
+            return run_units_lean(self.units, x, upsample=self.upsample)  # the same values; see _lean_route
+        return _run_units(self.units, self.upsample(x), own_input=True)
 
 
 class _DenseNormAct(nn.Sequential):
