@@ -284,7 +284,8 @@ def test_the_projector_trains_with_the_model_and_is_kept_only_in_the_trainer_sta
 def _gradients(
     cfg: Config, images: torch.Tensor, dropout: float, hook=None, dtype: torch.dtype = torch.float32
 ) -> tuple[float, dict, dict[str, torch.Tensor]]:
-    """(loss, terms, every parameter's gradient) of one views step of a fresh small model (and projector) in ``dtype``."""
+    """(loss, terms, every parameter's gradient) of one views step of a fresh small model (and projector),
+    the model in ``dtype``."""
     from fext.model import preset_architecture
     from fext.training.loop import compute_gradients
 
@@ -312,8 +313,8 @@ def test_one_view_at_a_time_gives_the_gradients_of_both_views_in_one_pass():
     The model runs in float64 so the comparison is exact but for float64 rounding."""
     torch.set_num_threads(1)
     images = torch.from_numpy(photos(6, 64)).permute(0, 3, 1, 2).float() / 255
-    split, joint = (with_overrides(Config(), {"training.VIEWS.ONE_VIEW_AT_A_TIME": flag, "training.VIEWS.PROJECTOR_DIM": 64})
-                    for flag in (True, False))
+    split, joint = (with_overrides(Config(), {"training.VIEWS.ONE_VIEW_AT_A_TIME": flag,
+                                              "training.VIEWS.PROJECTOR_DIM": 64}) for flag in (True, False))
     loss_s, terms_s, grads_s = _gradients(split, images, dropout=0.0, dtype=torch.float64)
     loss_j, terms_j, grads_j = _gradients(joint, images, dropout=0.0, dtype=torch.float64)
     assert loss_s == pytest.approx(loss_j, rel=1e-6)

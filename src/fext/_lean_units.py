@@ -86,8 +86,8 @@ def run_units_lean(
     """
     per_unit = [_unit_params(unit) for unit in units]
     spec = tuple((len(params), unit.norm.eps) for params, unit in zip(per_unit, units))
-    head = [] if upsample is None else [upsample.weight, upsample.bias]
-    return _LeanUnits.apply((spec, pool, len(head)), x, *head, *(p for params in per_unit for p in params))
+    up = [] if upsample is None else [upsample.weight, upsample.bias]
+    return _LeanUnits.apply((spec, pool, len(up)), x, *up, *(p for params in per_unit for p in params))
 
 
 def _split(spec: tuple, flat: tuple) -> list[tuple]:
@@ -107,24 +107,25 @@ def _shortcut(x: torch.Tensor, params: tuple, dtype: torch.dtype) -> torch.Tenso
 
 
 class _LeanUnits(torch.autograd.Function):
-    """``x -> pool?(units(upsample?(x)))``, saving the input and each unit's conv output ``y``; see the module docstring.
+    """``x -> pool?(units(upsample?(x)))``, saving the input and each unit's conv output ``y``; see the module
+    docstring.
 
-    Inputs: ``(spec, pool, head)`` (spec: per unit, parameter count and layer-norm eps; head: 2 with an
+    Inputs: ``(spec, pool, up)`` (spec: per unit, parameter count and layer-norm eps; up: 2 with an
     upsampling, else 0), ``x`` (B, C, H, W), then the upsampling's weight and bias if any, then every
     unit's parameters in :func:`_unit_params` order.
     """
 
     @staticmethod
     def forward(ctx: Any, layout: tuple, x: torch.Tensor, *flat: torch.Tensor) -> torch.Tensor:
-        spec, pool, head = layout
-        size = _images_per_chunk(x, spec, flat, head)
+        spec, pool, up = layout
+        size = _images_per_chunk(x, spec, flat, up)
         out, ys, up_dtype = None, [], None
         for start in range(0, len(x), size):
             xu = x[start : start + size]
-            if head:
+            if up:
                 xu = F.conv_transpose2d(xu, flat[0], flat[1], stride=2)  # autocast, if on, picks the dtype
                 up_dtype = xu.dtype
-            part, part_ys, dtypes = _forward_images(spec, xu, flat[head:])
+            part, part_ys, dtypes = _forward_images(spec, xu, flat[up:])
             out = _into(out, F.max_pool2d(part, 2) if pool else part, start, len(x))
             ys += part_ys
         ctx.layout, ctx.dtypes, ctx.up_dtype, ctx.device_type, ctx.chunk = layout, dtypes, up_dtype, x.device.type, size
@@ -138,13 +139,13 @@ class _LeanUnits(torch.autograd.Function):
             return (None, *_backward(ctx, grad))
 
 
-def _images_per_chunk(x: torch.Tensor, spec: tuple, flat: tuple, head: int) -> int:
+def _images_per_chunk(x: torch.Tensor, spec: tuple, flat: tuple, up: int) -> int:
     """Images per chunk of the batch ``x`` (see :data:`CHUNK_BYTES`): equal chunks whose largest map
     (the input, or a unit's conv output, upsampled or not) takes at most about CHUNK_BYTES; on GPUs the whole batch."""
     if x.device.type != "cpu":
         return len(x)
-    channels = max(x.shape[1], *(params[0].shape[0] for params in _split(spec, flat[head:])))
-    image_bytes = channels * x.shape[2] * x.shape[3] * (4 if head else 1) * x.element_size()
+    channels = max(x.shape[1], *(params[0].shape[0] for params in _split(spec, flat[up:])))
+    image_bytes = channels * x.shape[2] * x.shape[3] * (4 if up else 1) * x.element_size()
     chunks = max(1, math.ceil(len(x) * image_bytes / CHUNK_BYTES))
     return math.ceil(len(x) / chunks)
 
@@ -181,7 +182,7 @@ def _forward_images(spec: tuple, x: torch.Tensor, flat: tuple) -> tuple[torch.Te
 
 def _backward(ctx: Any, grad: torch.Tensor) -> list[torch.Tensor | None]:
     """The gradients, chunk by chunk of the forward pass (see :data:`CHUNK_BYTES`)."""
-    spec, _, head = ctx.layout
+    spec, _, up = ctx.layout
     n = len(spec)
     x, *rest = ctx.saved_tensors
     n_ys = n * math.ceil(len(x) / ctx.chunk)  # every chunk's ys, chunk after chunk
@@ -189,12 +190,12 @@ def _backward(ctx: Any, grad: torch.Tensor) -> list[torch.Tensor | None]:
     input_grad, grads = None, [None] * len(flat)
     for c, start in enumerate(range(0, len(x), ctx.chunk)):
         part = slice(start, start + ctx.chunk)
-        xu = _upsample(x[part], flat, ctx.up_dtype) if head else x[part]
-        part_grad, *param_grads = _backward_images(ctx, xu, list(ys[c * n : (c + 1) * n]), flat[head:], grad[part])
-        if head:  # through the upsampling, as autograd's node of conv_transpose2d would
-            weight, bias = flat[:2]
+        xu = _upsample(x[part], flat, ctx.up_dtype) if up else x[part]
+        part_grad, *param_grads = _backward_images(ctx, xu, list(ys[c * n : (c + 1) * n]), flat[up:], grad[part])
+        if up:  # through the upsampling, as autograd's node of conv_transpose2d would
+            weight, bias, dtype = *flat[:2], ctx.up_dtype
             part_grad, gw, gb = aten.convolution_backward(
-                part_grad.to(ctx.up_dtype), x[part].to(ctx.up_dtype), weight.to(ctx.up_dtype), [bias.shape[0]], [2, 2], [0, 0], [1, 1],
+                part_grad.to(dtype), x[part].to(dtype), weight.to(dtype), [bias.shape[0]], [2, 2], [0, 0], [1, 1],
                 True, [0, 0], 1, [ctx.needs_input_grad[1], *_needs(ctx, 0, 1)])
             param_grads = [_to(gw, weight), _to(gb, bias), *param_grads]
         if part_grad is not None:
@@ -224,8 +225,8 @@ def _upsample(x: torch.Tensor, flat: tuple, dtype: torch.dtype) -> torch.Tensor:
 def _backward_images(ctx: Any, x: torch.Tensor, ys: list, flat: tuple, grad: torch.Tensor) -> list:
     """The units' input's and every unit parameter's gradient from these images' saved tensors and output
     gradient (``x`` the units' input: upsampled, if the node upsamples; ``flat`` the units' parameters)."""
-    (spec, pool, head), dtypes, n = ctx.layout, ctx.dtypes, len(ctx.layout[0])
-    input_needed = bool(head) or ctx.needs_input_grad[1]  # the upsampling's gradients come from this one
+    (spec, pool, up), dtypes, n = ctx.layout, ctx.dtypes, len(ctx.layout[0])
+    input_needed = bool(up) or ctx.needs_input_grad[1]  # the upsampling's gradients come from this one
     per_unit = _split(spec, flat)
     h, w = x.shape[2:]
     first = padded_copy(x)
@@ -263,21 +264,22 @@ def _backward_images(ctx: Any, x: torch.Tensor, ys: list, flat: tuple, grad: tor
         g = aten.threshold_backward.grad_input(grad.to(z_dtype).permute(0, 2, 3, 1), z, 0, grad_input=z)  # (B, H, W, C)
         del z
         gy, gnw, gnb = aten.native_layer_norm_backward(
-            g, y, [y.shape[-1]], mean, rstd, params[1], params[2], [True, *_needs(ctx, head + offset + 1, head + offset + 2)])
+            g, y, [y.shape[-1]], mean, rstd, params[1], params[2],
+            [True, *_needs(ctx, up + offset + 1, up + offset + 2)])
         del g, y
         gy = gy.permute(0, 3, 1, 2).to(y_dtype)  # (B, C, H, W)
         need_x = i > 0 or input_needed
         xp = padded.pop()
         gp, gw, _ = aten.convolution_backward(
             gy, xp.to(y_dtype), params[0].to(y_dtype), None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-            [need_x, *_needs(ctx, head + offset), False])
+            [need_x, *_needs(ctx, up + offset), False])
         del gy
         grads[offset : offset + 3] = [_to(gw, params[0]), _to(gnw, params[1]), _to(gnb, params[2])]
         xi, x_dtype = xp[:, :, :h, :w], xp.dtype
         if len(params) > 3:
             gsx, gsw, gsb = aten.convolution_backward(
                 grad.to(s_dtype), xi.to(s_dtype), params[3].to(s_dtype), [params[4].shape[0]], [1, 1], [0, 0],
-                [1, 1], False, [0, 0], 1, [need_x, *_needs(ctx, head + offset + 3, head + offset + 4)])
+                [1, 1], False, [0, 0], 1, [need_x, *_needs(ctx, up + offset + 3, up + offset + 4)])
             grads[offset + 3 : offset + 5] = [_to(gsw, params[3]), _to(gsb, params[4])]
             owned = True
         else:
