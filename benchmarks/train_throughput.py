@@ -38,7 +38,7 @@ from _machine import machine_header, matmul_gflops, peak_rss_mb
 import fext.layers
 from fext._allocator import keep_freed_memory
 from fext.config import Config, with_overrides
-from fext.device import select_device
+from fext.device import needs_grad_scaler, select_device
 from fext.model import FeXTAutoEncoder, model_complexity
 from fext.training.loop import compute_gradients
 from fext.training.objectives import recipe_projector, training_inputs
@@ -64,7 +64,7 @@ def train_images_per_second(
         parameters += list(projector.to(device).parameters())
     _, flops = model_complexity(model, img_size)
     optimizer = torch.optim.Adam(parameters, lr=1e-4)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(device, mixed))  # as fext.training.run
     x = torch.rand(batch, 3, img_size, img_size, device=device).contiguous(memory_format=torch.channels_last)
     generator = torch.Generator().manual_seed(0)
     model.train()
@@ -73,7 +73,8 @@ def train_images_per_second(
         optimizer.zero_grad(set_to_none=True)  # before the forward, as in fext.training.loop
         inputs, target = training_inputs(x, cfg, generator)
         compute_gradients(model, model, inputs, target, cfg, device, scaler, projector)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
 
     for _ in range(warmup):
         step()
