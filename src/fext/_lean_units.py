@@ -31,11 +31,15 @@ from torch.autograd.function import once_differentiable
 aten = torch.ops.aten
 
 
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """``x``'s memory format: channels_last or contiguous."""
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
 def padded_empty(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """An uninitialised (B, C, H+1, W+1) buffer in ``x``'s memory format whose last row and column are zero."""
     b, c, h, w = x.shape
-    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    out = torch.empty((b, c, h + 1, w + 1), dtype=dtype or x.dtype, device=x.device, memory_format=fmt)
+    out = torch.empty((b, c, h + 1, w + 1), dtype=dtype or x.dtype, device=x.device, memory_format=_memory_format(x))
     # Zero the new row and column through a view in memory order: ``fill_`` on the (B, C, ...)
     # view of a channels_last tensor walks it against its strides, hundreds of times slower.
     border = out.permute(0, 2, 3, 1)  # (B, H+1, W+1, C)
@@ -211,8 +215,8 @@ def _into(whole: torch.Tensor | None, part: torch.Tensor, start: int, total: int
     if len(part) == total:
         return part
     if whole is None:
-        fmt = torch.channels_last if part.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        whole = torch.empty((total, *part.shape[1:]), dtype=part.dtype, device=part.device, memory_format=fmt)
+        whole = torch.empty((total, *part.shape[1:]), dtype=part.dtype, device=part.device,
+                            memory_format=_memory_format(part))
     whole[start : start + len(part)].copy_(part)
     return whole
 
