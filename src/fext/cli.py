@@ -155,7 +155,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave the model's reconstruction error out of the outlier score (saves a pass over the images)")
     p.add_argument("--checkpoint", type=Path, metavar="CKPT",
                    help="where the checkpoint that wrote the embeddings is now, if it moved (default: metadata.json)")
+    p.add_argument("--selection", type=Path, metavar="FILE.csv",
+                   help="mark the images of this selection (`fext select --output`, or any CSV with a path column) in the atlas")
     p.set_defaults(func=commands.cmd_explore)
+
+    p = sub.add_parser("select", help="pick a diverse or typical subset of encoded images (to label, or to keep)")
+    p.add_argument("embeddings", type=Path, metavar="EMBEDDINGS_DIR",
+                   help="a folder written by `fext encode` (or a checkpoint name: resources/extraction/<name>)")
+    p.add_argument("--count", type=int, required=True, metavar="N", help="how many images to pick")
+    p.add_argument("--strategy", choices=["diverse", "typical"], default="diverse",
+                   help="diverse (default): greedy k-center, each pick the image farthest from the earlier ones, "
+                        "starting from the most central image; typical: the images of highest local density")
+    p.add_argument("--skip-duplicates", action="store_true",
+                   help="never pick two images of one near-duplicate group (the groups of `fext explore`)")
+    p.add_argument("--duplicate-threshold", type=float, metavar="SIM",
+                   help="with --skip-duplicates: group images at this cosine similarity instead of using explore's groups")
+    p.add_argument("--output", type=Path, metavar="FILE.csv",
+                   help="CSV of the picks: path, rank, distance (default: EMBEDDINGS_DIR/selection.csv)")
+    p.set_defaults(func=commands.cmd_select)
+
+    p = sub.add_parser(
+        "score", help="score new images by how unlike a reference collection they are, at a calibrated threshold",
+        epilog="Exit status: 0 when no image is novel, 3 when at least one is (1 or 2: an error).")
+    p.add_argument("new", type=Path, metavar="NEW_DIR",
+                   help="a folder of new images (or a folder written by `fext encode` with the reference's checkpoint)")
+    p.add_argument("--reference", type=Path, required=True, metavar="EMBEDDINGS_DIR",
+                   help="the reference collection: a folder written by `fext encode` (or a checkpoint name)")
+    p.add_argument("--false-alarm-rate", type=float, default=0.01, metavar="RATE",
+                   help="share of images like the reference allowed to score as novel; sets the threshold (default 0.01)")
+    p.add_argument("--output", type=Path, metavar="DIR",
+                   help="folder for scores.csv, calibration.json and most_novel.png "
+                        "(default: EMBEDDINGS_DIR/scores/<NEW_DIR name>)")
+    p.add_argument("--no-reconstruction", action="store_true",
+                   help="leave the model's reconstruction error out of the score (saves a pass over the images)")
+    p.add_argument("--checkpoint", type=Path, metavar="CKPT",
+                   help="where the checkpoint that wrote the reference is now, if it moved (default: metadata.json)")
+    p.set_defaults(func=commands.cmd_score)
 
     p = sub.add_parser("setup", help="4) setup and maintenance")
     p.add_argument("action", choices=["install", "update", "clean-logs"],

@@ -60,6 +60,16 @@ def first_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def name_the_device(ctx: Context) -> None:
+    """Say first which device the run's model uses (device.DEVICE "auto" picks one); later selections say nothing.
+
+    For the commands that always run the model, before anything else they log (a checkpoint chosen, ...).
+    """
+    from fext.distributed import device_for
+
+    device_for(ctx.config.device.DEVICE, ctx.config.device.DEVICE_ID)
+
+
 def cmd_init(ctx: Context, args: argparse.Namespace) -> int:
     from fext.workspace import init_workspace
 
@@ -121,6 +131,7 @@ def cmd_evaluate(ctx: Context, args: argparse.Namespace) -> int:
     from fext.checkpoints import list_checkpoints, resolve_checkpoint
     from fext.evaluation import evaluate_checkpoints
 
+    name_the_device(ctx)
     if args.all:
         ckpts = [c.path for c in list_checkpoints(ctx.workspace) if c.ok]
         if not ckpts:
@@ -139,6 +150,7 @@ def cmd_encode(ctx: Context, args: argparse.Namespace) -> int:
     from fext.checkpoints import resolve_checkpoint
     from fext.encoding import encode_folder
 
+    name_the_device(ctx)
     ckpt = resolve_checkpoint(ctx.workspace, args.checkpoint, interactive=ctx.interactive)
     out = encode_folder(
         ckpt,

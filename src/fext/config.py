@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -57,14 +58,17 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DeviceConfig:
-    DEVICE: str = _key("GPU", 'one of "GPU", "CPU"', lambda v: v in ("GPU", "CPU"))
-    """"GPU" uses cuda:DEVICE_ID, falling back to the CPU with a log line when there is none."""
+    DEVICE: str = _key("auto", 'one of "auto", "GPU", "CPU"', lambda v: v in ("auto", "GPU", "CPU"))
+    """"auto" uses cuda:DEVICE_ID when PyTorch sees a CUDA GPU, else the CPU, and names it in the run's first log line; "GPU" asks for cuda:DEVICE_ID and warns when there is none (then runs on the CPU); "CPU" never uses a GPU."""
     DEVICE_ID: int = _key(0, "an integer >= 0", lambda v: v >= 0)
     """Index of the GPU."""
     MIXED_PRECISION: bool = False
     """Autocast: bf16 where supported, else fp16 with a grad scaler."""
-    NUM_PROCESSORS: int = _key(4, "an integer >= 0 (0 decodes in the main process)", lambda v: v >= 0)
-    """Worker processes for image decoding."""
+    NUM_PROCESSORS: int | str = _key(
+        "auto", '"auto" or an integer >= 0 (0 decodes in the main process)',
+        lambda v: v == "auto" or (isinstance(v, int) and v >= 0),
+    )
+    """Worker processes for image decoding. "auto": the CPU cores this process may use (its affinity mask, capped by a container's cgroup CPU quota) less one for the process itself, shared between the processes of a torchrun launch, at most 16; 1 on 2 cores, 0 on one. A number above the usable cores is honoured with a warning."""
 
 
 @dataclass(frozen=True)
@@ -166,11 +170,24 @@ def config_to_dict(cfg: Any) -> dict:
 
 
 def _type_name(tp: Any) -> str:
+    if isinstance(tp, types.UnionType):
+        return " or ".join(_type_name(t) for t in typing.get_args(tp))
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
-def _coerce(path: str, tp: Any, value: Any) -> Any:
-    """Check ``value`` against the field type; ints are accepted where numbers are."""
+def _coerce(path: str, tp: Any, value: Any, allowed: str | None = None) -> Any:
+    """Check ``value`` against the field type; ints are accepted where numbers are.
+
+    A union (``int | str``: a count or "auto") takes a value of any of its types, the first that fits;
+    a value of none is reported with ``allowed``, the field's own words, rather than the bare types.
+    """
+    if isinstance(tp, types.UnionType):
+        for member in typing.get_args(tp):
+            try:
+                return _coerce(path, member, value)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{path}: expected {allowed or _type_name(tp)}, got {json.dumps(value)}")
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
@@ -198,8 +215,8 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, value, f"{path}.")
             continue
-        value = _coerce(path, tp, value)
         meta = fields[name].metadata
+        value = _coerce(path, tp, value, meta.get("allowed"))
         if meta and not meta["test"](value):
             raise ConfigError(f"{path}: {json.dumps(value)} is not allowed; expected {meta['allowed']}")
         kwargs[name] = value

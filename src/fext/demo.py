@@ -98,16 +98,12 @@ def make_query(photo: Path, dest: Path) -> Path:
 
 def demo_config(epochs: int, img_size: int, batches_per_epoch: int) -> Config:
     """The small preset, augmentation and TensorBoard on, a validation split, a learning rate for few steps."""
-    import torch
-
     steps = max(1, epochs * batches_per_epoch)
     return with_overrides(Config(), {
         "model.PRESET": "small",
         "model.IMG_SIZE": img_size,
         "dataset.VALIDATION_SIZE": 0.1,
         "dataset.IMG_AUGMENT": True,
-        # Said once here rather than warned about by every step when there is no GPU.
-        "device.DEVICE": "GPU" if torch.cuda.is_available() else "CPU",
         "device.NUM_PROCESSORS": 0,  # decoding a few hundred small crops once is faster than starting workers
         "training.EPOCHS": epochs,
         "training.BATCH_SIZE": DEMO_BATCH_SIZE,

@@ -14,21 +14,43 @@ log = logging.getLogger(__name__)
 
 
 def select_device(device: str, device_id: int = 0) -> torch.device:
-    """Return ``cuda:device_id`` for "GPU" when CUDA is available, else the CPU.
+    """The torch device for the configuration's DEVICE ("auto", "GPU", "CPU") and DEVICE_ID.
 
-    Asking for a GPU on a machine without one falls back to the CPU with one log line.
+    "auto" and "GPU" use ``cuda:device_id`` when PyTorch sees a CUDA GPU, else the CPU: "auto" says
+    which in one log line, "GPU" warns, since a GPU was asked for. Apple's MPS is not used: FeXT's
+    training and memory-lean stages are tested on CUDA and CPUs only. A command may select its device
+    several times; the line is said once per run (the first time).
     """
+    if device == "CPU" or not torch.cuda.is_available():
+        chosen = torch.device("cpu")
+    else:
+        count = torch.cuda.device_count()
+        if device_id >= count:
+            _say_once(logging.WARNING, f"device.DEVICE_ID={device_id} but only {count} GPU(s) are visible; using cuda:0")
+            device_id = 0
+        chosen = torch.device("cuda", device_id)
+    _say_once(*_device_line(device, chosen))
+    return chosen
+
+
+def _device_line(device: str, chosen: torch.device) -> tuple[int, str]:
+    """The log level and line that names the device a run uses, and why."""
+    if chosen.type == "cuda":
+        return logging.INFO, f"Device: {chosen} ({torch.cuda.get_device_name(chosen)}; device.DEVICE \"{device}\")"
     if device == "GPU":
-        if torch.cuda.is_available():
-            if device_id >= torch.cuda.device_count():
-                log.warning(
-                    "device.DEVICE_ID=%d but only %d GPU(s) are visible; using cuda:0",
-                    device_id, torch.cuda.device_count(),
-                )
-                device_id = 0
-            return torch.device("cuda", device_id)
-        log.info("No GPU available: running on the CPU (set device.DEVICE to \"CPU\" to silence this)")
-    return torch.device("cpu")
+        return logging.WARNING, ('device.DEVICE is "GPU" but PyTorch sees no GPU: running on the CPU '
+                                 '(set device.DEVICE to "auto" to use a GPU when there is one, or "CPU")')
+    reason = "no GPU found; " if device == "auto" else ""
+    return logging.INFO, f'Device: cpu ({reason}device.DEVICE "{device}")'
+
+
+_said: set[str] = set()
+
+
+def _say_once(level: int, message: str) -> None:
+    if message not in _said:
+        _said.add(message)
+        log.log(level, message)
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype:

@@ -91,7 +91,7 @@ def device_for(device: str, device_id: int = 0) -> torch.device:
 
     if not launched():
         return select_device(device, device_id)
-    if device == "GPU" and torch.cuda.is_available():
+    if device in ("auto", "GPU") and torch.cuda.is_available():
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if local_rank >= torch.cuda.device_count():
             raise FeXTError(

@@ -33,6 +33,7 @@ from fext.analysis.stats import STAT_COLUMNS, ImageRecord, measure_image
 from fext.config import Config, config_to_dict
 from fext.data import IMAGE_EXTENSIONS, find_images, select_images
 from fext.errors import FeXTError
+from fext.machine import data_workers
 from fext.workspace import Workspace
 
 __all__ = ["ISSUES", "STAT_COLUMNS", "ImageRecord", "Issue", "analyze", "measure_images"]
@@ -92,7 +93,8 @@ def analyze(cfg: Config, ws: Workspace, *, dataset: Path | None = None, progress
     records: list[ImageRecord] = []
     gray_hist, rgb_hist = np.zeros(256, np.int64), np.zeros(768, np.int64)
     tolerance = cfg.analysis.GRAYSCALE_TOLERANCE
-    for record in measure_images(paths, root, cfg.device.NUM_PROCESSORS, tolerance, progress):
+    workers = data_workers(cfg.device.NUM_PROCESSORS)
+    for record in measure_images(paths, root, workers, tolerance, progress):
         if record.ok:
             gray_hist += record.gray_hist
             rgb_hist += record.rgb_hist
@@ -121,7 +123,7 @@ def analyze(cfg: Config, ws: Workspace, *, dataset: Path | None = None, progress
         "statistics": report.column_summary(records),
         "seconds": round(seconds, 3),
         "images_per_second": round(len(records) / max(seconds, 1e-9), 1),
-        "workers": min(cfg.device.NUM_PROCESSORS, len(records)),
+        "workers": min(workers, len(records)),
         "outputs": ["image_statistics.csv", "issues.csv", "summary.json"],
     }
     report.write_statistics_csv(out / "image_statistics.csv", records)

@@ -19,6 +19,7 @@ from fext import distributed
 from fext._allocator import keep_freed_memory
 from fext.config import Config
 from fext.errors import FeXTError
+from fext.machine import data_workers
 
 log = logging.getLogger("fext.encoding")
 
@@ -87,8 +88,8 @@ def pad_to(cfg: Config, batch_size: int) -> int:
 
 
 def workers(cfg: Config, images: int, batch_size: int) -> int:
-    """NUM_PROCESSORS decoding workers, but none to start for a single batch."""
-    return max(0, min(cfg.device.NUM_PROCESSORS, -(-images // batch_size) - 1))
+    """NUM_PROCESSORS decoding workers (see :func:`fext.machine.data_workers`), but none to start for a single batch."""
+    return max(0, min(data_workers(cfg.device.NUM_PROCESSORS), -(-images // batch_size) - 1))
 
 
 def with_progress(batches: Iterator[Any], progress: bool, total: int, initial: int = 0, desc: str = "Encoding") -> Iterator[Any]:

@@ -39,6 +39,7 @@ from fext.config import Config
 from fext.data import find_images, prepare_images, select_images
 from fext.device import select_device
 from fext.errors import FeXTError
+from fext.machine import data_workers
 from fext.metrics import PSNR_CAP
 from fext.evaluation import figures, pages
 from fext.evaluation.baseline import PCABaseline, project_2d_3d
@@ -144,7 +145,7 @@ def evaluate_checkpoint(
     log.info("Evaluating %s on %s (%d train, %d validation images) -> %s",
              ckpt.name, root, len(train.paths), len(validation.paths), out)
 
-    workers = cfg.device.NUM_PROCESSORS
+    workers = data_workers(cfg.device.NUM_PROCESSORS)
     caps = {"train": MAX_TRAIN_IMAGES, "validation": MAX_VALIDATION_IMAGES}
     rng = np.random.default_rng(cfg.SEED)
     for split in (train, validation):

@@ -63,6 +63,7 @@
   let mode = "pan", colour = "cluster", drag = null, lasso = null;
   let match = null;  // Uint8Array of search matches, or null
   const selected = new Uint8Array(N);
+  for (const r of D.selection || []) selected[r] = 1;  // a loaded `fext select` file starts selected
 
   function resize() {
     dpr = window.devicePixelRatio || 1;
@@ -259,6 +260,10 @@
     clusterRows.append(tr);
   }
   document.getElementById("outlier-strip").append(gallery(D.outliers, 64, (r) => SCORE[r].toFixed(2)));
+  if ((D.selection || []).length) {
+    document.getElementById("selection-section").hidden = false;
+    document.getElementById("selection-strip").append(gallery(D.selection, 64, (r) => `${D.selection.indexOf(r) + 1}. ${PATHS[r]}`));
+  }
   const dups = document.getElementById("duplicate-groups");
   for (const g of D.duplicates) {
     const div = gallery(g.rows, 64, (r) => PATHS[r]);
@@ -267,6 +272,7 @@
   }
 
   window.addEventListener("resize", resize);
+  updateSelection();
   resize();
   // A small handle for scripted checks (and the curious): where point i is on screen, in CSS pixels.
   window.atlas = {

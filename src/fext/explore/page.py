@@ -40,6 +40,7 @@ class PageNotes:
     outliers: str
     duplicates: str
     thumbnails: str = ""
+    selection: str = ""
 
 
 def write_page(
@@ -53,8 +54,10 @@ def write_page(
     sprites: Sprites | None,
     image_base: str | None,
     notes: PageNotes,
+    selection: list[int] | None = None,
 ) -> None:
-    """Write atlas.html to ``path``; ``image_base``: URL prefix (relative to the page) of the original images."""
+    """Write atlas.html to ``path``; ``image_base``: URL prefix (relative to the page) of the original images;
+    ``selection``: rows marked as selected when the page opens (``fext explore --selection``)."""
     n = len(paths)
     present = sprites.present if sprites else np.zeros(n, dtype=bool)
     data = {
@@ -68,6 +71,7 @@ def write_page(
         "sheets": list(iter_sheet_uris(sprites)) if sprites else [],
         "clusters": clusters.summary(),
         "outliers": outliers.ranking()[:TOP_OUTLIERS].tolist(),
+        "selection": [int(r) for r in selection or []],
         "duplicates": [
             {"rows": group, "min": float(np.nanmin(duplicates.similarity[group][1:]))}
             for group in duplicates.groups[:MAX_GROUPS]
@@ -76,7 +80,7 @@ def write_page(
     parts = {
         "TITLE": html.escape(notes.title), "SUMMARY": html.escape(notes.summary),
         "CLUSTER_NOTE": html.escape(notes.clusters), "OUTLIER_NOTE": html.escape(notes.outliers),
-        "DUPLICATE_NOTE": html.escape(notes.duplicates),
+        "DUPLICATE_NOTE": html.escape(notes.duplicates), "SELECTION_NOTE": html.escape(notes.selection),
         "THUMBNAIL_NOTE": f'<p class="hint">{html.escape(notes.thumbnails)}</p>' if notes.thumbnails else "",
         "CSS": _asset("atlas.css"), "JS": _asset("atlas.js"),
         # "</script" or "<!--" in a path would confuse the HTML parser; "\u003c" is the same JSON string.

@@ -12,7 +12,7 @@ import csv
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -31,6 +31,7 @@ from fext.explore.maps import MAP_NEIGHBOURS, embedding_map
 from fext.explore.neighbours import Neighbours, nearest_neighbours
 from fext.explore.outliers import OUTLIER_NEIGHBOURS, Outliers, find_outliers
 from fext.explore.page import PageNotes, write_page
+from fext.explore.selection import read_selection
 from fext.explore.thumbnails import make_sprites
 from fext.search import normalized
 
@@ -84,6 +85,7 @@ def explore(
     duplicate_threshold: float | None = None,
     reconstruction: bool = True,
     progress: bool = False,
+    selection: str | os.PathLike | None = None,
 ) -> Exploration:
     """Explore the `fext encode` folder ``embeddings``; write ``output`` (default ``<embeddings>/explore``).
 
@@ -92,7 +94,8 @@ def explore(
     ``neighbours``: how many the page lists for a clicked image; ``checkpoint``: where the
     checkpoint that wrote the embeddings is now, if it moved; ``duplicate_threshold``: a cosine
     similarity instead of the measured one; ``reconstruction``: False skips the reconstruction
-    errors (a pass of the full autoencoder over every image).
+    errors (a pass of the full autoencoder over every image); ``selection``: a CSV of
+    ``fext select`` whose images the atlas marks as selected.
     """
     from fext.encoding import open_encoding
 
@@ -102,6 +105,7 @@ def explore(
     folder, metadata = encoding.folder, encoding.metadata
     paths = [row["path"] for row in encoding.read_index()]
     unit = _checked_vectors(encoding.vectors, paths, folder)
+    marked = read_selection(selection, paths) if selection is not None else []
     out = Path(output) if output else folder / OUTPUT
 
     clock = _Clock()
@@ -133,8 +137,10 @@ def explore(
     page_nb = nb.first(neighbours)
     _write_csvs(out, paths, xy, groups, outliers, duplicates)
     notes = _notes(folder, metadata, len(paths), groups, clusters, outliers, threshold, duplicates, have_images, input_dir)
+    if selection is not None:
+        notes = replace(notes, selection=f"{len(marked)} images of {selection}, in rank order; they start selected on the map.")
     write_page(out / "atlas.html", paths, xy, groups, outliers, duplicates, page_nb, sprites,
-               _image_base(input_dir, out) if have_images else None, notes)
+               _image_base(input_dir, out) if have_images else None, notes, marked)
     clock.lap("files")
     log.info("Explore steps: %s", ", ".join(f"{k} {v:.1f} s" for k, v in clock.seconds.items()))
     return Exploration(out, paths, xy, groups, outliers, duplicates, threshold, page_nb, sprites is not None, clock.seconds)

@@ -26,6 +26,7 @@ from fext.config import Config
 from fext.data import CachedImages, open_readonly, prepare_images, select_images
 from fext.device import explain_compile_failure, needs_grad_scaler
 from fext.errors import FeXTError
+from fext.machine import data_workers
 from fext.model import FeXTAutoEncoder
 from fext.training import outputs
 from fext.training.loop import GracefulStop, NonFiniteLoss, train_one_epoch, validate
@@ -225,7 +226,7 @@ def _train(
 def _cached_images(paths: list[Path], cfg: Config, ws: Workspace, progress: bool) -> CachedImages:
     """The run's images in the decoded-image cache: decoded by rank 0 only, then opened by the other ranks."""
     if distributed.is_main():
-        images = prepare_images(paths, cfg.model.IMG_SIZE, ws.cache, cfg.device.NUM_PROCESSORS,
+        images = prepare_images(paths, cfg.model.IMG_SIZE, ws.cache, data_workers(cfg.device.NUM_PROCESSORS),
                                 progress=progress, desc="Decoding images")
     distributed.barrier()
     if distributed.is_main():
