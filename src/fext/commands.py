@@ -227,9 +227,30 @@ def cmd_explore(ctx: Context, args: argparse.Namespace) -> int:
     folder = resolve_embeddings(ctx.workspace.extraction, args.embeddings, ctx.interactive)
     result = explore(folder, args.output, clusters=args.clusters, neighbours=args.neighbours, config=ctx.config,
                      checkpoint=args.checkpoint, duplicate_threshold=args.duplicate_threshold,
-                     reconstruction=not args.no_reconstruction, progress=ctx.progress)
+                     reconstruction=not args.no_reconstruction, progress=ctx.progress, selection=args.selection)
     print(result.summary())
     return 0
+
+
+def cmd_select(ctx: Context, args: argparse.Namespace) -> int:
+    from fext.select import select
+
+    embeddings = embeddings_dir(ctx, args.embeddings)
+    result = select(embeddings, args.count, args.strategy, args.output or embeddings / "selection.csv",
+                    skip_duplicates=args.skip_duplicates, duplicate_threshold=args.duplicate_threshold,
+                    seed=ctx.config.SEED)
+    print(result.summary())
+    return 0
+
+
+def cmd_score(ctx: Context, args: argparse.Namespace) -> int:
+    from fext.score import NOVEL_EXIT, score
+
+    result = score(args.new, embeddings_dir(ctx, args.reference), args.output, config=ctx.config,
+                   checkpoint=args.checkpoint, false_alarm_rate=args.false_alarm_rate,
+                   reconstruction=not args.no_reconstruction, progress=ctx.progress)
+    print(result.summary())
+    return NOVEL_EXIT if result.novel.any() else 0
 
 
 def cmd_setup(ctx: Context, args: argparse.Namespace) -> int:
