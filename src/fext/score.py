@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 NEIGHBOURS = OUTLIER_NEIGHBOURS
 CALIBRATION = 2000
 """Reference images held out (leave-one-out) to set the threshold."""
-MIN_REFERENCE = NEIGHBOURS + 2
+MIN_REFERENCE = 3
 NOVEL_EXIT = 3
 """Exit status of ``fext score`` when at least one image is novel (0: none; 1 and 2: errors)."""
 SHEET = 24
@@ -109,8 +109,9 @@ def score(
     vectors, paths, new_root = _new_vectors(Path(new), ref, model, config, progress)
     held = np.sort(np.random.default_rng(config.SEED).choice(len(ref_paths), min(CALIBRATION, len(ref_paths)),
                                                               replace=False))
-    cal_rows, cal_sims = _leave_one_out(ref, held)
-    new_rows, new_sims = nearest(ref, normalized(vectors), NEIGHBOURS)
+    k = min(NEIGHBOURS, len(ref_paths) - 1)  # a small reference: every other image
+    cal_rows, cal_sims = _leave_one_out(ref, held, k)
+    new_rows, new_sims = nearest(ref, normalized(vectors), k)
     cal_err = new_err = None
     ref_root = Path(ref.metadata.get("input", ""))
     if reconstruction and model is not None and _at_hand(ref_root, [ref_paths[i] for i in held[:50]]) \
@@ -123,7 +124,7 @@ def score(
     names = paths_of_rows(ref.index_file, new_rows[:, 0])
     calibration = {
         "threshold": threshold, "false_alarm_rate": false_alarm_rate, "images": len(held),
-        "measured_false_alarm_rate": float((cal_score > threshold).mean()), "neighbours": NEIGHBOURS,
+        "measured_false_alarm_rate": float((cal_score > threshold).mean()), "neighbours": k,
         "components": "mean of the robust z-scores of the kNN distance" + (
             " and the reconstruction error" if new_err is not None else " (no reconstruction error: "
             + ("--no-reconstruction" if not reconstruction else "checkpoint or images not at hand") + ")"),
@@ -242,11 +243,11 @@ def _new_vectors(new: Path, ref: Encoding, model: Any, config: Config, progress:
     return vectors, [row["path"] for row in index], new
 
 
-def _leave_one_out(ref: Encoding, held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _leave_one_out(ref: Encoding, held: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Nearest rows and similarities (H, k) of each held-out reference row among the others."""
-    rows, sims = nearest(ref, normalized(ref.rows.take(held)), NEIGHBOURS + 1)
+    rows, sims = nearest(ref, normalized(ref.rows.take(held)), k + 1)
     own = rows == held[:, None]
-    keep = np.argsort(own, axis=1, kind="stable")[:, :NEIGHBOURS]  # its own row last, the others in order
+    keep = np.argsort(own, axis=1, kind="stable")[:, :k]  # its own row last, the others in order
     return np.take_along_axis(rows, keep, 1), np.take_along_axis(sims, keep, 1)
 
 
