@@ -91,7 +91,9 @@ def test_find_duplicates_groups_pairs_above_the_threshold():
     vectors = np.concatenate([vectors, vectors[[0, 0, 25]] * 1.5])  # scaled copies: cosine similarity 1
     dups = find_duplicates(vectors, 0.9999)
     assert dups.groups == [[0, 60, 61], [25, 62]]
-    assert dups.rows([str(i) for i in range(len(vectors))])[0] == {"group": 1, "path": "0", "similarity": pytest.approx(1.0)}
+    assert dups.kinds == ["feature", "feature"]  # no hashes given: the vectors alone
+    assert dups.rows([str(i) for i in range(len(vectors))])[0] == {
+        "group": 1, "kind": "feature", "path": "0", "similarity": pytest.approx(1.0), "hash_distance": None, "same_file": 0}
 
 
 def test_the_map_is_seeded_and_in_the_unit_square():
@@ -137,7 +139,7 @@ def test_cli_explores_the_only_encoded_folder_of_the_workspace(encoded_scenes, w
     printed = capsys.readouterr().out
     assert code == 0
     assert f"Atlas: {target / 'explore' / 'atlas.html'}" in printed and "3 clusters" in printed
-    assert "2 group(s) of near-duplicates, 4 images" in printed
+    assert "2 group(s) of near-duplicates (1 exact, 1 perceptual, 0 feature), 4 images" in printed
     data = json.loads(_page_data((target / "explore" / "atlas.html").read_text(encoding="utf-8")))
     assert data["k"] == 3 and data["neighbours"] == 4 and data["image_base"].endswith("/images/")
 

@@ -48,6 +48,8 @@ class ImageRecord:
 
     name: str
     error: str | None = None
+    format: str = ""
+    """Pillow's name of the file's format ("JPEG", "PPM", ...), read from its header; "" when unreadable."""
     height: int = 0
     width: int = 0
     mean: float = 0.0
@@ -192,6 +194,36 @@ def dhash(gray_image: Image.Image) -> tuple[int, bool]:
     return int.from_bytes(np.packbits(bits).tobytes(), "big"), bool(small.max() != small.min())
 
 
+def phash(gray_image: Image.Image) -> tuple[int, bool]:
+    """64-bit DCT hash of a gray image, and whether the image had any detail to hash.
+
+    The image is shrunk to 32×32 (box filter); each bit of the hash says whether one of the 8×8
+    lowest-frequency DCT coefficients (the constant term left out, the next one counted twice so
+    there are 64) is above their median. Low frequencies survive resizing, JPEG and brightness
+    changes, and the median threshold makes the hash ignore contrast. Chosen over dHash by
+    ``benchmarks/perceptual_hash.py``.
+    """
+    from scipy.fft import dctn
+
+    small = np.asarray(gray_image.resize((32, 32), Image.Resampling.BOX), dtype=np.float64)
+    low = dctn(small, norm="ortho")[:8, :8].ravel().copy()
+    low[0] = low[1]  # the mean brightness says nothing about the picture
+    bits = low > np.median(low)
+    return int.from_bytes(np.packbits(bits).tobytes(), "big"), bool(np.ptp(small) > 2)
+
+
+def colourfulness(rgb: np.ndarray) -> float:
+    """Hasler and Süsstrunk's colourfulness of (H, W, 3) uint8 pixels: 0 for gray, about 40–60 for
+    an ordinary colour photo, over 100 for saturated colour noise.
+
+    ``sqrt(σ_rg² + σ_yb²) + 0.3 · sqrt(μ_rg² + μ_yb²)`` with ``rg = R - G`` and ``yb = (R + G) / 2 - B``.
+    """
+    x = rgb.reshape(-1, 3).astype(np.float32)
+    rg = x[:, 0] - x[:, 1]
+    yb = 0.5 * (x[:, 0] + x[:, 1]) - x[:, 2]
+    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+
+
 def channel_difference(rgb: np.ndarray, rgb_hist: np.ndarray | None = None, tolerance: float = np.inf) -> float:
     """The larger of mean |R - G| and mean |G - B| of (H, W, 3) uint8 pixels: 0 for gray content.
 
@@ -239,13 +271,13 @@ def measure_pixels(
     )
 
 
-def _stored_as_colour(path: Path) -> bool:
-    """Whether the file holds colour channels (RGB, RGBA, CMYK, palette...), from its header."""
+def _header(path: Path) -> tuple[bool, str]:
+    """Whether the file holds colour channels (RGB, RGBA, CMYK, palette...), and its format, from its header."""
     try:
         with Image.open(path) as im:
-            return Image.getmodebase(im.mode) == "RGB"
+            return Image.getmodebase(im.mode) == "RGB", im.format or ""
     except Exception:  # noqa: BLE001 - open_rgb reports why the file is unreadable
-        return True
+        return True, ""
 
 
 def measure_image(path: Path, root: Path, gray_tolerance: float = np.inf) -> ImageRecord:
@@ -258,7 +290,10 @@ def measure_image(path: Path, root: Path, gray_tolerance: float = np.inf) -> Ima
         name = path.as_posix()
     try:
         image = open_rgb(path)
-        return measure_pixels(name, image, _stored_as_colour(path), gray_tolerance)
+        colour, file_format = _header(path)
+        record = measure_pixels(name, image, colour, gray_tolerance)
+        record.format = file_format
+        return record
     except ImageDecodeError as exc:
         return ImageRecord(name=name, error=exc.reason)
     except MemoryError:

@@ -13,6 +13,7 @@
   }
   const X = new Float32Array(bytes(D.x)), Y = new Float32Array(bytes(D.y));
   const CL = new Int16Array(bytes(D.cluster)), SCORE = new Float32Array(bytes(D.score));
+  const WHY = new Map(D.outliers.map((r, i) => [r, D.why[i]]));  // the top outliers: why each is unusual
   const NB = new Int32Array(bytes(D.nbr)), NS = new Float32Array(bytes(D.nsim));
   const PRESENT = new Uint8Array(bytes(D.present));
   const PATHS = D.paths;
@@ -213,7 +214,7 @@
       list.append(li);
     }
     const info = document.createElement("p");
-    info.textContent = `cluster ${CL[i]} · outlier score ${SCORE[i].toFixed(2)}`;
+    info.textContent = `cluster ${CL[i]} · outlier score ${SCORE[i].toFixed(2)}` + (WHY.has(i) ? ` (${WHY.get(i)})` : "");
     panel.replaceChildren(D.image_base !== null ? big : fallback,
       Object.assign(document.createElement("h3"), { textContent: PATHS[i] }), info,
       Object.assign(document.createElement("h4"), { textContent: `${K} nearest neighbours (cosine similarity)` }), list);
@@ -259,15 +260,16 @@
     for (const parts of cells) { const td = document.createElement("td"); td.append(...parts); tr.append(td); }
     clusterRows.append(tr);
   }
-  document.getElementById("outlier-strip").append(gallery(D.outliers, 64, (r) => SCORE[r].toFixed(2)));
+  document.getElementById("outlier-strip").append(gallery(D.outliers, 64, (r) => `${SCORE[r].toFixed(2)} · ${WHY.get(r)}`));
   if ((D.selection || []).length) {
     document.getElementById("selection-section").hidden = false;
     document.getElementById("selection-strip").append(gallery(D.selection, 64, (r) => `${D.selection.indexOf(r) + 1}. ${PATHS[r]}`));
   }
+  const KIND = { exact: "byte-identical files", perceptual: "same picture (perceptual hash)", feature: "similar feature vectors" };
   const dups = document.getElementById("duplicate-groups");
   for (const g of D.duplicates) {
     const div = gallery(g.rows, 64, (r) => PATHS[r]);
-    div.prepend(Object.assign(document.createElement("span"), { className: "group", textContent: `${g.rows.length} images, similarity ≥ ${g.min.toFixed(3)}` }));
+    div.prepend(Object.assign(document.createElement("span"), { className: "group", textContent: `${g.rows.length} images, ${KIND[g.kind]}, similarity ≥ ${g.min.toFixed(3)}` }));
     dups.append(div);
   }
 

@@ -1,11 +1,20 @@
-"""Novelty scores: how unusual each image is within its own collection.
+"""Novelty scores: how unusual each image is within its own collection, and why.
 
-The score of an image is the robust z-score of its mean cosine distance to its
-``OUTLIER_NEIGHBOURS`` nearest other images (a kNN novelty score: isolated images are far
-from everything), averaged with the robust z-score of the model's reconstruction error of
-the image when the checkpoint is at hand (the autoencoder reconstructs badly what it saw
-little of). A robust z-score is ``(x - median) / (1.4826 * MAD)``: 0 is a typical image, and
-a score of 3 is as far above typical as three standard deviations of a normal distribution.
+An image is scored on several signals (:data:`SIGNALS`). Two come from the model: the mean
+cosine distance of its vector to its ``OUTLIER_NEIGHBOURS`` nearest other vectors (isolated
+images are far from everything) and the model's reconstruction error (the autoencoder
+reconstructs badly what it saw little of). The others do not depend on how well the model
+learned, so a blank page or pure noise ranks high even after a 3-epoch training: the same kNN
+distance on the raw 32×32 thumbnails, and four statistics of the pixels (entropy, noise level,
+sharpness, colourfulness; :mod:`fext.explore.signals`).
+
+The rule: each signal becomes a robust z-score within the collection, ``(x - median) / (1.4826 *
+MAD)`` (0 is typical; 3 is as far from typical as three standard deviations of a normal
+distribution, and a few extreme images cannot shift the median or the MAD). Distances and errors
+are unusual when high; the statistics when high or low (a blank image has no entropy, noise has
+the most), so their absolute value counts; noise and sharpness span orders of magnitude and are
+scored on a log scale. The score is the largest of an image's z-scores: one strongly unusual
+property is enough, and the signal that gave the score is the reason shown.
 """
 
 from __future__ import annotations
@@ -19,30 +28,65 @@ from fext.explore.neighbours import Neighbours, nearest_neighbours
 from fext.search import normalized
 
 OUTLIER_NEIGHBOURS = 10
+SIGNALS: dict[str, tuple[str, bool, str]] = {
+    # name: (unusual when "high" or "both", scored on a log scale, what it is)
+    "feature_knn": ("high", False, "cosine distance of the feature vector to its nearest"),
+    "reconstruction_error": ("high", False, "the model's reconstruction error"),
+    "pixel_knn": ("high", False, "cosine distance of the raw 32×32 thumbnail to its nearest"),
+    "entropy": ("both", False, "gray-level entropy"),
+    "noise": ("both", True, "noise level"),
+    "sharpness": ("both", True, "sharpness (variance of the Laplacian)"),
+    "colourfulness": ("both", False, "colourfulness"),
+}
+"""Every signal the score may use, in the order outliers.csv lists them."""
 
 
 @dataclass(frozen=True)
 class Outliers:
-    """float32 (N,) arrays: ``score`` (see the module docstring), ``knn_distance``, and
-    ``reconstruction_error`` (mean absolute error per image) or None."""
+    """``score``: float32 (N,) (see the module docstring); ``components``: signal name -> float32 (N,)
+    raw values, for the signals that were measured; ``z``: the same names -> their robust z-scores
+    (signed: below 0 is below typical); ``reason``: (N,) name of the signal that gave each score."""
 
     score: np.ndarray
-    knn_distance: np.ndarray
-    reconstruction_error: np.ndarray | None = None
+    components: dict[str, np.ndarray]
+    z: dict[str, np.ndarray]
+    reason: list[str]
+
+    @property
+    def knn_distance(self) -> np.ndarray:
+        return self.components["feature_knn"]
+
+    @property
+    def reconstruction_error(self) -> np.ndarray | None:
+        return self.components.get("reconstruction_error")
 
     def ranking(self) -> np.ndarray:
         """Rows from the most unusual to the least."""
         return np.argsort(-self.score, kind="stable")
 
+    def why(self, row: int) -> str:
+        """A person's reading of the score of ``row``: "noise level high (z 8.1)"."""
+        name = self.reason[row]
+        z = float(self.z[name][row])
+        return f"{SIGNALS[name][2]} {'high' if z >= 0 else 'low'} (z {z:+.1f})"
+
     def rows(self, paths: list[str]) -> list[dict[str, Any]]:
-        """DataFrame-friendly rows, most unusual first: ``{"rank", "path", "score", "knn_distance",
-        "reconstruction_error"}`` (the last None without a checkpoint)."""
-        errors = self.reconstruction_error
-        return [
-            {"rank": rank, "path": paths[r], "score": float(self.score[r]), "knn_distance": float(self.knn_distance[r]),
-             "reconstruction_error": None if errors is None else float(errors[r])}
-            for rank, r in enumerate(self.ranking().tolist(), 1)
-        ]
+        """DataFrame-friendly rows, most unusual first: ``rank, path, score, reason``, then every signal
+        of :data:`SIGNALS` (None where not measured) and its z-score as ``<signal>_z``."""
+        out = []
+        for rank, r in enumerate(self.ranking().tolist(), 1):
+            row: dict[str, Any] = {"rank": rank, "path": paths[r], "score": float(self.score[r]), "reason": self.reason[r]}
+            for name in SIGNALS:
+                measured = name in self.components
+                row[name] = float(self.components[name][r]) if measured else None
+                row[f"{name}_z"] = float(self.z[name][r]) if measured else None
+            out.append(row)
+        return out
+
+
+def columns() -> list[str]:
+    """The header of outliers.csv."""
+    return ["rank", "path", "score", "reason"] + [c for name in SIGNALS for c in (name, f"{name}_z")]
 
 
 def find_outliers(
@@ -50,19 +94,47 @@ def find_outliers(
     reconstruction_error: np.ndarray | None = None,
     neighbours: Neighbours | None = None,
     k: int = OUTLIER_NEIGHBOURS,
+    signals: dict[str, np.ndarray] | None = None,
 ) -> Outliers:
-    """Novelty scores of ``vectors`` (N, D); ``reconstruction_error`` (N,) joins the score when given.
+    """Novelty scores of ``vectors`` (N, D) by the rule of the module docstring.
 
-    ``neighbours``: the cosine neighbour graph of the same vectors, if already computed.
+    ``reconstruction_error`` (N,) and ``signals`` (more of :data:`SIGNALS` by name, each (N,), NaN
+    where unknown) join the score when given; ``neighbours``: the cosine neighbour graph of the
+    same vectors, if already computed.
     """
     if neighbours is None or neighbours.k < min(k, len(vectors) - 1):
         neighbours = nearest_neighbours(normalized(vectors), k)
-    knn = (1.0 - neighbours.similarities[:, :k]).mean(axis=1).astype(np.float32)
-    score = robust_z(knn)
+    components = {"feature_knn": knn_distance(neighbours, k)}
     if reconstruction_error is not None:
-        reconstruction_error = np.asarray(reconstruction_error, dtype=np.float32)
-        score = (score + robust_z(reconstruction_error)) / 2
-    return Outliers(score.astype(np.float32), knn, reconstruction_error)
+        components["reconstruction_error"] = np.asarray(reconstruction_error, dtype=np.float32)
+    for name, values in (signals or {}).items():
+        if name not in SIGNALS:
+            raise ValueError(f"unknown outlier signal {name!r}; known: {', '.join(SIGNALS)}")
+        components[name] = np.asarray(values, dtype=np.float32)
+    components = {name: components[name] for name in SIGNALS if name in components}
+    z = {name: signal_z(name, values) for name, values in components.items()}
+    names = list(z)
+    unusual = np.stack([np.abs(z[name]) if SIGNALS[name][0] == "both" else z[name] for name in names])  # (S, N)
+    top = unusual.argmax(axis=0)
+    score = unusual[top, np.arange(unusual.shape[1])]
+    return Outliers(score.astype(np.float32), components, z, [names[i] for i in top])
+
+
+def knn_distance(neighbours: Neighbours, k: int = OUTLIER_NEIGHBOURS) -> np.ndarray:
+    """float32 (N,) mean cosine distance of each row to its ``k`` nearest others."""
+    return (1.0 - neighbours.similarities[:, :k]).mean(axis=1).astype(np.float32)
+
+
+def signal_z(name: str, values: np.ndarray) -> np.ndarray:
+    """float32 (N,) robust z-scores of one signal (log scale where :data:`SIGNALS` says); unknown (NaN) values score 0."""
+    x = np.asarray(values, dtype=np.float64)
+    if SIGNALS[name][1]:
+        x = np.log1p(np.maximum(x, 0.0))
+    known = np.isfinite(x)
+    z = np.zeros(len(x))
+    if known.any():
+        z[known] = robust_z(x[known])
+    return z.astype(np.float32)
 
 
 def robust_z(x: np.ndarray) -> np.ndarray:

@@ -71,10 +71,11 @@ def write_page(
         "sheets": list(iter_sheet_uris(sprites)) if sprites else [],
         "clusters": clusters.summary(),
         "outliers": outliers.ranking()[:TOP_OUTLIERS].tolist(),
+        "why": [outliers.why(r) for r in outliers.ranking()[:TOP_OUTLIERS].tolist()],
         "selection": [int(r) for r in selection or []],
         "duplicates": [
-            {"rows": group, "min": float(np.nanmin(duplicates.similarity[group][1:]))}
-            for group in duplicates.groups[:MAX_GROUPS]
+            {"rows": group, "kind": kind, "min": float(np.nanmin(duplicates.similarity[group][1:]))}
+            for group, kind in zip(duplicates.groups[:MAX_GROUPS], duplicates.kinds)
         ],
     }
     parts = {

@@ -25,13 +25,16 @@ from fext.errors import FeXTError
 from fext.explore import measure
 from fext.explore.clusters import CANDIDATE_KS, SILHOUETTE_SAMPLE, Clusters, find_clusters
 from fext.explore.duplicates import (
-    DUPLICATE_NEIGHBOURS, Duplicates, Threshold, choose_threshold, find_duplicates, threshold_at,
+    DUPLICATE_NEIGHBOURS, HASH_DISTANCE, KINDS, Duplicates, Identity, Threshold, choose_threshold, find_duplicates, threshold_at,
 )
 from fext.explore.maps import MAP_NEIGHBOURS, embedding_map
 from fext.explore.neighbours import Neighbours, nearest_neighbours
-from fext.explore.outliers import OUTLIER_NEIGHBOURS, Outliers, find_outliers
+from fext.explore.outliers import OUTLIER_NEIGHBOURS, SIGNALS, Outliers, find_outliers
+from fext.explore.outliers import columns as outlier_columns
 from fext.explore.page import PageNotes, write_page
 from fext.explore.selection import read_selection
+from fext.explore.signals import BATCH as SIGNAL_BATCH
+from fext.explore.signals import ImageSignals, image_signals, outlier_signals, thumbnail_unit
 from fext.explore.thumbnails import make_sprites
 from fext.search import normalized
 
@@ -67,9 +70,10 @@ class Exploration:
                  f"{len(self.paths)} images, {self.clusters.k} clusters"
                  + (f" (silhouette {self.clusters.silhouette:.3f})" if self.clusters.silhouette is not None else "")]
         lines.append("Most unusual: " + ", ".join(
-            f"{self.paths[r]} ({self.outliers.score[r]:.1f})" for r in self.outliers.ranking()[:top]))
+            f"{self.paths[r]} ({self.outliers.score[r]:.1f}: {self.outliers.why(r)})" for r in self.outliers.ranking()[:top]))
         lines.append(self.threshold.describe())
-        lines.append(f"{len(self.duplicates.groups)} group(s) of near-duplicates, "
+        kinds = ", ".join(f"{sum(k == kind for k in self.duplicates.kinds)} {kind}" for kind in KINDS)
+        lines.append(f"{len(self.duplicates.groups)} group(s) of near-duplicates ({kinds}), "
                      f"{sum(len(g) for g in self.duplicates.groups)} images")
         return "\n".join(lines)
 
@@ -116,20 +120,26 @@ def explore(
     clock.lap("map")
     groups = find_clusters(unit, clusters, config.SEED)
     clock.lap("clusters")
-    # 2. what needs the model and the images
+    # 2. what the images say whatever the model learned, then what needs the model
     input_dir = Path(metadata.get("input", ""))
     files = [input_dir / p for p in paths]
     have_images = input_dir.is_dir() and any(f.is_file() for f in files[:50])
+    signals, thumb_nb = _image_signals(files, config, progress, config.SEED) if have_images else (None, None)
+    clock.lap("image signals")
     ckpt = measure.recorded_checkpoint(metadata, checkpoint) if have_images else None
     errors, copies, sample = _model_measurements(ckpt, files, unit, metadata, config, reconstruction, progress)
     clock.lap("model")
     # 3. outliers, duplicates
-    outliers = find_outliers(unit, errors, nb)
+    extra = outlier_signals(signals, thumb_nb) if signals is not None else None
+    outliers = find_outliers(unit, errors, nb, signals=extra)
+    identity = Identity(_file_hashes(folder, paths), *((signals.phash, signals.hashed) if signals else (None, None)))
+    known = identity.same_picture(sample, nb.indices[sample, 0].astype(np.int64))
     if duplicate_threshold is not None:
-        threshold = threshold_at(duplicate_threshold, copies, nb.similarities[sample, 0], by_hand=True)
+        threshold = threshold_at(duplicate_threshold, copies, nb.similarities[sample, 0], by_hand=True, known=known)
     else:
-        threshold = choose_threshold(copies, nb.similarities[sample, 0])
-    duplicates = find_duplicates(unit, threshold.value, nb.first(DUPLICATE_NEIGHBOURS))
+        threshold = choose_threshold(copies, nb.similarities[sample, 0], known=known)
+    duplicates = find_duplicates(unit, threshold.value, nb.first(DUPLICATE_NEIGHBOURS), identity,
+                                 thumb_nb.first(DUPLICATE_NEIGHBOURS) if thumb_nb else None)
     clock.lap("outliers and duplicates")
     # 4. files
     sprites = make_sprites(files, progress=progress) if have_images else None
@@ -144,6 +154,25 @@ def explore(
     clock.lap("files")
     log.info("Explore steps: %s", ", ".join(f"{k} {v:.1f} s" for k, v in clock.seconds.items()))
     return Exploration(out, paths, xy, groups, outliers, duplicates, threshold, page_nb, sprites is not None, clock.seconds)
+
+
+def _image_signals(files: list[Path], cfg: Config, progress: bool, seed: int) -> tuple[ImageSignals, Neighbours]:
+    """The images' own signals, and every image's nearest raw thumbnails (``DUPLICATE_NEIGHBOURS`` or more)."""
+    from fext.encoding.inference import workers
+
+    signals = image_signals(files, workers(cfg, len(files), SIGNAL_BATCH), progress)
+    k = max(OUTLIER_NEIGHBOURS, DUPLICATE_NEIGHBOURS)
+    return signals, nearest_neighbours(thumbnail_unit(signals.pixels), k, seed)
+
+
+def _file_hashes(folder: Path, paths: list[str]) -> list[str] | None:
+    """The BLAKE2b of each file's bytes as ``fext encode`` recorded it ("" unknown), or None without sources.csv."""
+    from fext.encoding.files import read_sources
+
+    sources = read_sources(folder)
+    if sources is None:
+        return None
+    return [sources[p].hash if p in sources else "" for p in paths]
 
 
 class _Clock:
@@ -208,8 +237,8 @@ def _write_csvs(out: Path, paths: list[str], xy: np.ndarray, groups: Clusters, o
         "duplicates.csv": duplicates.rows(paths),
     }
     headers = {"map.csv": ["path", "x", "y"], "clusters.csv": ["path", "cluster", "distance"],
-               "outliers.csv": ["rank", "path", "score", "knn_distance", "reconstruction_error"],
-               "duplicates.csv": ["group", "path", "similarity"]}
+               "outliers.csv": outlier_columns(),
+               "duplicates.csv": ["group", "kind", "path", "similarity", "hash_distance", "same_file"]}
     for name, rows in tables.items():
         with atomic_open(out / name, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=headers[name])
@@ -242,16 +271,19 @@ def _notes(
     else:
         k_rule = (f"K = {groups.k}: the highest mean silhouette ({groups.silhouette:.3f}, cosine) of K in "
                   f"{', '.join(map(str, CANDIDATE_KS))} up to √N, on at most {SILHOUETTE_SAMPLE:,} images.")
-    parts = f"distance to its {OUTLIER_NEIGHBOURS} nearest neighbours" + (
-        " and the model's reconstruction error" if outliers.reconstruction_error is not None else
-        " (the reconstruction error joins it when the checkpoint and the images are at hand)")
+    measured = ", ".join(SIGNALS[name][2] for name in outliers.components)
+    kinds = {kind: sum(k == kind for k in duplicates.kinds) for kind in KINDS}
     return PageNotes(
         title=f"FeXT atlas — {folder.name}",
         summary=f"{n:,} images from {input_dir}, encoded with {recorded} (D = {metadata.get('embedding_dim', '?')}).",
         clusters=f"k-means on the unit vectors. {k_rule} Spread: mean cosine distance to the centre; "
                  "medoid: the image nearest the centre.",
-        outliers=f"Score: robust z-score (0 = typical) of the cosine {parts}. Hover or click for details.",
-        duplicates=f"{len(duplicates.groups)} group(s). {threshold.describe()}.",
+        outliers=f"Score: the largest robust z-score (0 = typical) of an image's signals: {measured} "
+                 f"(distances to the {OUTLIER_NEIGHBOURS} nearest). Under each image, the signal that made it unusual. "
+                 + ("" if have_images else "The images are not at hand: only their vectors are scored. "),
+        duplicates=f"{len(duplicates.groups)} group(s): {kinds['exact']} of byte-identical files, {kinds['perceptual']} "
+                   f"of the same picture by perceptual hash (pHash within {HASH_DISTANCE} bits), {kinds['feature']} "
+                   f"by feature vectors. {threshold.describe()}.",
         thumbnails="" if have_images else f"No thumbnails: the encoded images are not at {input_dir}.",
     )
 

@@ -1,0 +1,107 @@
+"""What the images themselves say, whatever the model learned: hashes, statistics and raw thumbnails.
+
+A model trained for a few epochs places a blank page, pure noise or a resized copy wherever its
+vectors happen to fall; a person spots them at a glance from the pixels. So explore reads every
+image once more (at ``SIGNAL_SIZE`` pixels, as the model sees it) and keeps, per image:
+
+- a 64-bit perceptual hash (pHash, :func:`fext.analysis.stats.phash`), for near-identical copies;
+- four statistics of ``fext analyze`` (:mod:`fext.analysis.stats`): gray-level entropy, noise
+  level, sharpness (variance of the Laplacian) and colourfulness, for the outlier score;
+- the raw-pixel thumbnail of the scorecard's pixel baseline (32×32, :func:`pixel_vectors`), whose
+  nearest-neighbour distance says how unlike the other pictures an image looks.
+
+The byte hash of every file (BLAKE2b, recorded by ``fext encode`` in ``sources.csv``) comes from
+the encoding folder, not from here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SIGNAL_SIZE = 128
+"""Side (pixels) of the square the statistics and hashes are computed on: one scale for every image."""
+BATCH = 64
+STATISTICS = ("entropy", "noise", "sharpness", "colourfulness")
+
+
+@dataclass(frozen=True)
+class ImageSignals:
+    """Row-aligned with the files. ``phash``: uint64 (N,); ``hashed``: bool (N,), False where the image
+    was unreadable or too flat for its hash to mean anything; ``statistics``: name -> float32 (N,)
+    (NaN where unreadable); ``pixels``: float32 (N, 3·32·32) thumbnails in [0, 1] (zeros where unreadable);
+    ``readable``: bool (N,)."""
+
+    phash: np.ndarray
+    hashed: np.ndarray
+    statistics: dict[str, np.ndarray]
+    pixels: np.ndarray
+    readable: np.ndarray
+
+
+def image_signals(files: list[Path], workers: int = 0, progress: bool = False) -> ImageSignals:
+    """:class:`ImageSignals` of ``files``, decoded in ``workers`` processes as ``fext encode`` does."""
+    from fext.data import decode_batches
+    from fext.encoding.inference import with_progress
+    from fext.evaluation.scorecard import PIXEL_SIDE, pixel_vectors
+
+    n = len(files)
+    phash = np.zeros(n, dtype=np.uint64)
+    hashed = np.zeros(n, dtype=bool)
+    stats = {name: np.full(n, np.nan, dtype=np.float32) for name in STATISTICS}
+    pixels = np.zeros((n, 3 * PIXEL_SIDE * PIXEL_SIDE), dtype=np.float32)
+    batches = decode_batches(files, SIGNAL_SIZE, BATCH, workers=workers, log_failures=False)
+    for batch in with_progress(batches, progress, n, desc="Image signals"):
+        if not batch.positions:
+            continue
+        images = batch.images.numpy()  # (b, S, S, 3) uint8
+        pixels[batch.positions] = pixel_vectors(images)
+        for position, rgb in zip(batch.positions, images):
+            phash[position], hashed[position], values = measure(rgb)
+            for name, value in zip(STATISTICS, values):
+                stats[name][position] = value
+    readable = ~np.isnan(stats["entropy"])
+    if readable.any():
+        pixels[~readable] = pixels[readable].mean(axis=0)  # typical, so they are near nothing in particular
+    if not readable.all():
+        log.warning("%d image(s) could not be read again; their statistics count as typical", int((~readable).sum()))
+    return ImageSignals(phash, hashed, stats, pixels, readable)
+
+
+def measure(rgb: np.ndarray) -> tuple[int, bool, tuple[float, ...]]:
+    """(pHash, whether it is informative, the ``STATISTICS``) of one (S, S, 3) uint8 image."""
+    from PIL import Image
+
+    from fext.analysis.stats import colourfulness, histogram_stats, laplacian_variance, luma, noise_std, phash
+
+    gray = luma(rgb)
+    code, informative = phash(Image.fromarray(gray))
+    entropy = histogram_stats(np.bincount(gray.ravel(), minlength=256))["entropy"]
+    return code, informative, (entropy, noise_std(gray), laplacian_variance(gray), colourfulness(rgb))
+
+
+def thumbnail_unit(pixels: np.ndarray) -> np.ndarray:
+    """float32 (N, 3·32·32) thumbnails centred on the collection's mean thumbnail, then unit length.
+
+    Centring first keeps what every picture shares (a mean colour) from dominating the cosine
+    similarity, as the scorecard's pixel baseline does; a thumbnail equal to the mean (a flat
+    mid-gray image) becomes all zeros, similar to nothing.
+    """
+    from fext.search import normalized
+
+    return normalized(pixels - pixels.mean(axis=0, keepdims=True))
+
+
+def outlier_signals(signals: ImageSignals, thumbnail_neighbours: Any) -> dict[str, np.ndarray]:
+    """The model-independent signals of :data:`fext.explore.outliers.SIGNALS`, by name."""
+    from fext.explore.outliers import knn_distance
+
+    pixel_knn = knn_distance(thumbnail_neighbours)
+    pixel_knn[~signals.readable] = np.nan
+    return {"pixel_knn": pixel_knn, **signals.statistics}
