@@ -15,7 +15,7 @@ from fext.checkpoints import (
 from fext.cli import main
 from fext.errors import FeXTError
 from fext.model import FeXTAutoEncoder
-from fext.workspace import Workspace
+from fext.workspace import Workspace, init_workspace
 
 
 def fake_checkpoint(ws: Workspace, name: str, epochs: int = 2, val_loss: float | None = 0.25) -> Path:
@@ -30,7 +30,7 @@ def fake_checkpoint(ws: Workspace, name: str, epochs: int = 2, val_loss: float |
 @pytest.fixture
 def workspace(tmp_path) -> Workspace:
     ws = Workspace(tmp_path)
-    ws.ensure()
+    init_workspace(ws)
     torch.manual_seed(0)
     return ws
 

@@ -64,3 +64,20 @@ def test_an_option_before_the_command_is_not_reset_by_the_subcommand(tmp_path):
 def test_a_bad_log_level_after_the_command_is_one_clear_error(tmp_path, capsys):
     assert main(["config", "--workspace", str(tmp_path), "--log-level", "LOUD"]) == 2
     assert "log level 'LOUD'" in capsys.readouterr().err
+
+
+def test_commands_outside_a_workspace_explain_and_write_nothing(tmp_path):
+    """Only `fext init` (and the demo) make a workspace; every other command refuses before writing anything,
+    even one that would then fail on a rejected --set value."""
+    outside = tmp_path / "photos"
+    outside.mkdir()
+    (outside / "a.jpg").write_bytes(b"not really")
+    for args in (["analyze"], ["--set", "training.EPOCHS=soon", "train"], ["checkpoints"], ["config"],
+                 ["encode"], ["explore"], ["search", "somewhere", "--query", "a.jpg"], ["setup", "clean-logs"]):
+        proc = run_fext(*args, cwd=outside)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert "is not a FeXT workspace" in proc.stderr and "fext init" in proc.stderr, proc.stderr
+        assert "--workspace" in proc.stderr and "FEXT_WORKSPACE" in proc.stderr and "Traceback" not in proc.stderr
+        assert sorted(p.name for p in outside.iterdir()) == ["a.jpg"], args
+    assert run_fext("init", cwd=outside).returncode == 0
+    assert (outside / "settings" / "configurations.json").is_file()

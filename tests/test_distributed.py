@@ -27,7 +27,7 @@ from fext.data import prepare_images, select_images
 from fext.encoding import EMBEDDINGS, FAILED, INDEX, METADATA, PARTS, STATE, encode_folder
 from fext.model import FeXTAutoEncoder
 from fext.training import validate
-from fext.workspace import Workspace
+from fext.workspace import Workspace, init_workspace
 
 TINY = {
     "model.PRESET": "small", "model.IMG_SIZE": 64, "device.DEVICE": "CPU", "device.NUM_PROCESSORS": 0,
@@ -55,7 +55,7 @@ def run(command: list[str], timeout: float = 100, **env: str) -> subprocess.Comp
 
 def new_workspace(root: Path) -> Workspace:
     ws = Workspace(root)
-    ws.ensure()
+    init_workspace(ws)
     make_images(ws.dataset)
     return ws
 

@@ -7,9 +7,15 @@ import subprocess
 import sys
 
 from conftest import run_fext
-from fext.workspace import ENV_TEMPLATE, Workspace, parse_env_file
+from fext.workspace import ENV_TEMPLATE, Workspace, init_workspace, parse_env_file
 
-WROTE_CONFIG = "Wrote the default configuration"
+INFO_LINE = "From "  # `fext config` says at INFO level which file it showed
+
+
+def workspace(root) -> Workspace:
+    ws = Workspace(root)
+    init_workspace(ws)
+    return ws
 
 
 def write_env(ws: Workspace, text: str) -> None:
@@ -33,21 +39,21 @@ def test_parse_env_file_syntax(tmp_path):
 
 
 def test_log_level_from_env_file_takes_effect(tmp_path):
-    """The INFO line about writing the default configuration follows FEXT_LOG_LEVEL from .env."""
-    quiet, plain = Workspace(tmp_path / "quiet"), Workspace(tmp_path / "plain")
+    """`fext config`'s INFO line follows FEXT_LOG_LEVEL from .env."""
+    quiet, plain = workspace(tmp_path / "quiet"), workspace(tmp_path / "plain")
     write_env(quiet, "FEXT_LOG_LEVEL=WARNING\n")
     write_env(plain, "# nothing set\n")
     proc = run_fext("--workspace", str(quiet.root), "config")
-    assert proc.returncode == 0 and WROTE_CONFIG not in proc.stderr, proc.stderr
+    assert proc.returncode == 0 and INFO_LINE not in proc.stderr, proc.stderr
     proc = run_fext("--workspace", str(plain.root), "config")
-    assert proc.returncode == 0 and WROTE_CONFIG in proc.stderr, proc.stderr
+    assert proc.returncode == 0 and INFO_LINE in proc.stderr, proc.stderr
 
 
 def test_shell_variables_win_over_the_env_file(tmp_path):
-    ws = Workspace(tmp_path)
+    ws = workspace(tmp_path)
     write_env(ws, "FEXT_LOG_LEVEL=WARNING\n")
     proc = run_fext("--workspace", str(ws.root), "config", env={"FEXT_LOG_LEVEL": "DEBUG"})
-    assert WROTE_CONFIG in proc.stderr, proc.stderr
+    assert INFO_LINE in proc.stderr, proc.stderr
 
 
 def test_invalid_log_level_is_a_clear_error(tmp_path):
@@ -69,7 +75,7 @@ def test_fext_workspace_from_the_env_file(tmp_path):
 
 def test_torch_sees_the_env_file_threads(tmp_path):
     """OMP_NUM_THREADS from .env is set before PyTorch is imported by a command."""
-    ws = Workspace(tmp_path)
+    ws = workspace(tmp_path)
     write_env(ws, "OMP_NUM_THREADS=1\n")
     code = (
         "import sys; from fext.cli import main; assert 'torch' not in sys.modules;"

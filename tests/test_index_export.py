@@ -98,7 +98,7 @@ def test_search_with_an_exact_index_agrees_with_the_scan_and_a_stale_index_is_no
     assert "stale" in caplog.text and "exact search instead" in caplog.text
 
 
-def test_many_queries_at_once_write_one_csv_and_skip_non_images(encoded, tmp_path, capsys):
+def test_many_queries_at_once_write_one_csv_and_skip_non_images(encoded, tmp_path, capsys, ws):
     _, out, queries = encoded
     csv_file = tmp_path / "results.csv"
     code = main(["--workspace", str(tmp_path / "ws"), "--set", "device.DEVICE=CPU", "search", str(out),
@@ -153,7 +153,7 @@ def test_exported_onnx_and_torchscript_encoders_match_pytorch(encoded, tmp_path)
         assert np.abs(scripted(x).numpy() - expected).max() <= 1e-4
 
 
-def test_parquet_round_trips_with_pyarrow(encoded, tmp_path):
+def test_parquet_round_trips_with_pyarrow(encoded, tmp_path, ws):
     import pyarrow.parquet as pq
 
     _, out, _ = encoded
@@ -168,7 +168,7 @@ def test_parquet_round_trips_with_pyarrow(encoded, tmp_path):
     np.testing.assert_array_equal(vectors, np.load(out / "embeddings.npy"))
 
 
-def test_bad_input_gets_one_message_and_changes_nothing(encoded, tmp_path, capsys):
+def test_bad_input_gets_one_message_and_changes_nothing(encoded, tmp_path, capsys, ws):
     ckpt, out, queries = encoded
     ws = ["--workspace", str(tmp_path / "ws")]
     not_encoding = tmp_path / "plain"

@@ -20,6 +20,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from fext._io import atomic_open, atomic_path, write_json
+from fext.workspace import Workspace, init_workspace
 
 TINY = ["--set", "model.PRESET=small", "--set", "model.IMG_SIZE=64", "--set", "device.DEVICE=CPU",
         "--set", "device.NUM_PROCESSORS=0", "--set", "training.EPOCHS=1", "--set", "training.BATCH_SIZE=4",
@@ -68,9 +69,10 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
 @pytest.mark.parametrize("mask", [0o027, 0o002])
 def test_every_output_file_of_train_encode_evaluate_respects_the_umask(tmp_path, mask):
     ws = tmp_path / "ws"
+    init_workspace(Workspace(ws))
     rng = np.random.default_rng(0)
     for folder in ("resources/dataset", "resources/extraction/images"):
-        (ws / folder).mkdir(parents=True)
+        (ws / folder).mkdir(parents=True, exist_ok=True)
         for i in range(8):
             Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(ws / folder / f"{i}.png")
     script = (f"import os, sys; os.umask({mask:#o}); from fext.cli import main; "
@@ -82,7 +84,7 @@ def test_every_output_file_of_train_encode_evaluate_respects_the_umask(tmp_path,
                               capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL)
         assert proc.returncode == 0, proc.stderr[-3000:]
     files = [p for p in (ws / "resources").rglob("*") if p.is_file() and "dataset" not in p.parts
-             and "images" not in p.parts]
+             and "images" not in p.parts and "templates" not in p.parts]  # the test's own init wrote templates/
     written = {p.relative_to(ws).parts[1] for p in files}
     assert {"checkpoints", "extraction", "validation", "logs"} <= written, written
     assert any(p.name == "model.safetensors" for p in files) and any(p.name == "embeddings.npy" for p in files)

@@ -1,5 +1,11 @@
 """The memory-lean training route of the residual stages: the plain graph's values and gradients, bit for bit,
-on fewer saved bytes; and the plain route wherever gradients are off or a tracer records."""
+on fewer saved bytes; and the plain route wherever gradients are off or a tracer records.
+
+Where these tests compare exactly, both routes run the same ATen kernels (``at::convolution``,
+``convolution_backward``, the layer norm's and pooling's) on tensors of the same shapes: these batches are far
+below :data:`fext._lean_units.CHUNK_BYTES`, so the lean route takes the whole batch in one chunk, and oneDNN
+picks its kernel from the shapes and the CPU, both equal here. Where chunks change the batch size, oneDNN may pick
+another kernel (it does on AMD Zen and with ``ONEDNN_MAX_CPU_ISA=SSE41``), and values agree only to rounding."""
 
 from __future__ import annotations
 
@@ -64,18 +70,19 @@ def test_lean_stage_gives_the_plain_graphs_values_and_gradients_exactly(stage, s
     (DecoderStage(8, 6, 3), (5, 8, 3, 3)),
 ], ids=["rgb", "decoder"])
 def test_chunks_of_images_give_the_same_outputs_and_gradients_to_rounding(stage, shape, monkeypatch):
-    """Forward and backward on chunks of two images (of five, the last chunk one): the same outputs; the parameter
-    gradients are sums over chunks, and oneDNN may order a convolution's sums differently for another batch size,
-    so gradients agree to float rounding."""
+    """Forward and backward on chunks of two images (of five, the last chunk one). oneDNN may pick another kernel
+    for another batch size, which orders a convolution's sums differently, so outputs agree to float rounding too;
+    the parameter gradients are moreover sums over chunks. Tolerance: each output is a sum of at most
+    4 (taps) x 8 (channels) products per unit over three stacked units, so a few hundred roundings of fp32
+    (eps 1.2e-7) on values of order 1-10: 1e-5 relative and absolute holds with room; observed 1e-6."""
     stage = _randomised(stage)
     x = _rand(*shape, seed=1).requires_grad_()
     plain = _outputs_and_grads(stage, x, False, monkeypatch)
     per_image = 8 * 8 * 8 * 4  # bytes of the largest activation of one image: 8 channels of 8×8 (rgb), 6×6×6 (decoder)
     monkeypatch.setattr(fext._lean_units, "CHUNK_BYTES", 2 * per_image)
     lean = _outputs_and_grads(stage, x, True, monkeypatch)
-    assert torch.equal(plain[0], lean[0])
-    for a, b in zip([plain[1], *plain[2]], [lean[1], *lean[2]]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(plain[:2] + tuple(plain[2]), lean[:2] + tuple(lean[2])):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "act-ckpt"])

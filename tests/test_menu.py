@@ -21,7 +21,7 @@ from fext._io import write_text
 from fext.checkpoints import read_checkpoint
 from fext.config import config_from_dict, config_to_dict
 from fext.errors import FeXTError
-from fext.workspace import Workspace
+from fext.workspace import Workspace, init_workspace
 
 PROMPT = r"Select an option \(1-(\d)\): "
 MAIN_ENTRIES = ["1) Analyze image dataset", "2) Model training and evaluation", "3) Encode images",
@@ -270,6 +270,7 @@ def test_setup_entries(ws, tmp_path):
 
 
 def test_without_a_terminal_fext_prints_help_and_menu_reads_a_pipe(tmp_path):
+    init_workspace(Workspace(tmp_path))
     proc = run_fext("--workspace", str(tmp_path))
     assert proc.returncode == 0 and proc.stdout.startswith("usage: fext") and "Select an option" not in proc.stdout
     env = {k: v for k, v in os.environ.items() if k != "FEXT_WORKSPACE"}

@@ -61,12 +61,12 @@ def test_an_image_file_is_encoded_with_the_recorded_checkpoint(encoded):
     assert len(results) == 9 and all(r[2].startswith("other") for r in results[2:])
 
 
-def test_cli_prints_ranks_and_writes_a_contact_sheet(encoded, tmp_path, capsys):
+def test_cli_prints_ranks_and_writes_a_contact_sheet(encoded, tmp_path, capsys, ws):
     from fext.cli import main
 
     _, out, _ = encoded
     sheet = tmp_path / "sheet.png"
-    code = main(["--workspace", str(tmp_path), "--set", "device.DEVICE=CPU", "search", str(out),
+    code = main(["--workspace", str(ws.root), "--set", "device.DEVICE=CPU", "search", str(out),
                  "--query", "a.png", "-k", "3", "--sheet", str(sheet)])
     assert code == 0
     lines = capsys.readouterr().out.splitlines()

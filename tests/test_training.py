@@ -30,7 +30,7 @@ from fext.data import select_images
 from fext.errors import FeXTError
 from fext.model import FeXTAutoEncoder
 from fext.training import lr_at, train
-from fext.workspace import Workspace
+from fext.workspace import Workspace, init_workspace
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
@@ -43,7 +43,7 @@ def one_thread():
 
 def new_workspace(root: Path, n: int = 12) -> Workspace:
     ws = Workspace(root)
-    ws.ensure()
+    init_workspace(ws)
     make_images(ws.dataset, n)
     return ws
 
@@ -283,6 +283,7 @@ def test_a_run_killed_with_sigkill_resumes_from_its_last_completed_epoch(tmp_pat
 
 
 def test_cli_says_when_the_dataset_folder_is_empty(tmp_path, capsys):
+    init_workspace(Workspace(tmp_path))
     assert main(["--workspace", str(tmp_path), "train"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: No image found in ") and "Put images there" in err[-1]
@@ -291,7 +292,7 @@ def test_cli_says_when_the_dataset_folder_is_empty(tmp_path, capsys):
 
 def test_cli_says_when_no_image_can_be_read(tmp_path, capsys):
     ws = Workspace(tmp_path)
-    ws.ensure()
+    init_workspace(ws)
     for i in range(3):
         (ws.dataset / f"broken_{i}.jpg").write_text("not a picture")
     assert main(["--workspace", str(tmp_path), "--set", "device.NUM_PROCESSORS=0", "train"]) == 1

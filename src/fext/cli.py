@@ -16,7 +16,7 @@ from fext import commands
 from fext.commands import Context
 from fext.errors import FeXTError
 from fext.logs import setup_logging
-from fext.workspace import Workspace, load_env_file
+from fext.workspace import Workspace, load_env_file, require_workspace
 
 log = logging.getLogger("fext")
 
@@ -202,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _needs_workspace(args: argparse.Namespace) -> bool:
+    """Every command works in a workspace except the ones that make one or act on FeXT's own install."""
+    return not (args.command == "init" or (args.command == "setup" and args.action in ("install", "update")))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``fext`` command line; return the exit status."""
     parser = build_parser()
@@ -234,6 +239,12 @@ def main(argv: list[str] | None = None) -> int:
         from fext.distributed import set_timeout
 
         set_timeout(seconds)
+    try:
+        if _needs_workspace(args):
+            require_workspace(ws)
+    except FeXTError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
     setup_logging(ws, level, quiet=args.quiet)
     ctx = Context(workspace=ws, overrides=args.overrides, quiet=args.quiet, interactive=interactive)
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fext.config import Config, load_config
 from fext.errors import FeXTError
-from fext.workspace import Workspace
+from fext.workspace import Workspace, require_workspace
 
 log = logging.getLogger("fext")
 
@@ -36,13 +36,8 @@ class Context:
     def config(self) -> Config:
         """The configuration file merged with ``--set`` overrides (loaded once, on first use)."""
         if self._config is None:
-            path = self.workspace.config_file
-            if not path.exists():
-                from fext.workspace import init_workspace
-
-                init_workspace(self.workspace)
-                log.info("Wrote the default configuration to %s", path)
-            self._config = load_config(path, self.overrides)
+            require_workspace(self.workspace)
+            self._config = load_config(self.workspace.config_file, self.overrides)
         return self._config
 
     def reload_config(self) -> None:
@@ -89,6 +84,7 @@ def cmd_config(ctx: Context, args: argparse.Namespace) -> int:
     from fext.config import config_to_dict
 
     print(json.dumps(config_to_dict(ctx.config), indent=4))
+    log.info("From %s%s", ctx.workspace.config_file, f" with {len(ctx.overrides)} --set override(s)" if ctx.overrides else "")
     return 0
 
 

@@ -17,3 +17,9 @@ class ConfigError(FeXTError):
     """The configuration file or a ``--set`` override is invalid."""
 
     exit_code = 2
+
+
+class NotAWorkspace(FeXTError):
+    """A command that reads or writes a workspace was run in a folder that is not one."""
+
+    exit_code = 2

@@ -30,7 +30,7 @@ def setup_logging(ws: Workspace, level: str = "INFO", quiet: bool = False) -> No
         console.setLevel(logging.ERROR)
         console.setFormatter(logging.Formatter(f"[rank {rank}] %(message)s"))
     root.addHandler(console)
-    if rank == "0":
+    if rank == "0" and ws.exists:  # outside a workspace (fext init, setup install) nothing is written
         try:
             ws.logs.mkdir(parents=True, exist_ok=True)
             handler = logging.FileHandler(ws.logs / f"fext_{time.strftime('%Y%m%d')}.log", encoding="utf-8")

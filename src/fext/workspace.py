@@ -1,7 +1,9 @@
 """The workspace: where FeXT reads its configuration and images and writes its outputs.
 
 The root is ``--workspace``, else ``FEXT_WORKSPACE``, else the current directory.
-Every command creates the folders it needs with :meth:`Workspace.ensure`.
+A folder is a workspace once it holds ``settings/configurations.json``: only ``fext init`` and the demo
+make one, and no other command writes anything in a folder that is not one (see :func:`require_workspace`).
+Inside a workspace, every command creates the folders it needs with :meth:`Workspace.ensure`.
 """
 
 from __future__ import annotations
@@ -95,6 +97,11 @@ class Workspace:
     def env_template(self) -> Path:
         return self.resources / "templates" / ".env"
 
+    @property
+    def exists(self) -> bool:
+        """True when the folder is a workspace: it holds the configuration file."""
+        return self.config_file.is_file()
+
     def ensure(self) -> Workspace:
         """Create every workspace folder that does not exist yet."""
         for d in (
@@ -118,6 +125,17 @@ def init_workspace(ws: Workspace, overwrite: bool = False) -> list[Path]:
             write_text(path, text)
             written.append(path)
     return written
+
+
+def require_workspace(ws: Workspace) -> None:
+    """Refuse to run in a folder that is not a workspace, before anything is written there."""
+    if not ws.exists:
+        from fext.errors import NotAWorkspace
+
+        raise NotAWorkspace(
+            f"{ws.root} is not a FeXT workspace (it has no {ws.config_file.relative_to(ws.root)}). "
+            f"Run `fext init` there to make one, or point to one with --workspace DIR or FEXT_WORKSPACE=DIR."
+        )
 
 
 def parse_env_file(path: Path) -> dict[str, str]:
