@@ -152,6 +152,80 @@ def test_the_page_made_no_network_request(page):
     assert not [u for _, u in requests if u.split(":", 1)[0] in ("http", "https", "ws", "wss")]
 
 
+
+def _reset(browser, map_side: int | None = None) -> None:
+    """The whole map, no filter, nothing selected, no highlight (earlier tests share the page); ``map_side``:
+    the map's size in CSS pixels (None: the page's own)."""
+    browser.execute_script("""
+        const s = document.getElementById('search'); s.value = ''; s.dispatchEvent(new Event('input'));
+        const h = document.getElementById('highlight'); if (h.checked) h.click();
+        const m = document.getElementById('map'), side = arguments[0];
+        m.style.flex = side ? 'none' : ''; m.style.width = m.style.height = side ? side + 'px' : '';
+        document.getElementById('clear').click(); document.getElementById('reset').click();""", map_side)
+
+
+def _canvas_pixels(browser) -> tuple[np.ndarray, dict]:
+    canvas = browser.find_element("id", "map")
+    rect = browser.execute_script("return arguments[0].getBoundingClientRect().toJSON()", canvas)
+    return np.asarray(Image.open(io.BytesIO(canvas.screenshot_as_png)).convert("RGB")).astype(int), rect
+
+
+def _pixel_at(browser, pixels: np.ndarray, rect: dict, row: int) -> np.ndarray:
+    x, y = browser.execute_script(f"return window.atlas.screenOf({row})")
+    return pixels[round(y - rect["top"]), round(x - rect["left"])]
+
+
+def _isolated(xy: np.ndarray, rows) -> int:
+    """The row of ``rows`` farthest on the map from every other point."""
+    rows = list(rows)
+    gaps = [np.sort(np.linalg.norm(xy - xy[r], axis=1))[1] for r in rows]
+    return rows[int(np.argmax(gaps))]
+
+
+def _on_screen(browser, n: int, rect: dict, margin: float = 8) -> list[int]:
+    points = browser.execute_script(f"return Array.from({{length: {n}}}, (_, i) => window.atlas.screenOf(i))")
+    return [i for i, (x, y) in enumerate(points) if margin < x - rect["left"] < rect["width"] - margin
+            and margin < y - rect["top"] < rect["height"] - margin]
+
+
+def test_zoomed_in_the_points_become_their_thumbnails(page):
+    browser, result, _ = page
+    smallest = browser.execute_script("return window.atlas.smallestThumbnail")
+    _reset(browser, map_side=150)  # crowded: thumbnails would overlap, so dots
+    assert browser.execute_script("return window.atlas.thumbnailSide()") < smallest
+    assert browser.execute_script("return window.atlas.thumbnailsDrawn()") == 0
+    _reset(browser)
+    browser.execute_script("window.atlas.zoom(3)")
+    assert browser.execute_script("return window.atlas.thumbnailSide()") >= smallest
+    pixels, rect = _canvas_pixels(browser)
+    on_screen = _on_screen(browser, len(result.paths), rect)
+    assert browser.execute_script("return window.atlas.thumbnailsDrawn()") >= len(on_screen) > 0
+    row = _isolated(result.xy, on_screen)  # no other thumbnail covers its centre
+    with Image.open(result.output.parent / "images" / result.paths[row]) as im:  # the image's own centre colour
+        centre = np.asarray(im.convert("RGB"))[im.height // 2, im.width // 2].astype(int)
+    assert np.abs(_pixel_at(browser, pixels, rect, row) - centre).sum() < 60
+    _reset(browser)
+
+
+def test_the_highlight_marks_duplicate_groups_and_top_outliers(page):
+    browser, result, _ = page
+    _reset(browser, map_side=150)  # dots
+    browser.find_element("id", "highlight").click()
+    pixels, rect = _canvas_pixels(browser)
+    grouped = {r for g in result.duplicates.groups for r in g}
+    odd = {int(r) for r in result.outliers.ranking()[:48] if result.outliers.score[r] >= 3.5} - grouped
+    plain = [r for r in range(len(result.paths)) if r not in grouped | odd]
+    cyan, red, dim = np.array([74, 210, 255]), np.array([255, 80, 40]), np.array([0x32, 0x36, 0x3A])
+    colours = {r: _pixel_at(browser, pixels, rect, r) for r in range(len(result.paths))}
+    assert grouped and all(np.abs(colours[r] - cyan).sum() < 30 for r in grouped)
+    assert all(np.abs(colours[r] - red).sum() < 30 for r in odd)
+    r = _isolated(result.xy, plain)
+    assert np.abs(colours[r] - dim).sum() < 30
+    browser.find_element("id", "highlight").click()
+    pixels, rect = _canvas_pixels(browser)
+    assert np.abs(_pixel_at(browser, pixels, rect, r) - dim).sum() > 60  # back to its cluster's colour
+    _reset(browser)
+
 _TILE_INK = """
 const c = arguments[0], d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
 let n = 0;

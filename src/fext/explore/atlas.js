@@ -40,13 +40,17 @@
   // Thumbnails: sprite sheets decoded once; tiles copied onto small canvases on demand.
   const sheets = D.sheets.map((uri) => { const im = new Image(); im.src = uri; return im; });
   const sheetsReady = Promise.all(sheets.map((im) => im.decode().catch(() => null)));
+  let sheetsLoaded = false;
+  function tileOf(i) {  // [sheet, x, y] of row i's thumbnail in the sprite sheets
+    const per = D.columns * D.columns, cell = i % per;
+    return [sheets[Math.floor(i / per)], (cell % D.columns) * D.tile, Math.floor(cell / D.columns) * D.tile];
+  }
   function thumb(i, size) {
     const c = document.createElement("canvas");
     c.width = c.height = size || D.tile; c.className = "thumb"; c.dataset.row = i; c.title = PATHS[i];
     if (!PRESENT[i] || !sheets.length) { c.classList.add("missing"); return c; }
-    const per = D.columns * D.columns, s = Math.floor(i / per), cell = i % per;
-    const sx = (cell % D.columns) * D.tile, sy = Math.floor(cell / D.columns) * D.tile;
-    sheetsReady.then(() => { c.getContext("2d").drawImage(sheets[s], sx, sy, D.tile, D.tile, 0, 0, c.width, c.height); c.dataset.drawn = "1"; });
+    const [sheet, sx, sy] = tileOf(i);
+    sheetsReady.then(() => { c.getContext("2d").drawImage(sheet, sx, sy, D.tile, D.tile, 0, 0, c.width, c.height); c.dataset.drawn = "1"; });
     return c;
   }
 
@@ -58,10 +62,44 @@
   const fill = start.slice(0, G * G);
   for (let i = 0; i < N; i++) items[fill[cellOf(Y[i]) * G + cellOf(X[i])]++] = i;
 
+  // The typical map distance between an image and its nearest other one (median over up to 2,000):
+  // once zoomed in so that it spans a thumbnail, the points become their thumbnails and hardly overlap.
+  function nearestGap(i) {
+    const cx = cellOf(X[i]), cy = cellOf(Y[i]);
+    let best = Infinity;
+    for (let ring = 0; ring < G && (ring - 1) / G <= Math.sqrt(best); ring++) {
+      for (let y = cy - ring; y <= cy + ring; y++) for (let x = cx - ring; x <= cx + ring; x++) {
+        if (Math.max(Math.abs(x - cx), Math.abs(y - cy)) !== ring || x < 0 || y < 0 || x >= G || y >= G) continue;
+        for (let k = start[y * G + x]; k < start[y * G + x + 1]; k++) {
+          const j = items[k], d = (X[j] - X[i]) ** 2 + (Y[j] - Y[i]) ** 2;
+          if (j !== i && d > 0 && d < best) best = d;
+        }
+      }
+    }
+    return Math.sqrt(best);
+  }
+  const GAP = (() => {
+    const step = Math.max(1, Math.floor(N / 2000)), gaps = [];
+    for (let i = 0; i < N; i += step) { const g = nearestGap(i); if (isFinite(g)) gaps.push(g); }
+    gaps.sort((a, b) => a - b);
+    return gaps.length ? gaps[Math.floor(gaps.length / 2)] : 1;
+  })();
+  const THUMB_MIN = 28, THUMB_MAX = 96;  // CSS pixels: smaller thumbnails say nothing, larger hide the map
+
+  // Highlight: duplicate groups and the top outliers: those listed below the map whose score reaches
+  // 3.5, the modified z-score above which Iglewicz and Hoaglin call a value an outlier.
+  const OUTLIER_Z = 3.5;
+  const MARK = new Uint8Array(N);  // 1: in a duplicate group; 2: a top outlier
+  for (const g of D.duplicates) for (const r of g.rows) MARK[r] = 1;
+  for (const r of D.outliers) if (SCORE[r] >= OUTLIER_Z) MARK[r] = 2;
+  const MARK_COLOUR = [0, 0xffffd24a, 0xff2850ff];  // (little-endian) cyan-ish for duplicates, red for outliers
+  const MARK_CSS = ["", "#4ad2ff", "#ff5028"];
+
   const canvas = document.getElementById("map"), ctx = canvas.getContext("2d");
   const view = { scale: 1, ox: 0, oy: 0 };  // screen = (data * size) * scale + offset
   let W = 0, H = 0, dpr = 1, side = 1, image = null, hovered = -1, focused = -1;
-  let mode = "pan", colour = "cluster", drag = null, lasso = null;
+  let mode = "pan", colour = "cluster", drag = null, lasso = null, highlight = false, thumbsDrawn = 0;
+  const base = document.createElement("canvas"), baseCtx = base.getContext("2d");  // the map without the pointer's marks
   let match = null;  // Uint8Array of search matches, or null
   const selected = new Uint8Array(N);
   for (const r of D.selection || []) selected[r] = 1;  // a loaded `fext select` file starts selected
@@ -70,7 +108,7 @@
     dpr = window.devicePixelRatio || 1;
     const r = canvas.getBoundingClientRect();
     W = Math.max(1, Math.round(r.width * dpr)); H = Math.max(1, Math.round(r.height * dpr));
-    canvas.width = W; canvas.height = H; side = Math.min(W, H) * 0.94;
+    canvas.width = W; canvas.height = H; base.width = W; base.height = H; side = Math.min(W, H) * 0.94;
     view.ox = (W - side * view.scale) / 2; view.oy = (H - side * view.scale) / 2;
     render();
   }
@@ -89,15 +127,39 @@
         if (px >= 0 && py >= 0 && px < W && py < H) buf[py * W + px] = c;
       }
     };
-    const dim = 0xff3a3632;
-    for (let i = 0; i < N; i++) if (match && !match[i]) plot(i, dim, 0);
-    for (let i = 0; i < N; i++) if (!match || match[i]) plot(i, cols[i], r);
+    const dim = 0xff3a3632, shown = (i) => !match || match[i];
+    for (let i = 0; i < N; i++) if (!shown(i) || (highlight && !MARK[i])) plot(i, dim, highlight && shown(i) ? r - 1 : 0);
+    for (let i = 0; i < N; i++) if (shown(i) && !highlight) plot(i, cols[i], r);
+    for (let i = 0; i < N; i++) if (shown(i) && highlight && MARK[i]) plot(i, MARK_COLOUR[MARK[i]], r + 1);
     for (let i = 0; i < N; i++) if (selected[i]) plot(i, 0xffffffff, r + 1);
+    baseCtx.putImageData(image, 0, 0);
+    drawThumbnails(shown);
     overlay();
   }
 
+  // Zoomed in far enough, each point is drawn as its thumbnail, framed white when selected and in
+  // the highlight colour when highlighted.
+  const thumbnailSide = () => Math.min(GAP * side * view.scale * 0.9, THUMB_MAX * dpr);  // device pixels
+  function drawThumbnails(shown) {
+    thumbsDrawn = 0;
+    const t = thumbnailSide();
+    if (!sheetsLoaded || !sheets.length || t < THUMB_MIN * dpr) return;
+    baseCtx.lineWidth = 2 * dpr;
+    for (let i = 0; i < N; i++) {
+      const x = sx(i) - t / 2, y = sy(i) - t / 2;
+      if (!PRESENT[i] || !shown(i) || x > W || y > H || x + t < 0 || y + t < 0) continue;
+      const [sheet, tx, ty] = tileOf(i);
+      baseCtx.globalAlpha = highlight && !MARK[i] ? 0.35 : 1;
+      baseCtx.drawImage(sheet, tx, ty, D.tile, D.tile, x, y, t, t);
+      baseCtx.globalAlpha = 1;
+      const frame = selected[i] ? "#fff" : highlight && MARK[i] ? MARK_CSS[MARK[i]] : "";
+      if (frame) { baseCtx.strokeStyle = frame; baseCtx.strokeRect(x, y, t, t); }
+      thumbsDrawn++;
+    }
+  }
+
   function overlay() {
-    ctx.putImageData(image, 0, 0);
+    ctx.drawImage(base, 0, 0);
     ctx.lineWidth = 1.5 * dpr;
     if (focused >= 0) { ctx.strokeStyle = "#fff"; ring(focused, 7); }
     if (hovered >= 0) { ctx.strokeStyle = "#ffd54a"; ring(hovered, 5); }
@@ -221,6 +283,8 @@
   }
 
   document.getElementById("colour").addEventListener("change", (e) => { colour = e.target.value; render(); });
+  document.getElementById("highlight").addEventListener("change", (e) => { highlight = e.target.checked; render(); });
+  sheetsReady.then(() => { sheetsLoaded = true; render(); });
   document.querySelectorAll("input[name=mode]").forEach((el) => el.addEventListener("change", (e) => { mode = e.target.value; }));
   document.getElementById("search").addEventListener("input", (e) => {
     const q = e.target.value.trim().toLowerCase();
@@ -281,6 +345,9 @@
     n: N, focus, ready: sheetsReady,
     screenOf: (i) => { const r = canvas.getBoundingClientRect(); return [r.left + sx(i) / dpr, r.top + sy(i) / dpr]; },
     selectedRows: () => { const out = []; for (let i = 0; i < N; i++) if (selected[i]) out.push(i); return out; },
+    // Zoom by a factor around the centre of the map (as the wheel does around the pointer).
+    zoom: (f) => { const g = Math.min(400, Math.max(0.5, view.scale * f)) / view.scale; view.ox = W / 2 - (W / 2 - view.ox) * g; view.oy = H / 2 - (H / 2 - view.oy) * g; view.scale *= g; render(); },
+    thumbnailsDrawn: () => thumbsDrawn, thumbnailSide: () => thumbnailSide() / dpr, smallestThumbnail: THUMB_MIN,
   };
   document.body.dataset.ready = "1";
 })();
