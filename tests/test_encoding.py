@@ -94,7 +94,7 @@ def test_jit_compile_encodes_the_same_vectors(tmp_path, ckpt):
     np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-5)
 
 
-def test_a_failing_compiler_gets_one_message_and_loses_nothing(tmp_path, ckpt):
+def test_a_failing_compiler_gets_one_message_and_loses_nothing(tmp_path, ckpt, ws):
     """Inductor without a working C++ compiler: exit 1 with what to change; the same run without it finishes."""
     make_image_tree(tmp_path / "in", 3, seed=4)
     args = ["--workspace", str(tmp_path / "ws"), "--set", "device.DEVICE=CPU", "--set", "device.NUM_PROCESSORS=0"]
@@ -217,9 +217,9 @@ def test_resume_after_sigkill_and_ctrl_c_gives_the_files_of_one_run(tmp_path, ck
     assert {k: v for k, v in meta.items() if k not in timing} == {k: v for k, v in ref_meta.items() if k not in timing}
 
 
-def test_cli_encode_reports_a_missing_input_folder(tmp_path, ckpt, capsys):
+def test_cli_encode_reports_a_missing_input_folder(tmp_path, ckpt, capsys, ws):
     from fext.cli import main
 
-    code = main(["--workspace", str(tmp_path), "encode", str(ckpt), "--input", str(tmp_path / "nowhere")])
+    code = main(["--workspace", str(ws.root), "encode", str(ckpt), "--input", str(tmp_path / "nowhere")])
     assert code == 1
     assert "not found" in capsys.readouterr().err
