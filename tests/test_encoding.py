@@ -16,6 +16,7 @@ from conftest import make_checkpoint, make_image_tree, run_fext, tiny_config
 from PIL import Image
 
 from fext.config import with_overrides
+from fext.data import SKIPPED
 from fext.encoding import EMBEDDINGS, FAILED, INDEX, METADATA, PARTIAL, STATE, encode_folder, encode_images, load_embeddings
 from fext.encoding.files import SOURCES
 from fext.errors import FeXTError
@@ -211,7 +212,7 @@ def test_resume_after_sigkill_and_ctrl_c_gives_the_files_of_one_run(tmp_path, ck
     for name in (EMBEDDINGS, INDEX, FAILED):
         assert (out / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
     assert (out / FAILED).read_text().count("img000_corrupt.png") == 1
-    assert sorted(p.name for p in out.iterdir()) == sorted([EMBEDDINGS, INDEX, FAILED, METADATA, SOURCES])
+    assert sorted(p.name for p in out.iterdir()) == sorted([EMBEDDINGS, INDEX, FAILED, SKIPPED, METADATA, SOURCES])
     meta, ref_meta = (json.loads((d / METADATA).read_text()) for d in (out, tmp_path / "reference"))
     timing = {"created", "elapsed_seconds", "images_per_second"}
     assert {k: v for k, v in meta.items() if k not in timing} == {k: v for k, v in ref_meta.items() if k not in timing}

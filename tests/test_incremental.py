@@ -13,6 +13,7 @@ import pytest
 from conftest import blob_image, make_checkpoint, make_image_tree, tiny_config
 from PIL import Image
 
+from fext.data import SKIPPED
 from fext.encoding import EMBEDDINGS, FAILED, INDEX, METADATA, STATE, encode_folder
 from fext.encoding.files import SOURCES, TODO
 from fext.errors import FeXTError
@@ -67,7 +68,7 @@ def test_add_change_remove_rename_equal_a_fresh_run_and_reuse_the_rest(tmp_path,
     # 9 images + 1 unreadable before; 7 kept (one changed), renamed one reused, broken file new but unreadable.
     assert counts == {"reused": 8, "added": 3, "changed": 1, "removed": 2, "renamed": 1}
     assert "8 reused (1 renamed), 3 added, 1 changed, 2 removed" in caplog.text
-    assert sorted(p.name for p in out.iterdir()) == sorted([EMBEDDINGS, INDEX, FAILED, METADATA, SOURCES])
+    assert sorted(p.name for p in out.iterdir()) == sorted([EMBEDDINGS, INDEX, FAILED, SKIPPED, METADATA, SOURCES])
 
     monkeypatch.undo()
     fresh = encode_folder(ckpt, images, tmp_path / "fresh", config=CPU, batch_size=4, progress=False)

@@ -6,7 +6,8 @@ into ``resources/validation/dataset/`` (:mod:`fext.analysis.report`):
 
 - ``image_statistics.csv``: the seed's columns, one row per readable image;
 - ``issues.csv``: path, issue, value, one row per flagged image and problem;
-- ``summary.json``: counts, the training split, thresholds, column summaries, timing;
+- ``summary.json``: counts, the formats found, the training split, thresholds, column summaries, timing;
+- ``skipped.csv``: path, reason, one row per file of the folder that is not an image;
 - ``pixel_intensity_histogram.png`` and ``statistics_distributions.png``;
 - ``report.html``: one self-contained page with all of the above and thumbnail galleries.
 """
@@ -19,6 +20,7 @@ import multiprocessing
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from fext.analysis import report
 from fext.analysis.flags import ISSUES, Issue, find_issues
 from fext.analysis.stats import STAT_COLUMNS, ImageRecord, measure_image
 from fext.config import Config, config_to_dict
-from fext.data import IMAGE_EXTENSIONS, find_images, select_images
+from fext.data import SKIPPED, list_folder, select_images
 from fext.errors import FeXTError
 from fext.machine import data_workers
 from fext.workspace import Workspace
@@ -79,14 +81,10 @@ def analyze(cfg: Config, ws: Workspace, *, dataset: Path | None = None, progress
     """
     ws.ensure()
     root = Path(dataset if dataset is not None else ws.dataset).expanduser().absolute()
-    paths = find_images(root)
-    if not paths:
-        raise FeXTError(
-            f"No image found in {root} (looked for {' '.join(sorted(IMAGE_EXTENSIONS))}). "
-            "Put images there, or pass another folder with --dataset DIR."
-        )
-
-    train, validation = select_images(cfg, root)  # the split `fext train` will use
+    listing = list_folder(root)
+    listing.require_images("Put images there, or pass another folder with --dataset DIR.")
+    paths = listing.images
+    train, validation = select_images(cfg, root, listing)  # the split `fext train` will use
     rel = functools.partial(_relative, root=root)
 
     start = time.perf_counter()
@@ -113,6 +111,9 @@ def analyze(cfg: Config, ws: Workspace, *, dataset: Path | None = None, progress
         "images": len(records),
         "readable": readable,
         "unreadable": len(records) - readable,
+        "formats": _format_counts(records),
+        "multi_frame": len(listing.multi_frame),
+        "not_images": len(listing.not_images),
         "split": {"train": len(train), "validation": len(validation),
                   "not_sampled": len(paths) - len(train) - len(validation),
                   "SAMPLE_SIZE": cfg.dataset.SAMPLE_SIZE, "VALIDATION_SIZE": cfg.dataset.VALIDATION_SIZE,
@@ -124,8 +125,9 @@ def analyze(cfg: Config, ws: Workspace, *, dataset: Path | None = None, progress
         "seconds": round(seconds, 3),
         "images_per_second": round(len(records) / max(seconds, 1e-9), 1),
         "workers": min(workers, len(records)),
-        "outputs": ["image_statistics.csv", "issues.csv", "summary.json"],
+        "outputs": ["image_statistics.csv", "issues.csv", SKIPPED, "summary.json"],
     }
+    listing.write_skipped(out)
     report.write_statistics_csv(out / "image_statistics.csv", records)
     report.write_issues_csv(out / "issues.csv", issues)
     if not readable:
@@ -143,6 +145,12 @@ def analyze(cfg: Config, ws: Workspace, *, dataset: Path | None = None, progress
     print(report.summary_table(summary, out))
     sys.stdout.flush()
     return out
+
+
+def _format_counts(records: Sequence[ImageRecord]) -> dict[str, int]:
+    """``{format: readable images}``, most frequent first (the formats Pillow found, not the suffixes)."""
+    counts = Counter(r.format for r in records if r.ok)
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def _relative(path: Path, root: Path) -> str:

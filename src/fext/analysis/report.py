@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from fext._io import atomic_open, save_figure
 from fext.analysis.flags import ISSUES, Issue
 from fext.analysis.stats import STAT_COLUMNS, ImageRecord
-from fext.data import thumbnail
+from fext.data import count_notes, thumbnail
 from fext.report import Raw, escape, html_image, html_page, html_paragraph, html_table, png_file_to_data_uri
 
 GALLERY_CAP = 24
@@ -204,6 +204,8 @@ def summary_table(summary: dict, out_dir: Path) -> str:
         f"Analyzed {summary['images']} image files in {summary['dataset']} "
         f"({summary['seconds']:.1f} s, {summary['images_per_second']:.0f} images/s)",
         f"  readable {summary['readable']}, unreadable {summary['unreadable']}",
+        "  formats: " + (", ".join(f"{name} {n}" for name, n in summary["formats"].items()) or "none readable"),
+        *(f"  {note}" for note in count_notes(summary["not_images"], summary["multi_frame"])),
         f"  training split: {split['train']} train, {split['validation']} validation"
         + (f", {split['not_sampled']} not sampled" if split["not_sampled"] else ""),
         "",

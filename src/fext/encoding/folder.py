@@ -20,6 +20,7 @@ import numpy as np
 from fext import distributed
 from fext._io import atomic_path, write_json
 from fext.config import Config
+from fext.data import SKIPPED, count_notes, list_folder
 from fext.encoding import files, incremental, inference, npy_rows, resumable
 from fext.encoding.fingerprints import checkpoint_identity, listing_fingerprint
 from fext.errors import FeXTError
@@ -49,7 +50,6 @@ def encode_folder(
     torchrun every process calls this and encodes its share (:mod:`fext.encoding.sharding`).
     """
     from fext.checkpoints import read_description
-    from fext.data import find_images
 
     if batch_size < 1:
         raise FeXTError(f"--batch-size must be at least 1, got {batch_size}")
@@ -68,9 +68,9 @@ def encode_folder(
     if output == input_dir:
         raise FeXTError(f"The output folder {output} is the input folder; pass another --output")
 
-    paths = find_images(input_dir)
-    if not paths:
-        raise FeXTError(f"No image found in {input_dir}. Put images there or pass --input with another folder.")
+    listing = list_folder(input_dir)
+    listing.require_images("Put images there or pass --input with another folder.")
+    paths = listing.images
     names = [p.relative_to(input_dir).as_posix() for p in paths]
     stats = incremental.stat_files(paths)
     arch = read_description(ckpt).architecture
@@ -81,16 +81,19 @@ def encode_folder(
         "images": len(paths),
         "embedding_dim": arch.feature_dim,
     }
+    files_note = {"not_images": len(listing.not_images), "multi_frame": len(listing.multi_frame)}
     if distributed.active():
         from fext.encoding.sharding import encode_sharded
 
-        return encode_sharded(output, run, ckpt, paths, names, stats, arch, batch_size, config, per_image, overwrite,
+        return encode_sharded(output, run, ckpt, listing, names, stats, arch, batch_size, config, per_image, overwrite,
                               progress)
     if overwrite:
         clear_output(output)
     state = resumable.prepare(output, run)
+    listing.write_skipped(output)
     if state is None:
-        log.info("%s already holds the embeddings of these %d images (pass --overwrite to encode them again)", output, len(paths))
+        log.info("%s already holds the embeddings of these %d images (pass --overwrite to encode them again)%s",
+                 output, len(paths), "".join(f"; {note}" for note in listing.notes()))
         if per_image:
             files.write_per_image(output, files.index_paths(output))
         return output
@@ -108,7 +111,8 @@ def encode_folder(
             log.info("Resuming: %d of %d images were already done", state["done"], state["todo"])
         resumable.encode_missing(output, state, ckpt, paths, names, arch.img_size, batch_size, config, device, progress,
                                  todo)
-    finalize(output, state, paths, names, stats, per_image, extra=run_details(arch, batch_size, device, config))
+    finalize(output, state, paths, names, stats, per_image,
+             extra={**run_details(arch, batch_size, device, config), **files_note})
     if state.get("incremental"):
         from fext.index import refresh_index
 
@@ -146,7 +150,7 @@ def run_details(arch: Any, batch_size: int, device: Any, config: Config) -> dict
 
 def clear_output(output: Path) -> None:
     """Remove every file a previous ``fext encode`` wrote into ``output`` (nothing else)."""
-    for name in (files.METADATA, files.EMBEDDINGS, files.INDEX, files.FAILED, files.STATE, files.PARTIAL,
+    for name in (files.METADATA, files.EMBEDDINGS, files.INDEX, files.FAILED, SKIPPED, files.STATE, files.PARTIAL,
                  files.SIZES_PARTIAL, files.SOURCES, files.TODO):
         (output / name).unlink(missing_ok=True)
     shutil.rmtree(output / files.PER_IMAGE, ignore_errors=True)
@@ -205,9 +209,10 @@ def finalize(output: Path, state: dict[str, Any], paths: list[Path], names: list
         (output / leftover).unlink(missing_ok=True)
     shutil.rmtree(output / files.PARTS, ignore_errors=True)
     log.info(
-        "Wrote %d vectors of %d floats to %s in %.1f s (%s images/s)%s%s", len(kept), d, output / files.EMBEDDINGS,
+        "Wrote %d vectors of %d floats to %s in %.1f s (%s images/s)%s%s%s", len(kept), d, output / files.EMBEDDINGS,
         seconds, f"{len(kept) / seconds:.1f}" if seconds > 0 else "-",
         f"; {len(failures)} file(s) could not be read, listed in {files.FAILED}" if failures else "",
+        "".join(f"; {note}" for note in count_notes(extra.get("not_images", 0), extra.get("multi_frame", 0))),
         f"; {incremental.summary(state['counts'])}" if state.get("incremental") else "",
     )
 

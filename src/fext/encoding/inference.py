@@ -121,18 +121,22 @@ def encode_images(
     documented defaults): its device, precision, workers and compile settings are used. ``ckpt``
     is a checkpoint folder (run on ``config``'s device) or an already loaded FeXTAutoEncoder
     (run where it is, in eval mode). ``paths_or_folder`` is a folder (every image under it, paths
-    in the index relative to it) or a list of image files (paths in the index as given). Index
-    rows are ``{"row", "path", "width", "height"}``. Files that cannot be read are left out with
-    a warning. Meant for sets that fit in memory; use :func:`~fext.encoding.encode_folder` for
+    in the index relative to it; files that are not images are counted in one log line) or a
+    list of image files (paths in the index as given). Index rows are ``{"row", "path", "width",
+    "height"}``. Files that cannot be read are left out with a warning. Meant for sets that fit
+    in memory; use :func:`~fext.encoding.encode_folder` for
     large folders.
     """
-    from fext.data import decode_batches, find_images
+    from fext.data import decode_batches, list_folder
 
     if batch_size < 1:
         raise FeXTError(f"batch_size must be at least 1, got {batch_size}")
     if isinstance(paths_or_folder, (str, os.PathLike)) and Path(paths_or_folder).is_dir():
         root = Path(paths_or_folder).expanduser().absolute()
-        paths = find_images(root)
+        listing = list_folder(root)
+        for note in listing.notes(where=None):
+            log.info("%s: %s", root, note)
+        paths = listing.images
         names = [p.relative_to(root).as_posix() for p in paths]
     elif isinstance(paths_or_folder, (str, os.PathLike)):
         raise FeXTError(f"{paths_or_folder} is not a folder; pass a folder, or a list of image files such as [path]")

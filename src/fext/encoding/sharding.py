@@ -18,6 +18,7 @@ from typing import Any
 from fext import distributed
 from fext._io import write_json
 from fext.config import Config
+from fext.data import Listing
 from fext.encoding import files, inference, npy_rows, resumable
 from fext.encoding.fingerprints import listing_fingerprint
 from fext.encoding.folder import clear_output, finalize, run_details
@@ -26,11 +27,12 @@ from fext.errors import FeXTError
 log = logging.getLogger(__name__)
 
 def encode_sharded(
-    output: Path, run: dict[str, Any], ckpt: Path, paths: list[Path], names: list[str], stats: list[tuple[int, int]],
+    output: Path, run: dict[str, Any], ckpt: Path, listing: Listing, names: list[str], stats: list[tuple[int, int]],
     arch: Any, batch_size: int, cfg: Config, per_image: bool, overwrite: bool, progress: bool,
 ) -> Path:
     """:func:`~fext.encoding.encode_folder` in one of several processes: encode this rank's block, then rank 0 joins the parts."""
     rank, world, n = distributed.rank(), distributed.world_size(), run["images"]
+    paths = listing.images
     # 1. Rank 0 looks at the output folder; every rank gets its verdict, or its error.
     verdict, state = ("error", ""), None
     if rank == 0:
@@ -38,6 +40,7 @@ def encode_sharded(
             if overwrite:
                 clear_output(output)
             state = resumable.prepare(output, run, incremental=False)
+            listing.write_skipped(output)
             verdict = ("complete", "") if state is None else ("merged", "") if state["done"] == n else ("encode", "")
             for stale in (output / files.PARTS).glob("*"):  # parts of a run with another number of processes
                 if not stale.name.endswith(f"-of-{world:05d}"):
@@ -64,8 +67,8 @@ def encode_sharded(
                  n, run["input"], ckpt.name, world, start + 1, stop, device, output)
         if stop > start:
             part = output / files.PARTS / f"{rank:05d}-of-{world:05d}"
-            listing = listing_fingerprint(paths[start:stop], names[start:stop])
-            part_run = {**run, "listing": listing, "images": stop - start}
+            fingerprint = listing_fingerprint(paths[start:stop], names[start:stop])
+            part_run = {**run, "listing": fingerprint, "images": stop - start}
             part_state = resumable.prepare(part, part_run)
             if part_state is not None and part_state["done"] < stop - start:
                 resumable.encode_missing(part, part_state, ckpt, paths[start:stop], names[start:stop], arch.img_size,
@@ -76,7 +79,8 @@ def encode_sharded(
 
     # 3. Rank 0 writes the final files exactly as one process would (and removes the parts).
     if rank == 0:
-        details = {**run_details(arch, batch_size, device, cfg), "processes": world}
+        details = {**run_details(arch, batch_size, device, cfg), "processes": world,
+                   "not_images": len(listing.not_images), "multi_frame": len(listing.multi_frame)}
         finalize(output, state, paths, names, stats, per_image, extra=details)
     distributed.barrier()
     return output

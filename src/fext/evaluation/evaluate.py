@@ -36,7 +36,7 @@ import fext
 from fext._io import atomic_open, save_figure, write_json, write_text
 from fext.checkpoints import HISTORY, CheckpointDescription, load_checkpoint, missing_file
 from fext.config import Config
-from fext.data import find_images, prepare_images, select_images
+from fext.data import Listing, list_folder, prepare_images, select_images
 from fext.device import select_device
 from fext.errors import FeXTError
 from fext.machine import data_workers
@@ -139,7 +139,8 @@ def evaluate_checkpoint(
     device = device or select_device(cfg.device.DEVICE, cfg.device.DEVICE_ID)
     model = model.to(device).eval().enable_fast_inference()  # same values, faster (inference only)
     arch = model.arch
-    train, validation, root, source = _select_splits(ckpt, checkpoint.description, dataset)
+    train, validation, listing, source = _select_splits(ckpt, checkpoint.description, dataset)
+    root = listing.root
     out = ws.validation_checkpoints / ckpt.name
     out.mkdir(parents=True, exist_ok=True)
     log.info("Evaluating %s on %s (%d train, %d validation images) -> %s",
@@ -203,6 +204,8 @@ def evaluate_checkpoint(
             for m in METRICS
         },
         "failed": [{"path": str(p), "reason": r} for s in (train, validation) for p, r in s.failures],
+        "not_images": [{"path": listing.relative(p), "reason": r} for p, r in listing.not_images],
+        "multi_frame": len(listing.multi_frame),
         "psnr_cap_db": PSNR_CAP,
         "scorecard": card,
         "seconds": time.perf_counter() - start,
@@ -217,8 +220,8 @@ def evaluate_checkpoint(
 
 def _select_splits(
     ckpt: Path, description: CheckpointDescription, dataset: Path | None
-) -> tuple[SplitImages, SplitImages, Path, str]:
-    """(train, validation, root, source) for a checkpoint, from its recorded data or ``dataset``."""
+) -> tuple[SplitImages, SplitImages, Listing, str]:
+    """(train, validation, the evaluated folder's listing, source) for a checkpoint, from its recorded data or ``dataset``."""
     recorded = description.dataset
     ckpt_cfg = description.configuration
     if ckpt_cfg is None:  # a model saved outside `fext train`
@@ -229,9 +232,10 @@ def _select_splits(
 
     if dataset is not None:
         dataset = Path(dataset).expanduser().absolute()
-        evaluated = find_images(dataset)
-        if not evaluated:
+        listing = _listed(list_folder(dataset))
+        if not listing.images:
             raise FeXTError(f"--dataset {dataset}: no image found in it. Pass a folder that holds images.")
+        evaluated = listing.images
         train: list[Path] = []
         if root is not None and root.is_dir() and root.resolve() != dataset.resolve():
             try:
@@ -241,7 +245,7 @@ def _select_splits(
         if not train:
             log.info("The checkpoint's training images are not available: no train metrics, and the PCA baseline "
                      "is fitted on the --dataset images themselves")
-        return SplitImages("train", train), SplitImages("validation", evaluated), dataset, "--dataset"
+        return SplitImages("train", train), SplitImages("validation", evaluated), listing, "--dataset"
 
     hint = f"evaluate on another folder with `fext evaluate {ckpt.name} --dataset DIR`"
     if root is None:
@@ -249,7 +253,8 @@ def _select_splits(
     if not root.is_dir():
         raise FeXTError(f"The training images of {ckpt.name} are gone: {root} does not exist (moved or deleted?); {hint}")
     try:
-        train, validation = select_images(ckpt_cfg, root)
+        listing = _listed(list_folder(root))
+        train, validation = select_images(ckpt_cfg, root, listing)
     except FeXTError as e:
         raise FeXTError(f"The training images of {ckpt.name} cannot be found: {e} To use other images, {hint}") from None
     expected = {recorded.train + recorded.validation, recorded.train + recorded.validation + recorded.failed}
@@ -257,7 +262,14 @@ def _select_splits(
         log.warning("%s now holds %d images for this checkpoint where training used %d train + %d validation: "
                     "the folder changed since, so the split is not exactly the training one",
                     root, len(train) + len(validation), recorded.train, recorded.validation)
-    return SplitImages("train", train), SplitImages("validation", validation), root, "training split"
+    return SplitImages("train", train), SplitImages("validation", validation), listing, "training split"
+
+
+def _listed(listing: Listing) -> Listing:
+    """``listing``, after one log line per kind of file not evaluated whole (listed in metrics.json)."""
+    for note in listing.notes(where="not_images in metrics.json"):
+        log.info("%s: %s", listing.root, note)
+    return listing
 
 
 def _seeded_sample(paths: list[Path], cap: int, seed: int) -> list[Path]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -67,8 +68,9 @@ def summary_text(
     failures: list[tuple[str, str]],
     configuration: dict[str, Any],
     environment: str,
+    not_images: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """summary.txt: the architecture, its cost, the images used and the full configuration."""
+    """summary.txt: the architecture, its cost, the images used, the files that are not images and the configuration."""
     lines = [f"FeXT training run {name}", environment, "", "Model", model_description, "", "Images"]
     lines.append(f"  folder: {dataset['root']}")
     lines.append(f"  train: {dataset['train']}  validation: {dataset['validation']}  unreadable (skipped): {dataset['failed']}")
@@ -76,6 +78,9 @@ def summary_text(
         lines.append(f"    skipped {path}: {reason}")
     if len(failures) > 50:
         lines.append(f"    ... and {len(failures) - 50} more (see the log file)")
+    if not_images:
+        lines.append(f"  not images (skipped): {len(not_images)}")
+        lines += [f"    {path}: {reason}" for path, reason in not_images]
     lines += ["", "Configuration", json.dumps(configuration, indent=2), ""]
     return "\n".join(lines)
 
@@ -89,8 +94,9 @@ def append_summary(path: Path, line: str) -> None:
 def write_run_summary(
     path: Path, fresh: bool, cfg: Config, model: FeXTAutoEncoder, device: torch.device,
     description: CheckpointDescription, failures: list[tuple[Path, str]], p: RunPosition,
+    not_images: Sequence[tuple[str, str]] = (),
 ) -> None:
-    """summary.txt: written by a new run, a line appended by each resume."""
+    """summary.txt: written by a new run, a line appended by each resume; ``not_images``: (relative path, reason)."""
     environment = (f"fext {fext.__version__}, torch {torch.__version__}, device {device}, mixed precision "
                    f"{autocast_dtype(device) if cfg.device.MIXED_PRECISION else 'off'}, "
                    f"torch.compile {cfg.model.JIT_BACKEND if cfg.model.JIT_COMPILE else 'off'}")
@@ -99,7 +105,7 @@ def write_run_summary(
         skipped = [(str(image), reason) for image, reason in failures]
         write_text(path, summary_text(
             path.parent.name, describe(model), asdict(data), skipped, config_to_dict(cfg),
-            f"created {description.created}, {environment}"))
+            f"created {description.created}, {environment}", not_images))
     else:
         append_summary(path, (
             f"Resumed {time.strftime('%Y-%m-%dT%H:%M:%S')} at {describe_position(p)} (step {p.step}) for "

@@ -23,7 +23,7 @@ from fext.checkpoints import (
     load_trainer_state, load_weights, load_weights_file, new_checkpoint_dir, read_checkpoint, save_checkpoint,
 )
 from fext.config import Config
-from fext.data import CachedImages, open_readonly, prepare_images, select_images
+from fext.data import CachedImages, list_folder, open_readonly, prepare_images, select_images
 from fext.device import explain_compile_failure, needs_grad_scaler
 from fext.errors import FeXTError
 from fext.machine import data_workers
@@ -133,7 +133,8 @@ def _train(
 
     # Images: find, sample and split; decode into the cache once (later epochs and runs decode nothing).
     try:
-        train_paths, val_paths = select_images(cfg, root)
+        listing = list_folder(root)
+        train_paths, val_paths = select_images(cfg, root, listing)
     except FeXTError as e:
         if fresh:
             raise
@@ -197,7 +198,10 @@ def _train(
         model.arch, cfg, dataset_info, (saved and saved.description.created) or time.strftime("%Y-%m-%dT%H:%M:%S"),
         fext.__version__)
     if main:
-        outputs.write_run_summary(folder / SUMMARY, fresh, cfg, model, device, description, images.failures, position)
+        outputs.write_run_summary(folder / SUMMARY, fresh, cfg, model, device, description, images.failures, position,
+                                  [(listing.relative(path), reason) for path, reason in listing.not_images])
+        for note in listing.notes(where=SUMMARY):
+            log.info("%s: %s", root, note)
 
     epochs = position.epoch + (cfg.training.EPOCHS if fresh else cfg.training.ADDITIONAL_EPOCHS)
     log.info("Training %s (%s preset, %d px) on %d images, %d for validation, epochs %d to %d on %s; checkpoint %s",
