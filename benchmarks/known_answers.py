@@ -5,8 +5,9 @@ public-domain photographs, no two sharing a pixel), plus planted copies of some 
 (byte-identical, JPEG quality 30–70, resized to 50–75 %, a 90 % centre crop, mirrored, brightness
 ±20 %) and planted junk (uniform noise, a solid colour, a page of text, stripes, a tile with a gray
 half). A model is trained on crops of the *other* 20 photographs (``fext train`` with the
-configuration below, for each ``--epochs``), the collection is encoded with it and explored with
-the defaults, and the table says, per planted kind:
+configuration below, for each ``--epochs``; kept under the benchmark cache, so a later run
+explores again without training), the collection is encoded with it and explored with the
+defaults, and the table says, per planted kind:
 
 - copies: the fraction grouped with their original (recall) and the kind of group that caught them;
 - junk: the fraction among the top 2 × (number planted) outliers, and the median rank;
@@ -16,7 +17,7 @@ Targets (issue 22): every byte-identical, re-encoded or resized copy grouped (re
 at most 1 % of distinct images grouped, ≥ 90 % of the junk among the top 2 × planted outliers.
 
     python benchmarks/known_answers.py                   # 3 epochs, small preset
-    python benchmarks/known_answers.py --epochs 3 --epochs 20
+    python benchmarks/known_answers.py --epochs 0 --epochs 3 --epochs 20   # 0: an untrained model
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from PIL import Image, ImageDraw, ImageEnhance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_header  # noqa: E402
-from feature_quality import image_set  # noqa: E402
+from feature_quality import bench_cache, image_set  # noqa: E402
 
 from fext.config import Config, with_overrides  # noqa: E402
 from fext.encoding import encode_folder  # noqa: E402
@@ -147,30 +148,51 @@ def score(result, answers: dict) -> dict:
     family = answers["family"]
     copies = {c for pairs in answers["copies"].values() for c, _ in pairs}
     distinct = [p for p in result.paths if p not in copies]
-    wrong = 0
+    wrong = []
     for p in distinct:
         g = group_of.get(row[p])
         if g is not None and any(family[result.paths[m]] != family[p] for m in result.duplicates.groups[g]):
-            wrong += 1
-    out["distinct"] = {"wrong": wrong, "of": len(distinct)}
+            wrong.append(p)
+    kinds = sorted({kind_of[row[p]] for p in wrong})
+    out["distinct"] = {"wrong": len(wrong), "of": len(distinct), "by": "+".join(kinds), "paths": wrong}
     return out
 
 
 def run(epochs: int, cfg: Config, train_dir: Path, collection: Path, answers: dict, tmp: Path) -> dict:
     """Train for ``epochs``, encode and explore the collection: the scores and the seconds of each step."""
-    cfg = with_overrides(cfg, {"training.EPOCHS": epochs})
+    cfg = with_overrides(cfg, {"training.EPOCHS": max(1, epochs)})
     ws = Workspace(tmp / f"ws{epochs}")
     ws.ensure()
     t0 = time.perf_counter()
-    ckpt = train(cfg, ws, dataset=train_dir, progress=False)
+    cached = bench_cache() / "known_answers" / f"{cfg.model.PRESET}_{cfg.model.IMG_SIZE}px_{cfg.training.RECIPE}_{epochs}ep"
+    if epochs and (cached / "model.safetensors").is_file():
+        ckpt = cached  # trained by an earlier run: the same configuration and images
+    elif epochs:
+        ckpt = train(cfg, ws, dataset=train_dir, progress=False)
+        shutil.copytree(ckpt, cached, dirs_exist_ok=True)
+    else:
+        ckpt = untrained(cfg, tmp / "untrained")
     t1 = time.perf_counter()
     emb = encode_folder(ckpt, collection, tmp / f"emb{epochs}", config=cfg, progress=False)
     t2 = time.perf_counter()
     result = explore(emb, config=cfg)
     t3 = time.perf_counter()
-    print(f"  {epochs} epochs: train {t1 - t0:.0f} s, encode {t2 - t1:.0f} s, explore {t3 - t2:.0f} s; "
+    steps = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
+    print(f"  {epochs} epochs: train {t1 - t0:.0f} s, encode {t2 - t1:.0f} s, explore {t3 - t2:.0f} s ({steps}); "
           f"{result.threshold.describe()}", flush=True)
-    return {"epochs": epochs, "scores": score(result, answers), "result": result}
+    scores = score(result, answers)
+    print(f"  distinct images grouped wrongly: {', '.join(scores['distinct']['paths']) or 'none'}", flush=True)
+    return {"epochs": epochs, "scores": scores, "result": result}
+
+
+def untrained(cfg: Config, folder: Path) -> Path:
+    """A seeded, untrained checkpoint of ``cfg``'s preset: what the images alone find, whatever the model."""
+    from fext.checkpoints import save_checkpoint
+    from fext.model import FeXTAutoEncoder
+
+    torch.manual_seed(cfg.SEED)
+    save_checkpoint(folder, FeXTAutoEncoder.from_preset(cfg.model.PRESET, cfg.model.IMG_SIZE))
+    return folder
 
 
 def print_table(runs: list[dict], answers: dict) -> None:
@@ -185,7 +207,7 @@ def print_table(runs: list[dict], answers: dict) -> None:
         cells = "  ".join(f"{'top ' + format(r['scores'][kind]['top'], '.2f') + ' (rank ' + format(r['scores'][kind]['median_rank'], '.0f') + ')':>26}"
                           for r in runs)
         print(f"{kind:<18} {len(answers['junk'][kind]):>3}  {cells}")
-    cells = "  ".join(f"{str(r['scores']['distinct']['wrong']) + ' of ' + str(r['scores']['distinct']['of']) + ' grouped':>26}"
+    cells = "  ".join(f"{str(r['scores']['distinct']['wrong']) + ' of ' + str(r['scores']['distinct']['of']) + ' grouped ' + (r['scores']['distinct']['by'] or ''):>26}"
                       for r in runs)
     print(f"{'distinct images':<18} {'':>3}  {cells}")
     planted = sum(len(v) for v in answers["junk"].values())
@@ -198,7 +220,8 @@ def print_table(runs: list[dict], answers: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, action="append", help="training epochs of a model (repeatable; default 3)")
+    parser.add_argument("--epochs", type=int, action="append",
+                        help="training epochs of a model (repeatable; default 3; 0: untrained, the images' signals alone)")
     parser.add_argument("--preset", default="small")
     parser.add_argument("--img-size", type=int, default=128)
     parser.add_argument("--per-copy", type=int, default=10, help="planted copies of each kind")

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageEnhance
 
 from fext.explore import choose_threshold, explore
 from fext.explore.duplicates import EQUAL_SIMILARITY, HASH_DISTANCE
-from fext.explore.outliers import SIGNALS
+from fext.explore.outliers import SIGNALS, unusualness
 
 CPU = tiny_config()
 PHOTOS = 40
@@ -104,7 +104,8 @@ def test_every_junk_kind_ranks_among_the_top_outliers_with_an_untrained_model(ex
     assert {f"junk_{kind}.png" for kind in JUNK} <= set(top), top
     row = {p: r for r, p in enumerate(explored.paths)}
     reasons = {kind: explored.outliers.reason[row[f"junk_{kind}.png"]] for kind in JUNK}
-    assert reasons["solid"] in ("entropy", "noise", "sharpness", "pixel_knn")  # an image signal, not the model's
+    assert reasons["solid"] in ("entropy", "noise", "sharpness", "flat_area")  # an image signal, not the model's
+    assert reasons["noise"] in ("noise", "sharpness") and explored.outliers.z["flat_area"][row["junk_gray_half.png"]] > 5
     photos = [row[f"p{i:02d}.png"] for i in range(5, PHOTOS)]
     assert np.median(explored.outliers.score[photos]) < 2
 
@@ -115,8 +116,7 @@ def test_outliers_csv_lists_every_component_and_duplicates_csv_the_kind(explored
     assert list(rows[0]) == ["rank", "path", "score", "reason"] + [c for s in SIGNALS for c in (s, f"{s}_z")]
     assert all(rows[0][name] != "" for name in SIGNALS)  # every signal measured with the images and the model
     first = rows[0]
-    assert float(first["score"]) == pytest.approx(max(
-        abs(float(first[f"{s}_z"])) if SIGNALS[s][0] == "both" else float(first[f"{s}_z"]) for s in SIGNALS), abs=1e-4)
+    assert float(first["score"]) == pytest.approx(max(unusualness(s, float(first[f"{s}_z"])) for s in SIGNALS), abs=1e-4)
     assert first["reason"] in SIGNALS
     dups = list(csv.DictReader(open(out / "duplicates.csv", encoding="utf-8")))
     assert list(dups[0]) == ["group", "kind", "path", "similarity", "hash_distance", "same_file"]

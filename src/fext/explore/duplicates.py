@@ -19,7 +19,7 @@ The threshold rule (:func:`choose_threshold`) needs two measurements on a sample
 collection: how similar each image stays to edited copies of itself (centre crop, JPEG
 re-encode, half size; :func:`fext.explore.measure.copy_similarities`), and how similar it is to
 its nearest other image. A nearest image that is a known duplicate (same bytes, same picture by
-the hash, or an equal vector) or at least as close as the image's own least similar copy counts
+the hash, or an equal vector) or at least as close as the image's own most similar copy counts
 as a likely duplicate; the others are distinct images, and the threshold is set so that fewer
 than ``MAX_FALSE_POSITIVE_RATE`` of those would be grouped, placed halfway to the similarity
 that 95% of copies reach when there is room. It is never above ``EQUAL_SIMILARITY``, which equal
@@ -181,7 +181,7 @@ def _measured(
     if copy_similarity is None:
         return nearest, None, nearest[distinct]
     copies = np.asarray(copy_similarity, dtype=np.float64)
-    return nearest, copies, nearest[distinct & (nearest < copies.min(axis=1))]
+    return nearest, copies, nearest[distinct & (nearest < copies.max(axis=1))]
 
 
 def _lowest_safe(distinct: np.ndarray, rate: float) -> float:

@@ -4,17 +4,21 @@ An image is scored on several signals (:data:`SIGNALS`). Two come from the model
 cosine distance of its vector to its ``OUTLIER_NEIGHBOURS`` nearest other vectors (isolated
 images are far from everything) and the model's reconstruction error (the autoencoder
 reconstructs badly what it saw little of). The others do not depend on how well the model
-learned, so a blank page or pure noise ranks high even after a 3-epoch training: the same kNN
-distance on the raw 32×32 thumbnails, and four statistics of the pixels (entropy, noise level,
-sharpness, colourfulness; :mod:`fext.explore.signals`).
+learned, so a blank page or pure noise ranks high even after a 3-epoch training: the pixel
+difference of the raw 32×32 thumbnail to its nearest thumbnails, four statistics of the pixels
+(entropy, noise level, sharpness, colourfulness) and the share of the image in flat, unclipped
+8×8 blocks (a blank colour, a gray half; :mod:`fext.explore.signals`).
 
 The rule: each signal becomes a robust z-score within the collection, ``(x - median) / (1.4826 *
 MAD)`` (0 is typical; 3 is as far from typical as three standard deviations of a normal
-distribution, and a few extreme images cannot shift the median or the MAD). Distances and errors
-are unusual when high; the statistics when high or low (a blank image has no entropy, noise has
-the most), so their absolute value counts; noise and sharpness span orders of magnitude and are
-scored on a log scale. The score is the largest of an image's z-scores: one strongly unusual
-property is enough, and the signal that gave the score is the reason shown.
+distribution, and a few extreme images cannot shift the median or the MAD). Distances, errors and
+the flat area are unusual when high; colourfulness when low (a text page or a gray scan among
+colour photos; a vivid photo is no junk); entropy, noise and sharpness either way (a blank image
+has no entropy, noise has the most), so their absolute value counts. Sharpness spans orders of
+magnitude and is scored on a log scale. The flat area is 0 for almost every photograph, so its
+MAD is 0: its unit is at least 5 % of the image. The score is the largest of an image's
+unusualness: one strongly unusual property is enough, and the signal that gave the score is the
+reason shown.
 """
 
 from __future__ import annotations
@@ -28,15 +32,16 @@ from fext.explore.neighbours import Neighbours, nearest_neighbours
 from fext.search import normalized
 
 OUTLIER_NEIGHBOURS = 10
-SIGNALS: dict[str, tuple[str, bool, str]] = {
-    # name: (unusual when "high" or "both", scored on a log scale, what it is)
-    "feature_knn": ("high", False, "cosine distance of the feature vector to its nearest"),
-    "reconstruction_error": ("high", False, "the model's reconstruction error"),
-    "pixel_knn": ("high", False, "cosine distance of the raw 32×32 thumbnail to its nearest"),
-    "entropy": ("both", False, "gray-level entropy"),
-    "noise": ("both", True, "noise level"),
-    "sharpness": ("both", True, "sharpness (variance of the Laplacian)"),
-    "colourfulness": ("both", False, "colourfulness"),
+SIGNALS: dict[str, tuple[str, bool, float, str]] = {
+    # name: (unusual when "high", "low" or "both", scored on a log scale, smallest scale, what it is)
+    "feature_knn": ("high", False, 0.0, "cosine distance of the feature vector to its nearest"),
+    "reconstruction_error": ("high", False, 0.0, "the model's reconstruction error"),
+    "pixel_knn": ("high", False, 0.0, "pixel difference of the raw 32×32 thumbnail to its nearest"),
+    "entropy": ("both", False, 0.0, "gray-level entropy"),
+    "noise": ("both", False, 0.0, "noise level"),
+    "sharpness": ("both", True, 0.0, "sharpness (variance of the Laplacian)"),
+    "colourfulness": ("low", False, 0.0, "colourfulness"),
+    "flat_area": ("high", False, 0.05, "share of the image in flat, unclipped 8×8 blocks"),
 }
 """Every signal the score may use, in the order outliers.csv lists them."""
 
@@ -68,7 +73,7 @@ class Outliers:
         """A person's reading of the score of ``row``: "noise level high (z 8.1)"."""
         name = self.reason[row]
         z = float(self.z[name][row])
-        return f"{SIGNALS[name][2]} {'high' if z >= 0 else 'low'} (z {z:+.1f})"
+        return f"{SIGNALS[name][3]} {'high' if z >= 0 else 'low'} (z {z:+.1f})"
 
     def rows(self, paths: list[str]) -> list[dict[str, Any]]:
         """DataFrame-friendly rows, most unusual first: ``rank, path, score, reason``, then every signal
@@ -114,10 +119,16 @@ def find_outliers(
     components = {name: components[name] for name in SIGNALS if name in components}
     z = {name: signal_z(name, values) for name, values in components.items()}
     names = list(z)
-    unusual = np.stack([np.abs(z[name]) if SIGNALS[name][0] == "both" else z[name] for name in names])  # (S, N)
+    unusual = np.stack([unusualness(name, z[name]) for name in names])  # (S, N)
     top = unusual.argmax(axis=0)
     score = unusual[top, np.arange(unusual.shape[1])]
     return Outliers(score.astype(np.float32), components, z, [names[i] for i in top])
+
+
+def unusualness(name: str, z: np.ndarray) -> np.ndarray:
+    """The part of a signal's z-scores that counts as unusual: above typical, below, or either way."""
+    direction = SIGNALS[name][0]
+    return z if direction == "high" else -z if direction == "low" else np.abs(z)
 
 
 def knn_distance(neighbours: Neighbours, k: int = OUTLIER_NEIGHBOURS) -> np.ndarray:
@@ -133,15 +144,19 @@ def signal_z(name: str, values: np.ndarray) -> np.ndarray:
     known = np.isfinite(x)
     z = np.zeros(len(x))
     if known.any():
-        z[known] = robust_z(x[known])
+        z[known] = robust_z(x[known], SIGNALS[name][2])
     return z.astype(np.float32)
 
 
-def robust_z(x: np.ndarray) -> np.ndarray:
-    """``(x - median) / (1.4826 * MAD)``; a zero MAD falls back to the standard deviation, then to 1."""
+def robust_z(x: np.ndarray, floor: float = 0.0) -> np.ndarray:
+    """``(x - median) / max(1.4826 * MAD, floor)``; a zero scale falls back to the standard deviation, then to 1.
+
+    ``floor``: the smallest difference that counts as one unit, for a signal that is exactly the same
+    for most images (no photo has a flat area, so its MAD is 0 and any flat block would be infinitely unusual).
+    """
     x = np.asarray(x, dtype=np.float64)
     median = np.median(x)
-    scale = 1.4826 * np.median(np.abs(x - median))
+    scale = max(1.4826 * float(np.median(np.abs(x - median))), floor)
     if scale <= 0:
         scale = float(x.std()) or 1.0
     return (x - median) / scale

@@ -271,7 +271,7 @@ def _notes(
     else:
         k_rule = (f"K = {groups.k}: the highest mean silhouette ({groups.silhouette:.3f}, cosine) of K in "
                   f"{', '.join(map(str, CANDIDATE_KS))} up to √N, on at most {SILHOUETTE_SAMPLE:,} images.")
-    measured = ", ".join(SIGNALS[name][2] for name in outliers.components)
+    measured = ", ".join(SIGNALS[name][3] for name in outliers.components)
     kinds = {kind: sum(k == kind for k in duplicates.kinds) for kind in KINDS}
     return PageNotes(
         title=f"FeXT atlas — {folder.name}",

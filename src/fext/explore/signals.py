@@ -6,7 +6,8 @@ image once more (at ``SIGNAL_SIZE`` pixels, as the model sees it) and keeps, per
 
 - a 64-bit perceptual hash (pHash, :func:`fext.analysis.stats.phash`), for near-identical copies;
 - four statistics of ``fext analyze`` (:mod:`fext.analysis.stats`): gray-level entropy, noise
-  level, sharpness (variance of the Laplacian) and colourfulness, for the outlier score;
+  level, sharpness (variance of the Laplacian) and colourfulness, and the share of the image in
+  flat 8×8 blocks (:func:`flat_area`), for the outlier score;
 - the raw-pixel thumbnail of the scorecard's pixel baseline (32×32, :func:`pixel_vectors`), whose
   nearest-neighbour distance says how unlike the other pictures an image looks.
 
@@ -28,7 +29,12 @@ log = logging.getLogger(__name__)
 SIGNAL_SIZE = 128
 """Side (pixels) of the square the statistics and hashes are computed on: one scale for every image."""
 BATCH = 64
-STATISTICS = ("entropy", "noise", "sharpness", "colourfulness")
+STATISTICS = ("entropy", "noise", "sharpness", "colourfulness", "flat_area")
+FLAT_BLOCK = 8
+FLAT_STD = 0.5
+"""Gray levels: an 8×8 block whose standard deviation is below this is flat (photographs have grain)."""
+CLIPPED = (8, 247)
+"""Mean gray levels outside which a flat block is clipped shadow or highlight, common in photographs."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,18 @@ def measure(rgb: np.ndarray) -> tuple[int, bool, tuple[float, ...]]:
     gray = luma(rgb)
     code, informative = phash(Image.fromarray(gray))
     entropy = histogram_stats(np.bincount(gray.ravel(), minlength=256))["entropy"]
-    return code, informative, (entropy, noise_std(gray), laplacian_variance(gray), colourfulness(rgb))
+    return code, informative, (entropy, noise_std(gray), laplacian_variance(gray), colourfulness(rgb), flat_area(gray))
+
+
+def flat_area(gray: np.ndarray) -> float:
+    """Share of (H, W) uint8 ``gray`` in flat ``FLAT_BLOCK``-pixel blocks (standard deviation below
+    ``FLAT_STD``) that are not clipped black or white: 1 for a blank colour, about 0.5 for a photo with a
+    gray half (how a truncated JPEG decodes), 0 for almost every photograph, night skies included."""
+    h, w = (s - s % FLAT_BLOCK for s in gray.shape)
+    blocks = gray[:h, :w].reshape(h // FLAT_BLOCK, FLAT_BLOCK, w // FLAT_BLOCK, FLAT_BLOCK).astype(np.float32)
+    mean = blocks.mean(axis=(1, 3))
+    flat = (blocks.std(axis=(1, 3)) < FLAT_STD) & (mean > CLIPPED[0]) & (mean < CLIPPED[1])
+    return float(flat.mean())
 
 
 def thumbnail_unit(pixels: np.ndarray) -> np.ndarray:
@@ -98,10 +115,16 @@ def thumbnail_unit(pixels: np.ndarray) -> np.ndarray:
     return normalized(pixels - pixels.mean(axis=0, keepdims=True))
 
 
-def outlier_signals(signals: ImageSignals, thumbnail_neighbours: Any) -> dict[str, np.ndarray]:
-    """The model-independent signals of :data:`fext.explore.outliers.SIGNALS`, by name."""
-    from fext.explore.outliers import knn_distance
+def outlier_signals(signals: ImageSignals, thumbnail_neighbours: Any, k: int = 10) -> dict[str, np.ndarray]:
+    """The model-independent signals of :data:`fext.explore.outliers.SIGNALS`, by name.
 
-    pixel_knn = knn_distance(thumbnail_neighbours)
+    ``pixel_knn`` is the mean root-mean-square pixel difference (0–1) between an image's thumbnail and
+    its ``k`` nearest thumbnails (found by :func:`thumbnail_unit` cosine): a distance, not a cosine,
+    so that noise, whose thumbnail is as unlike the others in direction as any photo's but far
+    stronger, is far from everything.
+    """
+    nearest = thumbnail_neighbours.indices[:, :k]  # (N, k)
+    rms = np.sqrt(((signals.pixels[:, None, :] - signals.pixels[nearest]) ** 2).mean(axis=2))  # (N, k)
+    pixel_knn = rms.mean(axis=1).astype(np.float32)
     pixel_knn[~signals.readable] = np.nan
     return {"pixel_knn": pixel_knn, **signals.statistics}
