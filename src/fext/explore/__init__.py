@@ -5,8 +5,10 @@ What lives where:
 - :mod:`~fext.explore.neighbours`: every image's nearest neighbours (computed once, used by all);
 - :mod:`~fext.explore.maps`: the 2-D map (UMAP, or PCA for a handful of images);
 - :mod:`~fext.explore.clusters`: k-means clusters and the rule that picks K;
-- :mod:`~fext.explore.outliers`: the novelty score;
-- :mod:`~fext.explore.duplicates`: near-duplicate groups and the measured threshold;
+- :mod:`~fext.explore.signals`: what the images say whatever the model learned (hashes, statistics, thumbnails);
+- :mod:`~fext.explore.outliers`: the novelty score and why;
+- :mod:`~fext.explore.duplicates`: duplicate groups (same bytes, same picture by pHash, close vectors) and
+  the measured threshold;
 - :mod:`~fext.explore.measure`: reconstruction errors and edited copies, with the checkpoint;
 - :mod:`~fext.explore.thumbnails`: sprite sheets; :mod:`~fext.explore.page`: atlas.html;
 - :mod:`~fext.explore.run`: ``fext explore`` (:func:`explore`).

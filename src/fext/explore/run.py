@@ -1,9 +1,10 @@
 """``fext explore``: from a `fext encode` folder to ``explore/`` with atlas.html and four CSV files.
 
 The steps, in order: read and check the vectors; find every image's nearest neighbours once
-(shared by all that follows); the map; the clusters; with the checkpoint and the images at
-hand, reconstruction errors and edited copies; the outlier scores; the duplicate threshold and
-groups; the thumbnails; then the files, each written atomically.
+(shared by all that follows); the map; the clusters; with the images at hand, their own signals
+(perceptual hashes, statistics, raw thumbnails and their neighbours); with the checkpoint too,
+reconstruction errors and edited copies; the outlier scores; the duplicate threshold and groups
+(with the file hashes of sources.csv); the thumbnails; then the files, each written atomically.
 """
 
 from __future__ import annotations
@@ -133,13 +134,7 @@ def explore(
     extra = outlier_signals(signals, thumb_nb) if signals is not None else None
     outliers = find_outliers(unit, errors, nb, signals=extra)
     identity = Identity(_file_hashes(folder, paths), *((signals.phash, signals.hashed) if signals else (None, None)))
-    known = identity.same_picture(sample, nb.indices[sample, 0].astype(np.int64))
-    if duplicate_threshold is not None:
-        threshold = threshold_at(duplicate_threshold, copies, nb.similarities[sample, 0], by_hand=True, known=known)
-    else:
-        threshold = choose_threshold(copies, nb.similarities[sample, 0], known=known)
-    duplicates = find_duplicates(unit, threshold.value, nb.first(DUPLICATE_NEIGHBOURS), identity,
-                                 thumb_nb.first(DUPLICATE_NEIGHBOURS) if thumb_nb else None)
+    threshold, duplicates = _duplicates(unit, nb, thumb_nb, identity, copies, sample, duplicate_threshold)
     clock.lap("outliers and duplicates")
     # 4. files
     sprites = make_sprites(files, progress=progress) if have_images else None
@@ -163,6 +158,21 @@ def _image_signals(files: list[Path], cfg: Config, progress: bool, seed: int) ->
     signals = image_signals(files, workers(cfg, len(files), SIGNAL_BATCH), progress)
     k = max(OUTLIER_NEIGHBOURS, DUPLICATE_NEIGHBOURS)
     return signals, nearest_neighbours(thumbnail_unit(signals.pixels), k, seed)
+
+
+def _duplicates(
+    unit: np.ndarray, nb: Neighbours, thumb_nb: Neighbours | None, identity: Identity, copies: np.ndarray | None,
+    sample: np.ndarray, by_hand: float | None,
+) -> tuple[Threshold, Duplicates]:
+    """The feature threshold (measured on the ``sample`` rows and their edited ``copies``, or ``by_hand``)
+    and the duplicate groups at every level."""
+    known = identity.same_picture(sample, nb.indices[sample, 0].astype(np.int64))
+    if by_hand is not None:
+        threshold = threshold_at(by_hand, copies, nb.similarities[sample, 0], by_hand=True, known=known)
+    else:
+        threshold = choose_threshold(copies, nb.similarities[sample, 0], known=known)
+    candidates = thumb_nb.first(DUPLICATE_NEIGHBOURS) if thumb_nb else None
+    return threshold, find_duplicates(unit, threshold.value, nb.first(DUPLICATE_NEIGHBOURS), identity, candidates)
 
 
 def _file_hashes(folder: Path, paths: list[str]) -> list[str] | None:
