@@ -5,7 +5,7 @@ cosine distance of its vector to its ``OUTLIER_NEIGHBOURS`` nearest other vector
 images are far from everything) and the model's reconstruction error (the autoencoder
 reconstructs badly what it saw little of). The others do not depend on how well the model
 learned, so a blank page or pure noise ranks high even after a 3-epoch training: the pixel
-difference of the raw 32×32 thumbnail to its nearest thumbnails, four statistics of the pixels
+difference of the raw 16×16 thumbnail to its nearest thumbnails, four statistics of the pixels
 (entropy, noise level, sharpness, colourfulness) and the share of the image in flat, unclipped
 8×8 blocks (a blank colour, a gray half; :mod:`fext.explore.signals`).
 
@@ -36,7 +36,7 @@ SIGNALS: dict[str, tuple[str, bool, float, str]] = {
     # name: (unusual when "high", "low" or "both", scored on a log scale, smallest scale, what it is)
     "feature_knn": ("high", False, 0.0, "cosine distance of the feature vector to its nearest"),
     "reconstruction_error": ("high", False, 0.0, "the model's reconstruction error"),
-    "pixel_knn": ("high", False, 0.0, "pixel difference of the raw 32×32 thumbnail to its nearest"),
+    "pixel_knn": ("high", False, 0.0, "pixel difference of the raw 16×16 thumbnail to its nearest"),
     "entropy": ("both", False, 0.0, "gray-level entropy"),
     "noise": ("both", False, 0.0, "noise level"),
     "sharpness": ("both", True, 0.0, "sharpness (variance of the Laplacian)"),

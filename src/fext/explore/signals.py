@@ -8,7 +8,8 @@ image once more (at ``SIGNAL_SIZE`` pixels, as the model sees it) and keeps, per
 - four statistics of ``fext analyze`` (:mod:`fext.analysis.stats`): gray-level entropy, noise
   level, sharpness (variance of the Laplacian) and colourfulness, and the share of the image in
   flat 8×8 blocks (:func:`flat_area`), for the outlier score;
-- the raw-pixel thumbnail of the scorecard's pixel baseline (32×32, :func:`pixel_vectors`), whose
+- a raw-pixel thumbnail as the scorecard's pixel baseline makes it (:func:`pixel_vectors`, at
+  ``THUMB_SIDE`` pixels: 3 KB an image, a tenth of the memory of the vectors at 100,000 images), whose
   nearest-neighbour distance says how unlike the other pictures an image looks.
 
 The byte hash of every file (BLAKE2b, recorded by ``fext encode`` in ``sources.csv``) comes from
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 SIGNAL_SIZE = 128
 """Side (pixels) of the square the statistics and hashes are computed on: one scale for every image."""
 BATCH = 64
+THUMB_SIDE = 16
 STATISTICS = ("entropy", "noise", "sharpness", "colourfulness", "flat_area")
 FLAT_BLOCK = 8
 FLAT_STD = 0.5
@@ -41,7 +43,7 @@ CLIPPED = (8, 247)
 class ImageSignals:
     """Row-aligned with the files. ``phash``: uint64 (N,); ``hashed``: bool (N,), False where the image
     was unreadable or too flat for its hash to mean anything; ``statistics``: name -> float32 (N,)
-    (NaN where unreadable); ``pixels``: float32 (N, 3·32·32) thumbnails in [0, 1] (zeros where unreadable);
+    (NaN where unreadable); ``pixels``: float32 (N, 3·16·16) thumbnails in [0, 1] (zeros where unreadable);
     ``readable``: bool (N,)."""
 
     phash: np.ndarray
@@ -55,19 +57,19 @@ def image_signals(files: list[Path], workers: int = 0, progress: bool = False) -
     """:class:`ImageSignals` of ``files``, decoded in ``workers`` processes as ``fext encode`` does."""
     from fext.data import decode_batches
     from fext.encoding.inference import with_progress
-    from fext.evaluation.scorecard import PIXEL_SIDE, pixel_vectors
+    from fext.evaluation.scorecard import pixel_vectors
 
     n = len(files)
     phash = np.zeros(n, dtype=np.uint64)
     hashed = np.zeros(n, dtype=bool)
     stats = {name: np.full(n, np.nan, dtype=np.float32) for name in STATISTICS}
-    pixels = np.zeros((n, 3 * PIXEL_SIDE * PIXEL_SIDE), dtype=np.float32)
+    pixels = np.zeros((n, 3 * THUMB_SIDE * THUMB_SIDE), dtype=np.float32)
     batches = decode_batches(files, SIGNAL_SIZE, BATCH, workers=workers, log_failures=False)
     for batch in with_progress(batches, progress, n, desc="Image signals"):
         if not batch.positions:
             continue
         images = batch.images.numpy()  # (b, S, S, 3) uint8
-        pixels[batch.positions] = pixel_vectors(images)
+        pixels[batch.positions] = pixel_vectors(images, THUMB_SIDE)
         for position, rgb in zip(batch.positions, images):
             phash[position], hashed[position], values = measure(rgb)
             for name, value in zip(STATISTICS, values):
@@ -104,7 +106,7 @@ def flat_area(gray: np.ndarray) -> float:
 
 
 def thumbnail_unit(pixels: np.ndarray) -> np.ndarray:
-    """float32 (N, 3·32·32) thumbnails centred on the collection's mean thumbnail, then unit length.
+    """float32 (N, 3·16·16) thumbnails centred on the collection's mean thumbnail, then unit length.
 
     Centring first keeps what every picture shares (a mean colour) from dominating the cosine
     similarity, as the scorecard's pixel baseline does; a thumbnail equal to the mean (a flat
@@ -124,7 +126,11 @@ def outlier_signals(signals: ImageSignals, thumbnail_neighbours: Any, k: int = 1
     stronger, is far from everything.
     """
     nearest = thumbnail_neighbours.indices[:, :k]  # (N, k)
-    rms = np.sqrt(((signals.pixels[:, None, :] - signals.pixels[nearest]) ** 2).mean(axis=2))  # (N, k)
-    pixel_knn = rms.mean(axis=1).astype(np.float32)
+    pixels = signals.pixels
+    pixel_knn = np.empty(len(pixels), dtype=np.float32)
+    block = max(1, 2**26 // (4 * nearest.shape[1] * pixels.shape[1]))  # rows per 64 MB of differences
+    for lo in range(0, len(pixels), block):
+        diff = pixels[lo:lo + block, None, :] - pixels[nearest[lo:lo + block]]  # (b, k, 3·16·16)
+        pixel_knn[lo:lo + block] = np.sqrt((diff ** 2).mean(axis=2)).mean(axis=1)
     pixel_knn[~signals.readable] = np.nan
     return {"pixel_knn": pixel_knn, **signals.statistics}
