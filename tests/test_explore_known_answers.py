@@ -8,6 +8,7 @@ the perceptual hash and the image statistics, not by a model that happened to le
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from fext.explore.outliers import SIGNALS, unusualness
 CPU = tiny_config()
 PHOTOS = 40
 JUNK = ("noise", "solid", "text", "stripes", "gray_half")
+DATA_TAG = '<script type="application/json" id="atlas-data">'
 
 
 def photo(rng: np.random.Generator, height: int = 96, width: int = 128) -> np.ndarray:
@@ -126,6 +128,11 @@ def test_outliers_csv_lists_every_component_and_duplicates_csv_the_kind(explored
     assert 0 <= int(by_path["p02.png"]["hash_distance"]) <= HASH_DISTANCE
     page = (out / "atlas.html").read_text(encoding="utf-8")
     assert "byte-identical" in page and "perceptual hash" in page
+    data = json.loads(page[page.index(DATA_TAG) + len(DATA_TAG):page.index("</script>", page.index(DATA_TAG))])
+    top = explored.outliers.ranking()[:3]
+    assert data["why"][:3] == [explored.outliers.why(r) for r in top]  # shown under each unusual image
+    assert explored.outliers.why(top[0]) in (f"{SIGNALS[first['reason']][3]}: high", f"{SIGNALS[first['reason']][3]}: low")
+    assert {g["kind"] for g in data["duplicates"]} == {"exact", "perceptual"}
 
 
 def test_a_collection_of_identical_files_is_one_exact_group(tmp_path):

@@ -70,10 +70,9 @@ class Outliers:
         return np.argsort(-self.score, kind="stable")
 
     def why(self, row: int) -> str:
-        """A person's reading of the score of ``row``: "noise level high (z 8.1)"."""
+        """A person's reading of the score of ``row`` (the score is that signal's z): "noise level: high"."""
         name = self.reason[row]
-        z = float(self.z[name][row])
-        return f"{SIGNALS[name][3]} {'high' if z >= 0 else 'low'} (z {z:+.1f})"
+        return f"{SIGNALS[name][3]}: {'high' if self.z[name][row] >= 0 else 'low'}"
 
     def rows(self, paths: list[str]) -> list[dict[str, Any]]:
         """DataFrame-friendly rows, most unusual first: ``rank, path, score, reason``, then every signal
