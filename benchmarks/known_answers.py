@@ -45,6 +45,7 @@ from fext.workspace import Workspace  # noqa: E402
 
 COPIES = ("byte-identical", "JPEG 30-70", "resized 50-75%", "crop 90%", "mirrored", "brightness +-20%")
 JUNK = ("noise", "solid colour", "text page", "stripes", "gray half")
+BLANK_STD = 4.0
 WORDS = "the of image collection photo noise copy data model vector train page line text".split()
 
 
@@ -97,15 +98,19 @@ def junk(kind: str, size: int, rng: np.random.Generator, tile: Path) -> Image.Im
 
 def build_collection(held_dir: Path, folder: Path, per_copy: int, per_junk: int, seed: int) -> dict:
     """The planted collection in ``folder``; the answers: ``{"family": {path: id}, "copies": {kind: [(copy, original)]},
-    "junk": {kind: [path]}}`` (paths relative to ``folder``; a family is a tile and its copies)."""
+    "junk": {kind: [path]}, "blank": [path]}`` (paths relative to ``folder``; a family is a tile and its copies;
+    blank: tiles with no picture, gray-level standard deviation below ``BLANK_STD``, which a person would group)."""
     rng = np.random.default_rng(seed)
     tiles = sorted(held_dir.rglob("*.png"))
     family, copies, junk_paths = {}, {k: [] for k in COPIES}, {k: [] for k in JUNK}
     (folder / "tiles").mkdir(parents=True)
     (folder / "planted").mkdir()
+    blank = []
     for i, tile in enumerate(tiles):
         shutil.copy(tile, folder / "tiles" / f"{i:03d}.png")
         family[f"tiles/{i:03d}.png"] = i
+        if np.asarray(Image.open(tile).convert("L"), dtype=np.float32).std() < BLANK_STD:
+            blank.append(f"tiles/{i:03d}.png")
     picked = rng.permutation(len(tiles))
     for k, kind in enumerate(COPIES):
         for i in picked[k * per_copy:(k + 1) * per_copy].tolist():
@@ -121,7 +126,7 @@ def build_collection(held_dir: Path, folder: Path, per_copy: int, per_junk: int,
             junk(kind, size, rng, tiles[int(rng.integers(len(tiles)))]).save(folder / rel)
             family[rel] = len(tiles) + len(family)  # a family of its own
             junk_paths[kind].append(rel)
-    return {"family": family, "copies": copies, "junk": junk_paths}
+    return {"family": family, "copies": copies, "junk": junk_paths, "blank": blank}
 
 
 def score(result, answers: dict) -> dict:
@@ -154,7 +159,8 @@ def score(result, answers: dict) -> dict:
         if g is not None and any(family[result.paths[m]] != family[p] for m in result.duplicates.groups[g]):
             wrong.append(p)
     kinds = sorted({kind_of[row[p]] for p in wrong})
-    out["distinct"] = {"wrong": len(wrong), "of": len(distinct), "by": "+".join(kinds), "paths": wrong}
+    blank = [p for p in wrong if p in answers["blank"]]
+    out["distinct"] = {"wrong": len(wrong), "of": len(distinct), "by": "+".join(kinds), "paths": wrong, "blank": len(blank)}
     return out
 
 
@@ -210,9 +216,12 @@ def print_table(runs: list[dict], answers: dict) -> None:
     cells = "  ".join(f"{str(r['scores']['distinct']['wrong']) + ' of ' + str(r['scores']['distinct']['of']) + ' grouped ' + (r['scores']['distinct']['by'] or ''):>26}"
                       for r in runs)
     print(f"{'distinct images':<18} {'':>3}  {cells}")
+    cells = "  ".join(f"{str(r['scores']['distinct']['blank']) + ' of ' + str(len(answers['blank'])):>26}" for r in runs)
+    print(f"{'  of them blank':<18} {'':>3}  {cells}")
     planted = sum(len(v) for v in answers["junk"].values())
     print(f"copies: fraction grouped with their original, and the kinds of group that caught them; junk: fraction "
-          f"among the top {2 * planted} outliers (median rank); distinct: tiles and junk grouped with another picture")
+          f"among the top {2 * planted} outliers (median rank); distinct: tiles and junk grouped with another picture; "
+          f"blank: of those, tiles with no picture (gray std < {BLANK_STD:g}: paper margins) that a person groups too")
     for r in runs:
         print(f"  {r['epochs']} epochs, junk flagged by: "
               + "; ".join(f"{k} {r['scores'][k]['by']}" for k in JUNK))

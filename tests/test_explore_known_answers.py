@@ -57,8 +57,8 @@ def junk(kind: str, rng: np.random.Generator, source: np.ndarray) -> Image.Image
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """40 photos, a byte-identical, a JPEG (quality 40), a 60 % resized and a brightness +20 % copy of
-    four of them, and one junk image of each kind of ``JUNK``, encoded with an untrained checkpoint."""
+    """40 photos, a byte-identical, a JPEG (quality 40), a 60 % resized, a brightness +20 % and a mirrored
+    copy of five of them, and one junk image of each kind of ``JUNK``, encoded with an untrained checkpoint."""
     from fext.encoding import encode_folder
 
     root = tmp_path_factory.mktemp("known")
@@ -72,6 +72,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Image.fromarray(photos[1]).save(images / "copy_jpeg.jpg", quality=40)
     Image.fromarray(photos[2]).resize((77, 58), Image.Resampling.BILINEAR).save(images / "copy_resized.png")
     ImageEnhance.Brightness(Image.fromarray(photos[3])).enhance(1.2).save(images / "copy_brighter.png")
+    Image.fromarray(photos[5][:, ::-1]).save(images / "copy_mirrored.png")
     for kind in JUNK:
         junk(kind, rng, photos[4]).save(images / f"junk_{kind}.png")
     ckpt = make_checkpoint(root / "FeXT_20240101T000000")
@@ -93,6 +94,7 @@ def test_copies_are_grouped_by_the_level_that_finds_them_and_nothing_else_is(exp
         ("copy_jpeg.jpg", "p01.png"): "perceptual",
         ("copy_resized.png", "p02.png"): "perceptual",
         ("copy_brighter.png", "p03.png"): "perceptual",
+        ("copy_mirrored.png", "p05.png"): "perceptual",
     }
     d = explored.duplicates  # each row compared with its group's first row (the copies' names sort first)
     row = {p: r for r, p in enumerate(explored.paths)}
@@ -108,7 +110,7 @@ def test_every_junk_kind_ranks_among_the_top_outliers_with_an_untrained_model(ex
     reasons = {kind: explored.outliers.reason[row[f"junk_{kind}.png"]] for kind in JUNK}
     assert reasons["solid"] in ("entropy", "noise", "sharpness", "flat_area")  # an image signal, not the model's
     assert reasons["noise"] in ("noise", "sharpness") and explored.outliers.z["flat_area"][row["junk_gray_half.png"]] > 5
-    photos = [row[f"p{i:02d}.png"] for i in range(5, PHOTOS)]
+    photos = [row[f"p{i:02d}.png"] for i in range(6, PHOTOS)]
     assert np.median(explored.outliers.score[photos]) < 2
 
 

@@ -7,8 +7,9 @@ resized or re-saved, to be found whatever the model learned. So two images are l
   sources.csv);
 - ``perceptual``: their 64-bit pHashes differ in at most ``HASH_DISTANCE`` bits (resized,
   re-encoded, brightness-changed copies; hash and distance chosen by
-  ``benchmarks/perceptual_hash.py``), looked for among each image's nearest raw thumbnails and
-  nearest feature vectors;
+  ``benchmarks/perceptual_hash.py``), or one's pHash and the other's mirror image's do (flipped
+  copies), looked for among each image's nearest raw thumbnails, mirrored thumbnails and feature
+  vectors;
 - ``feature``: the cosine similarity of their vectors reaches the threshold;
 
 and groups are the connected components of those links. A group's kind is the strictest level
@@ -76,14 +77,15 @@ class Threshold:
 class Identity:
     """What says two files hold the same picture, whatever the model: row-aligned with the vectors.
 
-    ``file_hash``: the BLAKE2b of each file's bytes ("" unknown), or None; ``phash``: uint64 (N,)
-    pHashes and ``hashed``: bool (N,), False where an image's hash means nothing (unreadable, flat),
-    or both None when the images are not at hand.
+    ``file_hash``: the BLAKE2b of each file's bytes ("" unknown), or None; ``phash``, ``phash_mirror``:
+    uint64 (N,) pHashes of each image and of its mirror image, and ``hashed``: bool (N,), False where an
+    image's hash means nothing (unreadable, flat), or all None when the images are not at hand.
     """
 
     file_hash: list[str] | None = None
     phash: np.ndarray | None = None
     hashed: np.ndarray | None = None
+    phash_mirror: np.ndarray | None = None
 
     def exact_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows, first rows): every file linked to the first file with the same bytes."""
@@ -93,10 +95,13 @@ class Identity:
         return np.array([i for i, _ in pairs], dtype=np.int64), np.array([j for _, j in pairs], dtype=np.int64)
 
     def hash_distance(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """int (P,) differing pHash bits of each pair; 255 where either image has no meaningful hash."""
+        """int (P,) differing pHash bits of each pair, the image or its mirror image (a flipped copy);
+        255 where either image has no meaningful hash."""
         if self.phash is None:
             return np.full(len(rows), 255, dtype=np.int64)
         distance = np.bitwise_count(self.phash[rows] ^ self.phash[cols]).astype(np.int64)
+        if self.phash_mirror is not None:
+            distance = np.minimum(distance, np.bitwise_count(self.phash[rows] ^ self.phash_mirror[cols]))
         distance[~(self.hashed[rows] & self.hashed[cols])] = 255
         return distance
 
@@ -195,13 +200,13 @@ def _lowest_safe(distinct: np.ndarray, rate: float) -> float:
 
 def find_duplicates(
     vectors: np.ndarray, threshold: float, neighbours: Neighbours | None = None,
-    identity: Identity | None = None, candidates: Neighbours | None = None,
+    identity: Identity | None = None, candidates: list[Neighbours] | None = None,
 ) -> Duplicates:
     """Duplicate groups of the rows of ``vectors`` (N, D) at the three levels of the module docstring.
 
     ``threshold``: the cosine similarity of feature-level pairs; ``neighbours``: the vectors' own
     neighbour graph, if computed; ``identity``: byte and perceptual hashes (None: features only);
-    ``candidates``: more neighbours among which perceptual pairs are looked for (the raw thumbnails').
+    ``candidates``: more neighbour graphs among which perceptual pairs are looked for (the raw thumbnails').
     """
     unit = normalized(vectors)
     n = len(unit)
@@ -209,7 +214,7 @@ def find_duplicates(
     if neighbours is None:
         neighbours = nearest_neighbours(unit, DUPLICATE_NEIGHBOURS)
     exact = identity.exact_pairs()
-    perceptual = _perceptual_pairs(identity, [nb for nb in (neighbours, candidates) if nb is not None])
+    perceptual = _perceptual_pairs(identity, [neighbours, *(candidates or [])])
     close = neighbours.similarities >= threshold
     feature = (np.repeat(np.arange(n), neighbours.k)[close.ravel()], neighbours.indices.ravel()[close.ravel()])
     levels = [_components(n, [exact]), _components(n, [exact, perceptual]), _components(n, [exact, perceptual, feature])]
@@ -224,7 +229,7 @@ def _perceptual_pairs(identity: Identity, graphs: list[Neighbours]) -> tuple[np.
         return np.empty(0, np.int64), np.empty(0, np.int64)
     rows = np.concatenate([np.repeat(np.arange(len(nb.indices)), nb.k) for nb in graphs])
     cols = np.concatenate([nb.indices.ravel().astype(np.int64) for nb in graphs])
-    close = identity.hash_distance(rows, cols) <= HASH_DISTANCE
+    close = (identity.hash_distance(rows, cols) <= HASH_DISTANCE) & (rows != cols)
     return rows[close], cols[close]
 
 

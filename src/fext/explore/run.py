@@ -35,7 +35,7 @@ from fext.explore.outliers import columns as outlier_columns
 from fext.explore.page import PageNotes, write_page
 from fext.explore.selection import read_selection
 from fext.explore.signals import BATCH as SIGNAL_BATCH
-from fext.explore.signals import ImageSignals, image_signals, outlier_signals, thumbnail_unit
+from fext.explore.signals import ImageSignals, image_signals, mirror_candidates, outlier_signals, thumbnail_unit
 from fext.explore.thumbnails import make_sprites
 from fext.search import normalized
 
@@ -125,16 +125,17 @@ def explore(
     input_dir = Path(metadata.get("input", ""))
     files = [input_dir / p for p in paths]
     have_images = input_dir.is_dir() and any(f.is_file() for f in files[:50])
-    signals, thumb_nb = _image_signals(files, config, progress, config.SEED) if have_images else (None, None)
+    signals, thumb_nbs = _image_signals(files, config, progress, config.SEED) if have_images else (None, [])
     clock.lap("image signals")
     ckpt = measure.recorded_checkpoint(metadata, checkpoint) if have_images else None
     errors, copies, sample = _model_measurements(ckpt, files, unit, metadata, config, reconstruction, progress)
     clock.lap("model")
     # 3. outliers, duplicates
-    extra = outlier_signals(signals, thumb_nb) if signals is not None else None
+    extra = outlier_signals(signals, thumb_nbs[0]) if signals is not None else None
     outliers = find_outliers(unit, errors, nb, signals=extra)
-    identity = Identity(_file_hashes(folder, paths), *((signals.phash, signals.hashed) if signals else (None, None)))
-    threshold, duplicates = _duplicates(unit, nb, thumb_nb, identity, copies, sample, duplicate_threshold)
+    identity = Identity(_file_hashes(folder, paths), *(
+        (signals.phash, signals.hashed, signals.phash_mirror) if signals else (None, None, None)))
+    threshold, duplicates = _duplicates(unit, nb, thumb_nbs, identity, copies, sample, duplicate_threshold)
     clock.lap("outliers and duplicates")
     # 4. files
     sprites = make_sprites(files, progress=progress) if have_images else None
@@ -151,17 +152,21 @@ def explore(
     return Exploration(out, paths, xy, groups, outliers, duplicates, threshold, page_nb, sprites is not None, clock.seconds)
 
 
-def _image_signals(files: list[Path], cfg: Config, progress: bool, seed: int) -> tuple[ImageSignals, Neighbours]:
-    """The images' own signals, and every image's nearest raw thumbnails (``DUPLICATE_NEIGHBOURS`` or more)."""
+def _image_signals(
+    files: list[Path], cfg: Config, progress: bool, seed: int,
+) -> tuple[ImageSignals, list[Neighbours]]:
+    """The images' own signals, and every image's nearest raw thumbnails and mirrored thumbnails
+    (``DUPLICATE_NEIGHBOURS`` or more of each)."""
     from fext.encoding.inference import workers
 
     signals = image_signals(files, workers(cfg, len(files), SIGNAL_BATCH), progress)
     k = max(OUTLIER_NEIGHBOURS, DUPLICATE_NEIGHBOURS)
-    return signals, nearest_neighbours(thumbnail_unit(signals.pixels), k, seed)
+    unit = thumbnail_unit(signals.pixels)
+    return signals, [nearest_neighbours(unit, k, seed), mirror_candidates(unit, DUPLICATE_NEIGHBOURS, seed)]
 
 
 def _duplicates(
-    unit: np.ndarray, nb: Neighbours, thumb_nb: Neighbours | None, identity: Identity, copies: np.ndarray | None,
+    unit: np.ndarray, nb: Neighbours, thumb_nbs: list[Neighbours], identity: Identity, copies: np.ndarray | None,
     sample: np.ndarray, by_hand: float | None,
 ) -> tuple[Threshold, Duplicates]:
     """The feature threshold (measured on the ``sample`` rows and their edited ``copies``, or ``by_hand``)
@@ -171,7 +176,7 @@ def _duplicates(
         threshold = threshold_at(by_hand, copies, nb.similarities[sample, 0], by_hand=True, known=known)
     else:
         threshold = choose_threshold(copies, nb.similarities[sample, 0], known=known)
-    candidates = thumb_nb.first(DUPLICATE_NEIGHBOURS) if thumb_nb else None
+    candidates = [graph.first(DUPLICATE_NEIGHBOURS) for graph in thumb_nbs]
     return threshold, find_duplicates(unit, threshold.value, nb.first(DUPLICATE_NEIGHBOURS), identity, candidates)
 
 
@@ -202,12 +207,7 @@ def _checked_vectors(vectors: np.ndarray, paths: list[str], folder: Path) -> np.
     if n < MIN_IMAGES:
         raise FeXTError(f"{folder} holds {n} image(s); exploring needs at least {MIN_IMAGES}. "
                         "Encode a folder with more images (`fext encode --input FOLDER`)")
-    unit = normalized(vectors)  # (N, D) float32, loaded into memory once
-    bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
-    if len(bad):
-        raise FeXTError(f"{folder}: {len(bad)} of {n} vectors contain NaN or infinite values (first: {paths[bad[0]]}); "
-                        "the checkpoint that wrote them is probably broken: encode again with a healthy checkpoint")
-    return unit
+    return normalized(vectors)  # (N, D) float32, loaded into memory once (open_encoding refused NaN and inf)
 
 
 def _model_measurements(

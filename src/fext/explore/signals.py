@@ -4,7 +4,8 @@ A model trained for a few epochs places a blank page, pure noise or a resized co
 vectors happen to fall; a person spots them at a glance from the pixels. So explore reads every
 image once more (at ``SIGNAL_SIZE`` pixels, as the model sees it) and keeps, per image:
 
-- a 64-bit perceptual hash (pHash, :func:`fext.analysis.stats.phash`), for near-identical copies;
+- a 64-bit perceptual hash (pHash, :func:`fext.analysis.stats.phash`) of the image and of its
+  mirror image, for near-identical copies, flipped ones too;
 - four statistics of ``fext analyze`` (:mod:`fext.analysis.stats`): gray-level entropy, noise
   level, sharpness (variance of the Laplacian) and colourfulness, and the share of the image in
   flat 8×8 blocks (:func:`flat_area`), for the outlier score;
@@ -41,12 +42,14 @@ CLIPPED = (8, 247)
 
 @dataclass(frozen=True)
 class ImageSignals:
-    """Row-aligned with the files. ``phash``: uint64 (N,); ``hashed``: bool (N,), False where the image
+    """Row-aligned with the files. ``phash``, ``phash_mirror``: uint64 (N,) pHashes of each image and of
+    its left-right mirror image; ``hashed``: bool (N,), False where the image
     was unreadable or too flat for its hash to mean anything; ``statistics``: name -> float32 (N,)
     (NaN where unreadable); ``pixels``: float32 (N, 3·16·16) thumbnails in [0, 1] (zeros where unreadable);
     ``readable``: bool (N,)."""
 
     phash: np.ndarray
+    phash_mirror: np.ndarray
     hashed: np.ndarray
     statistics: dict[str, np.ndarray]
     pixels: np.ndarray
@@ -61,6 +64,7 @@ def image_signals(files: list[Path], workers: int = 0, progress: bool = False) -
 
     n = len(files)
     phash = np.zeros(n, dtype=np.uint64)
+    phash_mirror = np.zeros(n, dtype=np.uint64)
     hashed = np.zeros(n, dtype=bool)
     stats = {name: np.full(n, np.nan, dtype=np.float32) for name in STATISTICS}
     pixels = np.zeros((n, 3 * THUMB_SIDE * THUMB_SIDE), dtype=np.float32)
@@ -71,7 +75,7 @@ def image_signals(files: list[Path], workers: int = 0, progress: bool = False) -
         images = batch.images.numpy()  # (b, S, S, 3) uint8
         pixels[batch.positions] = pixel_vectors(images, THUMB_SIDE)
         for position, rgb in zip(batch.positions, images):
-            phash[position], hashed[position], values = measure(rgb)
+            phash[position], phash_mirror[position], hashed[position], values = measure(rgb)
             for name, value in zip(STATISTICS, values):
                 stats[name][position] = value
     readable = ~np.isnan(stats["entropy"])
@@ -79,19 +83,20 @@ def image_signals(files: list[Path], workers: int = 0, progress: bool = False) -
         pixels[~readable] = pixels[readable].mean(axis=0)  # typical, so they are near nothing in particular
     if not readable.all():
         log.warning("%d image(s) could not be read again; their statistics count as typical", int((~readable).sum()))
-    return ImageSignals(phash, hashed, stats, pixels, readable)
+    return ImageSignals(phash, phash_mirror, hashed, stats, pixels, readable)
 
 
-def measure(rgb: np.ndarray) -> tuple[int, bool, tuple[float, ...]]:
-    """(pHash, whether it is informative, the ``STATISTICS``) of one (S, S, 3) uint8 image."""
+def measure(rgb: np.ndarray) -> tuple[int, int, bool, tuple[float, ...]]:
+    """(pHash, pHash of the mirror image, whether they are informative, the ``STATISTICS``) of one (S, S, 3) uint8 image."""
     from PIL import Image
 
     from fext.analysis.stats import colourfulness, histogram_stats, laplacian_variance, luma, noise_std, phash
 
     gray = luma(rgb)
     code, informative = phash(Image.fromarray(gray))
+    mirror, _ = phash(Image.fromarray(np.ascontiguousarray(gray[:, ::-1])))
     entropy = histogram_stats(np.bincount(gray.ravel(), minlength=256))["entropy"]
-    return code, informative, (entropy, noise_std(gray), laplacian_variance(gray), colourfulness(rgb), flat_area(gray))
+    return code, mirror, informative, (entropy, noise_std(gray), laplacian_variance(gray), colourfulness(rgb), flat_area(gray))
 
 
 def flat_area(gray: np.ndarray) -> float:
@@ -115,6 +120,22 @@ def thumbnail_unit(pixels: np.ndarray) -> np.ndarray:
     from fext.search import normalized
 
     return normalized(pixels - pixels.mean(axis=0, keepdims=True))
+
+
+def mirror_candidates(unit: np.ndarray, k: int, seed: int = 0) -> Any:
+    """For every row of ``unit`` (:func:`thumbnail_unit`), the rows whose *mirrored* thumbnails are nearest
+    (cosine), as a :class:`~fext.explore.neighbours.Neighbours` whose entries pointing back at the row
+    itself mean "none": where a flipped copy's pHash is looked for."""
+    from fext.explore.neighbours import Neighbours, nearest_neighbours
+
+    n = len(unit)
+    side = int(round((unit.shape[1] // 3) ** 0.5))
+    mirrored = unit.reshape(n, side, side, 3)[:, :, ::-1].reshape(n, -1)  # the centring mean flips with them
+    both = nearest_neighbours(np.ascontiguousarray(np.concatenate([unit, mirrored])), k, seed)
+    indices = both.indices[:n].astype(np.int64)  # (N, k): < n another image, >= n a mirrored one
+    rows = np.arange(n)[:, None]
+    indices = np.where((indices >= n) & (indices - n != rows), indices - n, rows)
+    return Neighbours(indices.astype(np.int32), both.similarities[:n])
 
 
 def outlier_signals(signals: ImageSignals, thumbnail_neighbours: Any, k: int = 10) -> dict[str, np.ndarray]:
