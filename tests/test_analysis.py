@@ -356,10 +356,9 @@ def test_all_unreadable_is_an_error_with_reasons(tmp_path: Path) -> None:
 
 # The command line
 
-def test_cli_analyze_with_worker_processes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    ws = tmp_path / "ws"
+def test_cli_analyze_with_worker_processes(tmp_path: Path, capsys: pytest.CaptureFixture, ws: Workspace) -> None:
+    ws = ws.root
     data = ws / "resources" / "dataset"
-    data.mkdir(parents=True)
     for k in range(4):
         _save(data, f"img_{k}.png", textured(k))
     (data / "bad.png").write_bytes(b"junk")
@@ -372,14 +371,13 @@ def test_cli_analyze_with_worker_processes(tmp_path: Path, capsys: pytest.Captur
     assert (out / "report.html").stat().st_size > 0
 
 
-def test_cli_empty_dataset_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    ws = tmp_path / "ws"
-    (ws / "resources" / "dataset").mkdir(parents=True)
+def test_cli_empty_dataset_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture, ws: Workspace) -> None:
+    ws = ws.root
     assert main(["--workspace", str(ws), "analyze"]) == 1
     stderr = capsys.readouterr().err
     assert "No image found" in stderr and "Traceback" not in stderr
 
 
-def test_cli_missing_dataset_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_missing_dataset_folder(tmp_path: Path, capsys: pytest.CaptureFixture, ws: Workspace) -> None:
     assert main(["--workspace", str(tmp_path / "ws"), "analyze", "--dataset", str(tmp_path / "missing")]) == 1
     assert "error: Image folder not found" in capsys.readouterr().err

@@ -173,7 +173,7 @@ def read_csv(path: Path) -> list[list[str]]:
 
 
 @pytest.mark.slow
-def test_encoding_on_two_ranks_writes_the_files_of_one_process_and_resumes_per_shard(tmp_path):
+def test_encoding_on_two_ranks_writes_the_files_of_one_process_and_resumes_per_shard(tmp_path, ws):
     cfg = with_overrides(Config(), TINY)
     ckpt = tmp_path / "FeXT_20240101T000000"
     make_checkpoint(ckpt, cfg)

@@ -181,7 +181,7 @@ def _interrupt_when_done(proc: subprocess.Popen, state: Path, min_done: int, sig
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_and_ctrl_c_gives_the_files_of_one_run(tmp_path, ckpt):
+def test_resume_after_sigkill_and_ctrl_c_gives_the_files_of_one_run(tmp_path, ckpt, ws):
     images = tmp_path / "images"
     make_image_tree(images, 40, seed=4)
     (images / "img000_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")

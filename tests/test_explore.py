@@ -18,7 +18,7 @@ from conftest import tiny_config
 from sklearn.metrics import adjusted_rand_score
 
 from fext.encoding import EMBEDDINGS, METADATA
-from fext.encoding.files import write_index, write_metadata
+from fext.encoding.files import SIMILARITY, write_index, write_metadata
 from fext.explore import choose_threshold, embedding_map, explore, find_clusters, find_duplicates, find_outliers
 from fext.explore.run import CSV_FILES
 
@@ -40,7 +40,8 @@ def vectors_folder(folder: Path, vectors: np.ndarray, input_dir: str = "/nonexis
     np.save(folder / EMBEDDINGS, vectors)
     write_index(folder, [f"img_{i:05d}.png" for i in range(len(vectors))], np.full((len(vectors), 2), 64))
     write_metadata(folder, {"checkpoint": {"name": "gone", "path": "/nonexistent/ckpt", "hash": "0"},
-                            "embedding_dim": vectors.shape[1], "images": len(vectors), "input": input_dir, "img_size": 64})
+                            "embedding_dim": vectors.shape[1], "images": len(vectors), "input": input_dir, "img_size": 64,
+                            "similarity": SIMILARITY})
     return folder
 
 
@@ -180,7 +181,7 @@ def test_bad_input_is_one_clear_message(tmp_path, ws, capsys, case):
     code = main(["--workspace", str(ws.root), "explore", str(folder)])
     err = capsys.readouterr().err.strip().splitlines()
     expected = {"no metadata": "metadata.json missing", "one image": "holds 1 image(s); exploring needs at least 3",
-                "nan": "1 of 8 vectors contain NaN or infinite values (first: img_00003.png)"}[case]
+                "nan": "embeddings.npy is damaged (row 3 holds NaN or infinite values)"}[case]
     assert code == 1 and len(err) == 1 and err[0].startswith("error: ") and expected in err[0]
     assert not (folder / "explore").exists()
 

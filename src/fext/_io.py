@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from fext.errors import FeXTError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -27,8 +29,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     mode back before the rename.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _create_beside(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _create_beside(path)
+    except OSError as e:
+        raise FeXTError(f"Cannot write {path} ({e.strerror or e}); choose a folder you can write to, "
+                        "or fix its permissions") from None
     mode = stat.S_IMODE(tmp.stat().st_mode)
     try:
         yield tmp

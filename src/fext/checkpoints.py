@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from fext._io import atomic_path, write_json
@@ -207,8 +207,31 @@ def read_checkpoint(folder: str | os.PathLike) -> Checkpoint:
     if missing:
         raise FeXTError(f"{folder} is not a FeXT checkpoint: {missing} missing. "
                         "Pass a folder written by `fext train` (or save_checkpoint).")
-    history = _read_json(folder / HISTORY) if (folder / HISTORY).is_file() else None
-    return Checkpoint(folder, read_description(folder), history)
+    history = _read_history(folder / HISTORY) if (folder / HISTORY).is_file() else None
+    description = read_description(folder)
+    _check_weights_header(folder / WEIGHTS)
+    return Checkpoint(folder, description, history)
+
+
+def _check_weights_header(path: Path) -> None:
+    """Read only the safetensors header: a truncated, empty or overwritten weights file is found before any work."""
+    try:
+        with safe_open(str(path), "pt"):
+            pass
+    except (SafetensorError, OSError) as e:
+        raise FeXTError(f"{path} is not a valid safetensors weights file ({e}): it is damaged or not FeXT's "
+                        "(FeXT never loads pickled weights). Pick another checkpoint (see `fext checkpoints`), "
+                        "or train again with `fext train`.") from None
+
+
+def _read_history(path: Path) -> dict[str, Any]:
+    """history.json: ``{"total_epochs": N, "epochs": [{...}, ...]}``; :class:`FeXTError` naming it when damaged."""
+    history = _read_json(path)
+    epochs = history.get("epochs") if isinstance(history, dict) else None
+    if not isinstance(epochs, list) or not all(isinstance(e, dict) for e in epochs):
+        raise FeXTError(f"{path} is damaged (no list of epochs); delete it to use the checkpoint without its history "
+                        "(resuming rewrites it from trainer_state.pt)")
+    return history
 
 
 def load_checkpoint(
@@ -261,10 +284,21 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def load_weights(model: FeXTAutoEncoder, state: dict[str, torch.Tensor]) -> None:
     """Copy ``state`` into ``model``; :class:`FeXTError` naming the mismatch when it does not fit."""
+    if "feature_center" not in state:  # saved before the feature centre existed: its features stay uncentred
+        state = {**state, "feature_center": torch.zeros_like(model.feature_center)}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise FeXTError(f"weights do not match the {model.arch.preset} architecture: {e}") from e
+
+
+def has_feature_center(folder: Path) -> bool:
+    """Whether the checkpoint's weights hold a feature centre set by training (read from the file, nothing else)."""
+    try:
+        with safe_open(str(folder / WEIGHTS), framework="pt") as f:
+            return "feature_center" in f.keys() and bool(f.get_tensor("feature_center").any())
+    except (SafetensorError, OSError):
+        return False
 
 
 def count_parameters(folder: Path) -> int | None:
@@ -273,7 +307,7 @@ def count_parameters(folder: Path) -> int | None:
 
     try:
         with safe_open(str(folder / WEIGHTS), framework="pt") as f:
-            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if k != "feature_center")  # a buffer
     except Exception:  # noqa: BLE001 - a damaged file only leaves the value unknown
         return None
 

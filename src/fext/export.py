@@ -89,14 +89,14 @@ def export_encoder(
 
 
 class _Encoder(torch.nn.Module):
-    """images (N, 3, S, S) in [0, 1] -> feature vectors (N, D): the model's ``encode``, as the exported graph."""
+    """images (N, 3, S, S) in [0, 1] -> feature vectors (N, D): the model's ``features``, as the exported graph."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.encode(images)
+        return self.model.features(images)  # the feature vectors fext encode writes
 
 
 def _write_onnx(encoder: Any, example: Any, path: Path, metadata: dict[str, Any], dynamic_batch: bool) -> None:

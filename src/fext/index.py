@@ -25,6 +25,7 @@ refreshes it (:func:`refresh_index`).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -181,8 +182,12 @@ def refresh_index(folder: Path) -> dict[str, Any] | None:
         return None
     encoding = open_encoding(folder)
     started = time.perf_counter()
+    # the vectors changed since it was built, so its count is not checked here
+    index = _read_faiss_index(faiss, folder, {k: v for k, v in old.items() if k != "vectors"}) if isinstance(old, dict) else None
+    if index is None:  # damaged: built again from scratch, of the same kind where it is known
+        kind = old.get("kind") if isinstance(old, dict) and old.get("kind") in ("flat", "ivf", "hnsw") else "auto"
+        return build_index(folder, kind)
     if old["kind"] == "ivf":
-        index = faiss.read_index(str(folder / INDEX_FILE))
         index.reset()
         _add_all(index, encoding.rows, "ivf", progress=False)
         info = {k: old[k] for k in ("kind", "factory", "nlist", "rerank", "memory_budget_mb") if k in old}
@@ -294,18 +299,47 @@ def open_index(folder: Path) -> VectorIndex | None:
     """The folder's index if there is one and it is up to date; None (with a log line saying why) otherwise."""
     faiss = _faiss()
 
-    info = read_json(folder / INDEX_JSON)
-    if info is None or not (folder / INDEX_FILE).is_file():
+    present = [name for name in (INDEX_JSON, INDEX_FILE) if (folder / name).is_file()]
+    if not present:
         log.info("No index in %s: exact search (build one with `fext index %s`)", folder, folder)
         return None
-    if info.get("embeddings_version") != embeddings_version(folder):
+    try:
+        info = json.loads((folder / INDEX_JSON).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        info = None
+    if info is None or len(present) < 2:
+        problem = next((f"{name} missing" for name in (INDEX_JSON, INDEX_FILE) if name not in present),
+                       f"{INDEX_JSON} unreadable")
+        log.warning("The index in %s is incomplete or unreadable (%s): exact search instead; run `fext index %s` "
+                    "to rebuild it", folder, problem, folder)
+        return None
+    if isinstance(info, dict) and info.get("embeddings_version") != embeddings_version(folder):
         log.warning("The index in %s is stale (the embeddings changed since it was built): exact search instead; "
                     "run `fext index %s` to rebuild it", folder, folder)
         return None
-    index = VectorIndex(faiss.read_index(str(folder / INDEX_FILE)), info, folder)
+    faiss_index = _read_faiss_index(faiss, folder, info)
+    if faiss_index is None:
+        return None
+    index = VectorIndex(faiss_index, info, folder)
     if info.get("effort"):
         index.set_effort(info["effort"])
     index.faiss_index = _on_gpus(faiss, index.faiss_index, info["kind"])
+    return index
+
+
+def _read_faiss_index(faiss: Any, folder: Path, info: Any) -> Any:
+    """The faiss index of ``folder`` when it and ``index.json`` are sound; None, with a warning that says how
+    to rebuild it, when either is damaged (the caller then searches exactly: slower, never wrong)."""
+    try:
+        if not isinstance(info, dict) or info.get("kind") not in ("flat", "ivf", "hnsw"):
+            raise ValueError(f"{INDEX_JSON} does not describe an index")
+        index = faiss.read_index(str(folder / INDEX_FILE))
+        if "vectors" in info and index.ntotal != int(info["vectors"]):
+            raise ValueError(f"it holds {index.ntotal} vectors, {INDEX_JSON} says {info['vectors']}")
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        log.warning("The index in %s is unreadable (%s): exact search instead; run `fext index %s` to rebuild it",
+                    folder, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, folder)
+        return None
     return index
 
 

@@ -135,6 +135,8 @@ class FeXTAutoEncoder(nn.Module):
             for i in reversed(range(len(widths)))
         )
         self.head = nn.Conv2d(widths[0], 3, kernel_size=1)
+        # The mean latent of the training images, set by training (see :meth:`features`); zeros until then.
+        self.register_buffer("feature_center", torch.zeros(arch.feature_dim))
         self._fast_inference = False
         self.activation_checkpointing = False
         """Recompute every encoder and decoder stage in backward instead of keeping its activations
@@ -206,11 +208,27 @@ class FeXTAutoEncoder(nn.Module):
         return x
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) in [0, 1] -> feature vectors (B, D)."""
+        """(B, 3, S, S) in [0, 1] -> latents (B, D), what :meth:`decode` takes back."""
         return self.forward_features(x).flatten(1)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) in [0, 1] -> feature vectors (B, D): the latents centred on ``feature_center``.
+
+        This is what FeXT stores, searches, indexes and explores, and what the scorecard judges; two
+        feature vectors are compared by their cosine similarity. Centring on the training images'
+        mean latent removes what every latent shares, which otherwise makes every pair of images look
+        alike (uncentred cosines of 0.8 to 1.0 for anything). A model that was never trained, or a
+        checkpoint saved before the centre existed, has a zero centre: its features are its latents.
+        """
+        return self.encode(x) - self.feature_center
+
+    @property
+    def has_feature_center(self) -> bool:
+        """Whether training set :attr:`feature_center` (all zeros: it did not)."""
+        return bool(self.feature_center.any())
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Feature vectors (B, D) -> reconstructions (B, 3, S, S) in [0, 1]."""
+        """Latents (B, D) -> reconstructions (B, 3, S, S) in [0, 1]."""
         x = z.reshape(z.shape[0], *self.arch.latent_shape)  # (B, L, s, s)
         if CHANNELS_LAST:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from fext.config import Config
-from fext.encoding.files import INDEX, Encoding, open_encoding
+from fext.encoding.files import INDEX, Encoding, damaged, open_encoding
 from fext.encoding.fingerprints import checkpoint_identity
 from fext.errors import FeXTError
 
@@ -145,9 +145,11 @@ def find_row(index_file: Path, name: str) -> int | None:
     """The row of ``name`` (a relative path as in the index) in ``embeddings_index.csv``, or None."""
     name = Path(name).as_posix().removeprefix("./")
     with open(index_file, newline="", encoding="utf-8") as f:
-        for record in csv.DictReader(f):
+        for number, record in enumerate(csv.DictReader(f)):
+            if record.get("row") != str(number):
+                raise damaged(index_file.parent, index_file.name, f"line {number + 2} is not row {number}")
             if record["path"] == name:
-                return int(record["row"])
+                return number
     return None
 
 
@@ -156,12 +158,15 @@ def paths_of_rows(index_file: Path, rows: np.ndarray) -> dict[int, str]:
     wanted = set(int(r) for r in rows)
     found: dict[int, str] = {}
     with open(index_file, newline="", encoding="utf-8") as f:
-        for record in csv.DictReader(f):
-            row = int(record["row"])
-            if row in wanted:
-                found[row] = record["path"]
+        for number, record in enumerate(csv.DictReader(f)):
+            if record.get("row") != str(number):
+                raise damaged(index_file.parent, index_file.name, f"line {number + 2} is not row {number}")
+            if number in wanted:
+                found[number] = record["path"]
                 if len(found) == len(wanted):
                     break
+    if len(found) < len(wanted):
+        raise damaged(index_file.parent, index_file.name, f"it has no row {min(wanted - found.keys())}")
     return found
 
 

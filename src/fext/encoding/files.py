@@ -7,6 +7,8 @@ A finished ``fext encode`` folder holds
 - ``embeddings_index.csv``: ``row, path, width, height`` (path relative to the input folder,
   original width and height in pixels, EXIF orientation applied);
 - ``failed.csv``: ``path, reason`` for every file that could not be read;
+- ``skipped.csv``: ``path, reason`` for every file of the input folder that is not an image
+  (written by :meth:`fext.data.Listing.write_skipped`, the owner of what an image is);
 - ``sources.csv``: ``path, size, mtime_ns, blake2b`` of every listed file (read or not), what
   an incremental run compares the folder with (:mod:`fext.encoding.incremental`);
 - ``metadata.json``: the checkpoint, the model, counts, date and speed. It is written last, so
@@ -97,7 +99,11 @@ class Encoding:
         return RowReader(self.folder / EMBEDDINGS)
 
     def read_index(self) -> list[dict[str, Any]]:
-        return read_index(self.index_file)
+        """The index rows, as many as there are vectors (one clear error otherwise)."""
+        index = read_index(self.index_file)
+        if len(index) != len(self.vectors):
+            raise damaged(self.folder, INDEX, f"{len(index)} rows for the {len(self.vectors)} vectors of {EMBEDDINGS}")
+        return index
 
 
 def is_finished(folder: str | os.PathLike) -> bool:
@@ -114,48 +120,120 @@ def require_finished(folder: Path) -> None:
     raise FeXTError(f"{folder} is not a folder written by `fext encode` ({METADATA} missing); write one with `fext encode`")
 
 
+def damaged(folder: Path, name: str, what: str) -> FeXTError:
+    """The one message for a damaged file of an embeddings folder: which file, what is wrong, what to do."""
+    return FeXTError(f"{folder / name} is damaged ({what}); encode the images again with "
+                     f"`fext encode --overwrite --output {folder}` (the images themselves are untouched)")
+
+
+SIMILARITY = "cosine of feature vectors centred on the training images' mean latent"
+"""What metadata.json's ``similarity`` says of vectors written by a checkpoint with a feature centre."""
+UNCENTRED = "cosine of uncentred latents (a checkpoint without a feature centre)"
+"""... and of vectors written by a checkpoint trained before the feature centre existed."""
+_said_uncentred: set[Path] = set()
+
+
+def _say_what_similarity_means(folder: Path, metadata: dict[str, Any]) -> None:
+    """One log line per folder whose scores are uncentred cosines: they run high for any pair of images."""
+    if metadata.get("similarity") == SIMILARITY or folder in _said_uncentred:
+        return
+    _said_uncentred.add(folder)
+    log.info("%s holds uncentred latents (%s): similarities between any two images run high; "
+             "train with this FeXT and encode again for scores that tell images apart",
+             folder, "written before feature centring" if "similarity" not in metadata else "its checkpoint has no centre")
+
+
+REQUIRED_METADATA = {"checkpoint": dict, "embedding_dim": int, "images": int, "img_size": int, "input": str}
+"""The keys of metadata.json that readers rely on, with their types."""
+
+
 def open_encoding(folder: str | os.PathLike) -> Encoding:
-    """The finished encoding in ``folder``, its vectors memory-mapped; one clear error otherwise."""
+    """The finished encoding in ``folder``, its vectors memory-mapped; one clear error otherwise.
+
+    Every file the readers rely on is checked here, once: metadata.json's keys and types, the shape and
+    dtype of embeddings.npy against it, finite values, and an index at least as long as the vectors.
+    """
     folder = Path(folder)
     require_finished(folder)
+    metadata = _read_metadata(folder)
+    vectors = _read_vectors(folder, metadata)
+    _say_what_similarity_means(folder, metadata)
+    if _line_count(folder / INDEX) < len(vectors) + 1:
+        raise damaged(folder, INDEX, f"fewer rows than the {len(vectors)} vectors of {EMBEDDINGS}")
+    return Encoding(folder, metadata, vectors)
+
+
+def _read_metadata(folder: Path) -> dict[str, Any]:
     try:
         metadata = json.loads((folder / METADATA).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise damaged(folder, METADATA, f"not readable JSON: {e}") from e
+    if not isinstance(metadata, dict):
+        raise damaged(folder, METADATA, "not a JSON object")
+    for key, kind in REQUIRED_METADATA.items():
+        if not isinstance(metadata.get(key), kind):
+            raise damaged(folder, METADATA, f"no {kind.__name__} {key!r}")
+    return metadata
+
+
+def _read_vectors(folder: Path, metadata: dict[str, Any]) -> np.ndarray:
+    from fext.encoding.npy_rows import first_non_finite_row
+
+    try:
         matrix = np.load(folder / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise FeXTError(f"{folder}: unreadable embeddings ({e}); encode the images again with `fext encode --overwrite`") from e
-    if matrix.ndim != 2:
-        raise FeXTError(f"{folder}: {EMBEDDINGS} has shape {matrix.shape}; encode the images again with `fext encode --overwrite`")
-    return Encoding(folder, metadata, matrix)
+    except (OSError, ValueError, EOFError) as e:
+        raise damaged(folder, EMBEDDINGS, str(e) or type(e).__name__) from e
+    expected = (metadata["images"], metadata["embedding_dim"])
+    if matrix.dtype != np.float32 or matrix.shape != expected:
+        raise damaged(folder, EMBEDDINGS, f"{matrix.dtype} of shape {matrix.shape}, "
+                                          f"where {METADATA} says float32 of shape {expected}")
+    bad = first_non_finite_row(folder / EMBEDDINGS)
+    if bad is not None:
+        raise FeXTError(f"{folder / EMBEDDINGS} is damaged (row {bad} holds NaN or infinite values): encode the images "
+                        f"again with `fext encode --overwrite --output {folder}`, and if the values come back, the "
+                        "checkpoint itself is broken: use another one")
+    return matrix
+
+
+def _line_count(path: Path) -> int:
+    """Newlines in a file, counted a block at a time (a path with a newline in it only adds to the count)."""
+    count = 0
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(2**20):
+                count += block.count(b"\n")
+    except OSError:
+        return 0
+    return count
 
 
 def load_embeddings(folder: str | os.PathLike) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """The vectors (a read-only memory map, (N, D) float32) and index rows of a `fext encode` folder."""
     encoding = open_encoding(folder)
-    try:
-        index = encoding.read_index()
-    except (OSError, ValueError, KeyError) as e:
-        raise FeXTError(f"{folder}: unreadable embeddings ({e}); encode the images again with `fext encode --overwrite`") from e
-    if encoding.vectors.shape[0] != len(index):
-        raise FeXTError(
-            f"{folder}: {EMBEDDINGS} has shape {encoding.vectors.shape} but {INDEX} has {len(index)} rows; "
-            "encode the images again with `fext encode --overwrite`"
-        )
-    return encoding.vectors, index
+    return encoding.vectors, encoding.read_index()
 
 
 def read_index(path: Path) -> list[dict[str, Any]]:
-    """The rows of an ``embeddings_index.csv`` as ``{"row", "path", "width", "height"}`` dicts."""
-    with open(path, newline="", encoding="utf-8") as f:
-        return [
-            {"row": int(r["row"]), "path": r["path"], "width": int(r["width"]), "height": int(r["height"])}
-            for r in csv.DictReader(f)
-        ]
+    """The rows of an ``embeddings_index.csv`` as ``{"row", "path", "width", "height"}`` dicts, numbered 0, 1, ...
+
+    A row that does not parse or is out of order is one clear error naming the file.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [
+                {"row": int(r["row"]), "path": r["path"], "width": int(r["width"]), "height": int(r["height"])}
+                for r in csv.DictReader(f)
+            ]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, csv.Error) as e:
+        raise damaged(path.parent, path.name, f"unreadable: {type(e).__name__} {e}") from e
+    if any(r["row"] != i for i, r in enumerate(rows)):
+        raise damaged(path.parent, path.name, "its rows are not numbered 0, 1, 2, ...")
+    return rows
 
 
 def index_paths(folder: Path) -> list[str]:
     """The relative paths of the index, in row order."""
-    with open(folder / INDEX, newline="", encoding="utf-8") as f:
-        return [row["path"] for row in csv.DictReader(f)]
+    return [row["path"] for row in read_index(folder / INDEX)]
 
 
 def read_failed(folder: Path) -> dict[str, str]:

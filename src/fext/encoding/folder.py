@@ -49,7 +49,7 @@ def encode_folder(
     folder is resumed; a finished one is left as it is (``overwrite`` starts again). Under
     torchrun every process calls this and encodes its share (:mod:`fext.encoding.sharding`).
     """
-    from fext.checkpoints import read_description
+    from fext.checkpoints import read_checkpoint
 
     if batch_size < 1:
         raise FeXTError(f"--batch-size must be at least 1, got {batch_size}")
@@ -73,7 +73,7 @@ def encode_folder(
     paths = listing.images
     names = [p.relative_to(input_dir).as_posix() for p in paths]
     stats = incremental.stat_files(paths)
-    arch = read_description(ckpt).architecture
+    arch = read_checkpoint(ckpt).description.architecture
     run = {
         "checkpoint": checkpoint_identity(ckpt),
         "input": str(input_dir),
@@ -89,6 +89,8 @@ def encode_folder(
                               progress)
     if overwrite:
         clear_output(output)
+    elif files.is_finished(output):
+        files.load_embeddings(output)  # a damaged earlier encoding is refused (it says how to start again), never extended
     state = resumable.prepare(output, run)
     listing.write_skipped(output)
     if state is None:
@@ -112,7 +114,7 @@ def encode_folder(
         resumable.encode_missing(output, state, ckpt, paths, names, arch.img_size, batch_size, config, device, progress,
                                  todo)
     finalize(output, state, paths, names, stats, per_image,
-             extra={**run_details(arch, batch_size, device, config), **files_note})
+             extra={**run_details(arch, batch_size, device, config, ckpt), **files_note})
     if state.get("incremental"):
         from fext.index import refresh_index
 
@@ -142,10 +144,13 @@ def _plan_update(output: Path, state: dict[str, Any], paths: list[Path], names: 
     return plan.todo
 
 
-def run_details(arch: Any, batch_size: int, device: Any, config: Config) -> dict[str, Any]:
-    """The model and settings a run recorded in metadata.json."""
+def run_details(arch: Any, batch_size: int, device: Any, config: Config, ckpt: Path) -> dict[str, Any]:
+    """The model and settings a run recorded in metadata.json, and what its vectors are (see files.SIMILARITY)."""
+    from fext.checkpoints import has_feature_center
+
     return {"preset": arch.preset, "img_size": arch.img_size, "batch_size": batch_size, "device": str(device),
-            "mixed_precision": config.device.MIXED_PRECISION}
+            "mixed_precision": config.device.MIXED_PRECISION,
+            "similarity": files.SIMILARITY if has_feature_center(ckpt) else files.UNCENTRED}
 
 
 def clear_output(output: Path) -> None:

@@ -68,7 +68,7 @@ def embed(
     if count < pad_to:
         x = torch.cat([x, x.new_zeros((pad_to - count, *x.shape[1:]))])
     with torch.inference_mode(), autocast(device, mixed_precision), explain_compile_failure():
-        z = model.encode(to_float(x))[:count]  # (B, D)
+        z = model.features(to_float(x))[:count]  # (B, D)
     return z.float().cpu().numpy()
 
 

@@ -106,6 +106,17 @@ class RowReader:
         return out
 
 
+def first_non_finite_row(path: Path) -> int | None:
+    """The first row of a 2-D float ``.npy`` file that holds NaN or an infinity, or None; a block at a time."""
+    reader = RowReader(path)
+    block = max(1, COPY_BYTES // max(1, reader._row_bytes))
+    for lo in range(0, len(reader), block):
+        bad = np.flatnonzero(~np.isfinite(reader[lo:lo + block]).all(axis=1))
+        if bad.size:
+            return lo + int(bad[0])
+    return None
+
+
 def copy_rows_into(src: Path, dst: Path, src_rows: np.ndarray, dst_rows: np.ndarray) -> None:
     """Copy row ``src_rows[i]`` of ``src`` to row ``dst_rows[i]`` of the pre-sized ``dst`` (same dtype and width), then sync."""
     reader = RowReader(src)

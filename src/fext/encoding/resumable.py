@@ -59,7 +59,13 @@ def prepare(output: Path, run: dict[str, Any], incremental: bool = True) -> dict
     refused when ``incremental`` is False); anything of another checkpoint is refused.
     """
     state, metadata = read_json(output / STATE), read_json(output / METADATA)
-    if state is not None and state.get("version") == STATE_VERSION:
+    if (output / STATE).exists() and not (isinstance(state, dict) and state.get("version") == STATE_VERSION):
+        log.warning("%s is damaged or from another version of FeXT: the unfinished encoding starts again",
+                    output / STATE)
+        for leftover in (STATE, PARTIAL, SIZES_PARTIAL, TODO):
+            (output / leftover).unlink(missing_ok=True)
+        state = None
+    if state is not None:
         check_same_checkpoint(output, state, run)
         if state.get("listing") == run["listing"]:
             if partial_usable(output, state):

@@ -79,7 +79,7 @@ def encode_sharded(
 
     # 3. Rank 0 writes the final files exactly as one process would (and removes the parts).
     if rank == 0:
-        details = {**run_details(arch, batch_size, device, cfg), "processes": world,
+        details = {**run_details(arch, batch_size, device, cfg, ckpt), "processes": world,
                    "not_images": len(listing.not_images), "multi_frame": len(listing.multi_frame)}
         finalize(output, state, paths, names, stats, per_image, extra=details)
     distributed.barrier()

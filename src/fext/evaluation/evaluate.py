@@ -172,6 +172,8 @@ def evaluate_checkpoint(
                             batch_size=max(cfg.training.BATCH_SIZE, 64), seed=cfg.SEED, labels=labels)
 
     history = checkpoint.history or {}
+    if checkpoint.history is None:
+        log.warning("%s has no history.json: the report has no training curves", ckpt)
     _write_figures(out, arch, train, validation, held_out, pca, images, cfg, root, history, ckpt.name)
 
     result = {

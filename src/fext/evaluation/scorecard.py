@@ -34,6 +34,10 @@ JPEG_QUALITY = (30, 70)
 """JPEG re-encoding quality of a copy, drawn uniformly (inclusive)."""
 RESCALE = (0.35, 0.7)
 """A copy is scaled down to this fraction of its side, then back up."""
+CROPS = 4
+"""Crops made of each evaluated image for the same-photograph task."""
+CROP_SIDE = (0.3, 1.0)
+"""Side of a square crop, as a fraction of the image's side."""
 PIXEL_SIDE = 32
 """Side of the raw-pixel baseline's thumbnails (3·32·32 = 3,072 numbers)."""
 TOP_K = 10
@@ -89,6 +93,23 @@ def _transform(img: Image.Image, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(out.resize((w, h), Image.Resampling.BILINEAR))
 
 
+def make_crops(images: np.ndarray, crops: int = CROPS, seed: int = 0) -> np.ndarray:
+    """``crops`` square crops of every image of ``images`` (N, S, S, 3) uint8, at random positions and sides of
+    30-100 % of the image's side, resized back to S×S: other views of the same photograph, which a person calls
+    similar. Returns (N * crops, S, S, 3), the crops of image i at rows i*crops ... i*crops + crops - 1."""
+    rng = np.random.default_rng(seed)
+    n, h, w = images.shape[:3]
+    out = np.empty((n * crops, h, w, 3), dtype=np.uint8)
+    for i in range(n):
+        source = Image.fromarray(images[i])
+        for j in range(crops):
+            side = max(4, int(round(min(h, w) * rng.uniform(*CROP_SIDE))))
+            left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+            crop = source.crop((left, top, left + side, top + side)).resize((w, h), Image.Resampling.BILINEAR)
+            out[i * crops + j] = np.asarray(crop)
+    return out
+
+
 def pixel_vectors(images: np.ndarray, side: int = PIXEL_SIDE) -> np.ndarray:
     """The raw-pixel baseline: images (n, S, S, 3) uint8 -> (n, 3·side·side) float32 in [0, 1]."""
     out = np.empty((len(images), side * side * 3), dtype=np.float32)
@@ -110,13 +131,18 @@ def _normalised(vectors: np.ndarray) -> np.ndarray:
     return (v / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
-def _ranked_neighbours(vectors: np.ndarray, seed: int, chunk: int = 512):
+def _ranked_neighbours(vectors: np.ndarray, seed: int, centre: bool = True, chunk: int = 512):
     """Yield (query rows, their other items by decreasing cosine similarity) chunk by chunk.
 
-    Ties are broken in a seeded random order, so vectors that cannot tell items apart score at
-    chance level instead of profiting from the order of the rows.
+    ``centre``: centre the vectors on their mean first (the baselines); FeXT's feature vectors are
+    already centred on the training images' mean (``FeXTAutoEncoder.features``), and are compared
+    exactly as ``fext search`` compares them (:func:`fext.search.normalized`), so the verdict is about
+    the search users get. Ties are broken in a seeded random order, so vectors that cannot tell items
+    apart score at chance level instead of profiting from the order of the rows.
     """
-    v = _normalised(vectors)
+    from fext.search import normalized
+
+    v = _normalised(vectors) if centre else normalized(vectors)
     m = len(v)
     tiebreak = np.random.default_rng(seed).permutation(m)
     for lo in range(0, m, chunk):
@@ -128,18 +154,20 @@ def _ranked_neighbours(vectors: np.ndarray, seed: int, chunk: int = 512):
         yield rows, order[:, : m - 1]
 
 
-def retrieval_scores(vectors: np.ndarray, groups: np.ndarray, top_k: int = TOP_K, seed: int = 0) -> dict[str, float]:
+def retrieval_scores(vectors: np.ndarray, groups: np.ndarray, top_k: int = TOP_K, seed: int = 0,
+                     centre: bool = True) -> dict[str, float]:
     """Recall@1, recall@``top_k`` and mAP of finding each item's group among all other items.
 
     ``vectors`` (m, D); ``groups`` (m,) ints: items of one group (an image and its copies) are each
     other's right answers. Every item is a query once; the others, ranked by cosine similarity of
     the centred vectors, are its answers. recall@k: fraction of queries with a right answer in
     their first k; AP: the mean over a query's right answers of the precision at its rank.
+    ``centre``: see :func:`_ranked_neighbours`.
     """
     groups = np.asarray(groups)
     hits1 = hitsk = ap = 0.0
     queries = 0
-    for rows, order in _ranked_neighbours(vectors, seed):
+    for rows, order in _ranked_neighbours(vectors, seed, centre):
         relevant = groups[order] == groups[rows][:, None]  # (q, m-1)
         count = relevant.sum(1)
         valid = count > 0
@@ -193,7 +221,7 @@ def collapse_warning(rank: float, dim: int, n: int) -> str | None:
             "Train longer or with the default training.RECIPE, whose variance and covariance terms prevent this.")
 
 
-def knn_accuracy(vectors: np.ndarray, labels: np.ndarray, k: int = KNN_K, seed: int = 0) -> float:
+def knn_accuracy(vectors: np.ndarray, labels: np.ndarray, k: int = KNN_K, seed: int = 0, centre: bool = True) -> float:
     """Leave-one-out k-NN classification accuracy of ``vectors`` (n, D) with ``labels`` (n,).
 
     Each vector's k most cosine-similar others vote (ties: the label of the nearest voter wins).
@@ -201,7 +229,7 @@ def knn_accuracy(vectors: np.ndarray, labels: np.ndarray, k: int = KNN_K, seed: 
     labels = np.asarray(labels)
     k = max(1, min(k, len(labels) - 1))
     correct = 0
-    for rows, order in _ranked_neighbours(vectors, seed):
+    for rows, order in _ranked_neighbours(vectors, seed, centre):
         for row, neighbours in zip(rows, order[:, :k]):
             votes = labels[neighbours]
             values, counts = np.unique(votes, return_counts=True)
@@ -211,8 +239,21 @@ def knn_accuracy(vectors: np.ndarray, labels: np.ndarray, k: int = KNN_K, seed: 
     return correct / len(labels)
 
 
-def verdict(results: dict[str, dict[str, float]], warning: str | None) -> str:
-    """One plain sentence: do the features beat both baselines at retrieving copies (mAP)?"""
+def verdict(results: dict[str, dict[str, float]], warning: str | None,
+            crops: dict[str, dict[str, float]] | None = None) -> str:
+    """Plain sentences: do the features beat both baselines at retrieving copies (mAP), and at finding
+    other crops of the same photograph (``crops``, the same-photograph task)?"""
+    text = _copies_verdict(results, warning)
+    if crops is None or warning:
+        return text
+    f, p, r = (crops[k]["map"] for k in ("features", "pca", "pixels"))
+    better = max(p, r, 1e-12)
+    return text + (f" At finding other crops of the same image (30–100 % of its side) they reach mAP {f:.3f} against "
+                   f"PCA {p:.3f} and raw pixels {r:.3f}: {f / better:.2f}× the better baseline"
+                   f"{'' if f > better else ', so they do not beat it there'}.")
+
+
+def _copies_verdict(results: dict[str, dict[str, float]], warning: str | None) -> str:
     f, p, r = (results[k]["map"] for k in ("features", "pca", "pixels"))
     beats = [name for name, value in (("PCA", p), ("raw pixels", r)) if f > value]
     if warning:
@@ -251,9 +292,15 @@ def scorecard(
     everything = np.concatenate([images, copied])  # (n·(copies+1), S, S, 3)
     groups = np.concatenate([np.arange(n), np.repeat(np.arange(n), copies)])
     encoders = {"features": features, "pca": pca, "pixels": pixel_vectors}
+    centre = {"features": False, "pca": True, "pixels": True}  # the features are centred by the model already
     vectors = {name: np.asarray(fn(everything), dtype=np.float32) for name, fn in encoders.items()}
-    retrieval = {name: retrieval_scores(v, groups, seed=seed) for name, v in vectors.items()}
+    retrieval = {name: retrieval_scores(v, groups, seed=seed, centre=centre[name]) for name, v in vectors.items()}
     retrieval["chance"] = chance_scores(n, copies)
+    cropped = make_crops(images, CROPS, seed + 1)
+    crop_groups = np.repeat(np.arange(n), CROPS)
+    crops = {name: retrieval_scores(np.asarray(fn(cropped), dtype=np.float32), crop_groups, seed=seed,
+                                    centre=centre[name]) for name, fn in encoders.items()}
+    crops["chance"] = chance_scores(n, CROPS - 1)
     dim = vectors["features"].shape[1]
     rank = effective_rank(vectors["features"][:n])
     warning = collapse_warning(rank, dim, n)
@@ -263,13 +310,16 @@ def scorecard(
         "seed": seed,
         "dim": dim,
         "retrieval": retrieval,
+        "retrieval_crops": crops,
+        "crops": CROPS,
         "effective_rank": rank,
         "effective_rank_pca": effective_rank(vectors["pca"][:n]),
         "collapse_warning": warning,
-        "verdict": verdict(retrieval, warning),
+        "verdict": verdict(retrieval, warning, crops),
     }
     if labels is not None:
-        result["knn_accuracy"] = {name: knn_accuracy(v[:n], labels, seed=seed) for name, v in vectors.items()}
+        result["knn_accuracy"] = {name: knn_accuracy(v[:n], labels, seed=seed, centre=centre[name])
+                                  for name, v in vectors.items()}
         result["knn_k"] = min(KNN_K, n - 1)
     return result
 
@@ -302,7 +352,7 @@ def score_checkpoint(
 
     def features(x: Any) -> Any:
         with autocast(device, mixed):
-            return model.encode(x)
+            return model.features(x)
 
     on_device = pca.to(device)
     n = min(len(images), MAX_IMAGES)
@@ -321,10 +371,15 @@ def report_section(card: dict[str, Any]) -> tuple[str, list[Any]]:
     headers = ["vectors", "recall@1", f"recall@{TOP_K}", "mAP"] + ([f"{card['knn_k']}-NN accuracy"] if knn else [])
     rows = [[labels[k], v["recall@1"], v[f"recall@{TOP_K}"], v["map"]] + ([knn.get(k, "-")] if knn else [])
             for k, v in retrieval.items()]
-    good = not card["collapse_warning"] and "beat both" in card["verdict"]
+    crops = card.get("retrieval_crops") or {}
+    crop_rows = [[labels[k], v["recall@1"], v[f"recall@{TOP_K}"], v["map"]] for k, v in crops.items()]
+    good = not card["collapse_warning"] and "beat both" in card["verdict"] and "do not beat" not in card["verdict"]
     content = [
         html_paragraph(card["verdict"], "good" if good else "bad"),
+        html_paragraph("Finding transformed copies:"),
         html_table(headers, rows),
+        *([html_paragraph("Finding other crops of the same image:"), html_table(headers[:4], crop_rows)]
+          if crop_rows else []),
         html_paragraph(f"Effective rank of the feature vectors: {card['effective_rank']:.1f} of {card['dim']} "
                        f"(PCA's: {card['effective_rank_pca']:.1f})."),
     ]
@@ -334,8 +389,12 @@ def report_section(card: dict[str, Any]) -> tuple[str, list[Any]]:
         f"Each of the {card['images']} evaluated images got {card['copies']} transformed copies (seed {card['seed']}): "
         f"a random crop keeping {CROP_AREA[0]:.0%}–{CROP_AREA[1]:.0%} of the area, a horizontal flip, brightness, "
         f"contrast and saturation jitter of ±{JITTER:.0%}, JPEG at quality {JPEG_QUALITY[0]}–{JPEG_QUALITY[1]}, "
-        f"and down- and up-scaling. Every image and copy searches all the others by cosine similarity of the "
-        "centred vectors; its copies (or the image it is a copy of) are the right answers.",
+        f"and down- and up-scaling. Every image and copy searches all the others by cosine similarity, as "
+        "`fext search` does (the baselines centred on their mean first); its copies (or the image it is a copy "
+        "of) are the right answers.",
+        *([f"Same-photograph task: {card['crops']} square crops of each image, at random positions and "
+           f"{CROP_SIDE[0]:.0%}–{CROP_SIDE[1]:.0%} of its side, resized back; each crop's right answers are the "
+           "other crops of its image."] if crop_rows else []),
         "recall@k: fraction of searches with a right answer among the first k; mAP: mean average precision.",
         "PCA is fitted on the training images; raw pixels are the images shrunk to 32×32, the cheapest thumbnail.",
         "Effective rank: exp of the entropy of the normalised singular values of the centred vectors, the number "
