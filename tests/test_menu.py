@@ -25,7 +25,7 @@ from fext.workspace import Workspace, init_workspace
 
 PROMPT = r"Select an option \(1-(\d)\): "
 MAIN_ENTRIES = ["1) Analyze image dataset", "2) Model training and evaluation", "3) Encode images",
-                "4) Setup and Maintenance", "5) Exit"]
+                "4) Setup and Maintenance", "5) Exit", f"6) {menu.ATLAS_LABEL}"]
 TRAINING_ENTRIES = ["1) Train from scratch", "2) Train from checkpoint", "3) Model evaluation", "4) Back"]
 SETUP_ENTRIES = ["1) Install project in editable mode", "2) Update project", "3) Remove logs", "4) Back"]
 
@@ -66,12 +66,12 @@ def assert_entries(text: str, entries: list[str]) -> None:
 def test_navigation_invalid_choices_back_and_exit(ws):
     m = Menu(ws)
     text, n = m.prompt()
-    assert n == 5 and f"Workspace: {ws.root}" in text
+    assert n == 6 and f"Workspace: {ws.root}" in text
     assert_entries(text, MAIN_ENTRIES)
-    for bad in ("", "0", "6", "abc", "1.5"):
+    for bad in ("", "0", "7", "abc", "1.5"):
         m.choose(bad)
         text, n = m.prompt()
-        assert f"Invalid choice {bad!r}: enter a number from 1 to 5." in text and n == 5
+        assert f"Invalid choice {bad!r}: enter a number from 1 to 6." in text and n == 6
         assert "1) Analyze" not in text  # asked again, not re-shown
     m.choose("2")
     text, n = m.prompt()
@@ -82,7 +82,7 @@ def test_navigation_invalid_choices_back_and_exit(ws):
     assert "Invalid choice '5': enter a number from 1 to 4." in text
     m.choose("4")
     text, n = m.prompt()
-    assert n == 5
+    assert n == 6
     assert_entries(text, MAIN_ENTRIES)
     m.choose(" 4 ")
     text, n = m.prompt()
@@ -90,7 +90,7 @@ def test_navigation_invalid_choices_back_and_exit(ws):
     assert_entries(text, SETUP_ENTRIES)
     m.choose("4")
     text, n = m.prompt()
-    assert n == 5
+    assert n == 6
     m.choose("5")
     assert m.finish() == 0
     assert "Goodbye." in m.seen and "Traceback" not in m.seen
@@ -121,7 +121,7 @@ def test_every_action_runs_and_checkpoints_are_chosen_by_number(ws):
     m.prompt()
     m.choose("1")
     text, n = m.prompt()
-    assert n == 5 and "Analyze image dataset: done" in text and (ws.validation_dataset / "report.html").is_file(), text
+    assert n == 6 and "Analyze image dataset: done" in text and (ws.validation_dataset / "report.html").is_file(), text
 
     m.choose("3")  # Encode images: two checkpoints, so the numbered choice
     m.child.expect(r"Checkpoint number \(1-2\): ")
@@ -206,7 +206,7 @@ def test_failing_actions_keep_the_menu_and_ctrl_d_leaves(ws):
     m.prompt()
     m.choose("1")
     text, n = m.prompt()
-    assert n == 5 and "error:" in text and str(ws.dataset) in text, text
+    assert n == 6 and "error:" in text and str(ws.dataset) in text, text
     m.choose("2")
     m.prompt()
     for entry in ("2", "3"):
@@ -217,7 +217,7 @@ def test_failing_actions_keep_the_menu_and_ctrl_d_leaves(ws):
     m.prompt()
     m.choose("3")
     text, n = m.prompt()
-    assert n == 5 and "error: No checkpoint in" in text
+    assert n == 6 and "error: No checkpoint in" in text
     m.child.sendeof()
     assert m.finish() == 0
     assert "Goodbye." in m.seen and "Traceback" not in m.seen
@@ -340,5 +340,6 @@ def test_every_menu_entry_maps_to_a_cli_command():
         "Analyze image dataset": "cmd_analyze", "Train from scratch": "cmd_train",
         "Train from checkpoint": "cmd_train", "Model evaluation": "cmd_evaluate", "Encode images": "cmd_encode",
         "Install project in editable mode": "cmd_setup", "Update project": "cmd_setup", "Remove logs": "cmd_setup",
+        menu.ATLAS_LABEL: "cmd_atlas",
     }
     assert [label for label, _ in menu.MAIN_MENU[1]] == [e.split(") ")[1] for e in MAIN_ENTRIES]

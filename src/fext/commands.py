@@ -14,8 +14,9 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from fext.config import Config, load_config
+from fext.config import Config, load_config, with_overrides
 from fext.errors import FeXTError
 from fext.workspace import Workspace, require_workspace
 
@@ -79,11 +80,9 @@ def cmd_init(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_config(ctx: Context, args: argparse.Namespace) -> int:
-    import json
-
     from fext.config import config_to_dict
 
-    print(json.dumps(config_to_dict(ctx.config), indent=4))
+    print_json(config_to_dict(ctx.config))
     log.info("From %s%s", ctx.workspace.config_file, f" with {len(ctx.overrides)} --set override(s)" if ctx.overrides else "")
     return 0
 
@@ -106,8 +105,11 @@ def cmd_train(ctx: Context, args: argparse.Namespace) -> int:
     resume = None
     if args.resume is not None:
         resume = resolve_checkpoint(ctx.workspace, args.resume or None, interactive=ctx.interactive)
+    cfg = ctx.config
+    if args.minutes is not None:
+        cfg = with_overrides(cfg, {"training.TIME_BUDGET_MINUTES": args.minutes})
     try:
-        folder = train(ctx.config, ctx.workspace, resume=resume, dataset=args.dataset, progress=ctx.progress)
+        folder = train(cfg, ctx.workspace, resume=resume, dataset=args.dataset, progress=ctx.progress)
     except TrainingInterrupted as e:
         print(e, file=sys.stderr)
         return e.exit_code
@@ -117,10 +119,26 @@ def cmd_train(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoints(ctx: Context, args: argparse.Namespace) -> int:
-    from fext.checkpoints import checkpoints_table
+    from fext.checkpoints import checkpoints_table, list_checkpoints
 
+    if args.json:
+        print_json([checkpoint_record(info) for info in list_checkpoints(ctx.workspace)])
+        return 0
     print(checkpoints_table(ctx.workspace))
     return 0
+
+
+def checkpoint_record(info: Any) -> dict[str, Any]:
+    """One row of `fext checkpoints --json`: the table's columns, with numbers left as numbers."""
+    record: dict[str, Any] = {"name": info.name, "path": str(info.path), "error": info.error}
+    c = info.checkpoint
+    if c is not None:
+        d = c.description
+        record.update(preset=d.architecture.preset, img_size=d.architecture.img_size, epochs=len(c.epochs),
+                      train_images=d.dataset.train if d.dataset else None,
+                      validation_images=d.dataset.validation if d.dataset else None,
+                      train_loss=c.last("train"), validation_loss=c.last("validation"), created=d.created)
+    return record
 
 
 def cmd_evaluate(ctx: Context, args: argparse.Namespace) -> int:
@@ -164,26 +182,55 @@ def cmd_encode(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def embeddings_dir(ctx: Context, folder: Path) -> Path:
-    """An embeddings folder, or a checkpoint name standing for its default output folder."""
-    if not folder.exists() and (ctx.workspace.extraction / folder).is_dir():
-        return ctx.workspace.extraction / folder
-    return folder
+def print_json(document: Any) -> None:
+    """The one JSON document of a ``--json`` command on stdout (logs go to stderr); NumPy values as plain ones."""
+    import json
+
+    def plain(value: Any) -> Any:
+        if hasattr(value, "tolist"):  # NumPy scalars and arrays
+            return value.tolist()
+        return str(value)
+
+    print(json.dumps(document, indent=2, default=plain))
+
+
+def embeddings_dir(ctx: Context, name_or_path: str | os.PathLike | None) -> Path:
+    """The encoded folder a command reads: a path, a folder name under resources/extraction, or (omitted)
+    the only encoded folder there (a choice on a terminal). The same choice in every command, explore's."""
+    from fext.explore.run import resolve_embeddings
+
+    return resolve_embeddings(ctx.workspace.extraction, name_or_path, ctx.interactive)
+
+
+def moved_checkpoint(ctx: Context, name_or_path: str | None) -> Path | None:
+    """``--checkpoint``: where the checkpoint that wrote some embeddings is now, by name or path; None: as recorded."""
+    from fext.checkpoints import resolve_checkpoint
+
+    return resolve_checkpoint(ctx.workspace, name_or_path) if name_or_path else None
 
 
 def cmd_search(ctx: Context, args: argparse.Namespace) -> int:
     from fext.search import print_results, search, search_folder, write_results_csv
 
     embeddings = embeddings_dir(ctx, args.embeddings)
+    checkpoint = moved_checkpoint(ctx, args.checkpoint)
     if args.queries is not None:
-        results = search_folder(embeddings, args.queries, k=args.k, config=ctx.config, checkpoint=args.checkpoint,
+        results = search_folder(embeddings, args.queries, k=args.k, config=ctx.config, checkpoint=checkpoint,
                                 use_index=not args.exact)
+        if args.json:
+            print_json({"embeddings": str(embeddings), "results": [
+                {"query": q, "rank": rank, "score": score, "path": path} for q, rank, score, path in results]})
+            return 0
         write_results_csv(results, args.output)
         if args.output is not None:
             print(f"Results: {args.output} ({len({r[0] for r in results})} queries)")
         return 0
-    results = search(embeddings, args.query, k=args.k, sheet=args.sheet, config=ctx.config, checkpoint=args.checkpoint,
+    results = search(embeddings, args.query, k=args.k, sheet=args.sheet, config=ctx.config, checkpoint=checkpoint,
                      use_index=not args.exact)
+    if args.json:
+        print_json({"embeddings": str(embeddings), "query": args.query, "sheet": args.sheet, "results": [
+            {"rank": rank, "score": score, "path": path} for rank, score, path in results]})
+        return 0
     print_results(results)
     return 0
 
@@ -192,6 +239,9 @@ def cmd_index(ctx: Context, args: argparse.Namespace) -> int:
     from fext.index import build_index
 
     info = build_index(embeddings_dir(ctx, args.embeddings), args.kind, args.memory, progress=ctx.progress)
+    if args.json:
+        print_json(info)
+        return 0
     effort = f", {'nprobe' if info['kind'] == 'ivf' else 'efSearch'} {info['effort']}" if info["effort"] else ""
     print(f"Index: {info['factory']} over {info['vectors']} vectors{effort}, about {info['estimated_mb']:.0f} MB, "
           f"built in {info['build_seconds']:.1f} s; recall@10 {info['recall_at_10']:.3f} "
@@ -222,10 +272,29 @@ def cmd_explore(ctx: Context, args: argparse.Namespace) -> int:
 
     folder = resolve_embeddings(ctx.workspace.extraction, args.embeddings, ctx.interactive)
     result = explore(folder, args.output, clusters=args.clusters, neighbours=args.neighbours, config=ctx.config,
-                     checkpoint=args.checkpoint, duplicate_threshold=args.duplicate_threshold,
+                     checkpoint=moved_checkpoint(ctx, args.checkpoint), duplicate_threshold=args.duplicate_threshold,
                      reconstruction=not args.no_reconstruction, progress=ctx.progress, selection=args.selection)
+    if args.json:
+        print_json(exploration_record(result))
+        return 0
     print(result.summary())
     return 0
+
+
+def exploration_record(result: Any, top: int = 20) -> dict[str, Any]:
+    """`fext explore --json`: where the atlas and CSVs are, and what the summary says, as numbers and lists."""
+    ranking = list(result.outliers.ranking()[:top])
+    return {
+        "atlas": str(result.output / "atlas.html"), "atlas_url": (result.output / "atlas.html").resolve().as_uri(),
+        "output": str(result.output), "images": len(result.paths), "thumbnails": result.thumbnails,
+        "clusters": result.clusters.k, "silhouette": result.clusters.silhouette,
+        "most_unusual": [{"path": result.paths[r], "score": float(result.outliers.score[r]),
+                          "reason": result.outliers.why(r)} for r in ranking],
+        "duplicate_threshold": float(result.threshold.value), "duplicate_threshold_note": result.threshold.describe(),
+        "duplicate_groups": [{"kind": kind, "paths": [result.paths[r] for r in group]}
+                             for group, kind in zip(result.duplicates.groups, result.duplicates.kinds)],
+        "seconds": result.seconds,
+    }
 
 
 def cmd_select(ctx: Context, args: argparse.Namespace) -> int:
@@ -243,10 +312,28 @@ def cmd_score(ctx: Context, args: argparse.Namespace) -> int:
     from fext.score import NOVEL_EXIT, score
 
     result = score(args.new, embeddings_dir(ctx, args.reference), args.output, config=ctx.config,
-                   checkpoint=args.checkpoint, false_alarm_rate=args.false_alarm_rate,
+                   checkpoint=moved_checkpoint(ctx, args.checkpoint), false_alarm_rate=args.false_alarm_rate,
                    reconstruction=not args.no_reconstruction, progress=ctx.progress)
     print(result.summary())
     return NOVEL_EXIT if result.novel.any() else 0
+
+
+def cmd_atlas(ctx: Context, args: argparse.Namespace) -> int:
+    from fext.atlas import make_atlas
+    from fext.training import TrainingInterrupted
+
+    try:
+        atlas = make_atlas(ctx.config, ctx.workspace, args.folder, minutes=args.minutes, progress=ctx.progress)
+    except TrainingInterrupted as e:
+        print(f"{e}\nRun the same `fext atlas` command again to continue.", file=sys.stderr)
+        return e.exit_code
+    print(atlas.summary())
+    if args.open:
+        import webbrowser
+
+        if not webbrowser.open(atlas.url):
+            log.warning("No web browser to open here; open %s yourself.", atlas.url)
+    return 0
 
 
 def cmd_setup(ctx: Context, args: argparse.Namespace) -> int:

@@ -124,6 +124,8 @@ class TrainingConfig:
     ACTIVATION_CHECKPOINTING: bool = False
     """Memory first: recompute each encoder and decoder stage in backward instead of keeping its activations, and let the CPU allocator return freed memory: about a third less training memory than the default, for one more forward pass and slower CPU steps (larger batches on small machines)."""
     LR_SCHEDULER: LRSchedulerConfig = field(default_factory=LRSchedulerConfig)
+    TIME_BUDGET_MINUTES: float = _key(0.0, "a number >= 0 (0: no budget)", lambda v: v >= 0)
+    """Train for about this many minutes (counted over the checkpoint's epochs, validation included) instead of EPOCHS epochs: the epoch that crosses the budget is the last, and the learning rate, fitted to the budget, stays at INITIAL_LR for its first 80 % and falls linearly to 1e-8 at its end (LR_SCHEDULER's steps are not used). A resumed run finishes the budget; a larger budget extends a finished run. 0: no budget."""
     RECIPE: str = _key("views", 'one of "views", "seed"', lambda v: v in ("views", "seed"))
     """"views": reconstruction plus latent invariance between two augmented views of each image (training.VIEWS);
     "seed": the seed's MAE reconstruction of IMG_AUGMENT batches, exactly."""

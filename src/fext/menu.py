@@ -56,12 +56,16 @@ SETUP_MENU: Menu = ("Setup and Maintenance", [
     ("Back", None),
 ])
 
+ATLAS_LABEL = "From the dataset folder to the atlas in one go (analyze, train within a time budget, evaluate, encode, explore)"
+"""An entry after the seed's five, so that theirs keep the seed's numbers (Exit stays 5)."""
+
 MAIN_MENU: Menu = (TITLE, [
     ("Analyze image dataset", ["analyze"]),
     ("Model training and evaluation", TRAINING_MENU),
     ("Encode images", ["encode", CHECKPOINT]),
     ("Setup and Maintenance", SETUP_MENU),
     ("Exit", None),
+    (ATLAS_LABEL, ["atlas"]),
 ])
 
 

@@ -26,7 +26,7 @@ from fext.data import CachedImages, to_float
 from fext.device import autocast, replay_rng, rng_state
 from fext.metrics import cosine, mae, psnr
 from fext.training.objectives import training_inputs, training_loss, views_loss
-from fext.training.schedule import lr_at, set_lr
+from fext.training.schedule import learning_rate, set_lr, trained_seconds
 from fext.training.state import RunPosition
 
 log = logging.getLogger(__name__)
@@ -127,12 +127,14 @@ def train_one_epoch(
     bar = tqdm(total=n_batches, initial=position.batch, desc=f"Epoch {epoch}", unit="batch",
                leave=False, disable=not show_bar, dynamic_ncols=True)
     start = time.perf_counter() - sums["seconds"]
+    before = trained_seconds(position.history)  # earlier epochs, for a time budget's schedule
+    lr = learning_rate(max(position.step - 1, 0), before + sums["seconds"], cfg.training)  # should no batch run
     try:
         for b in range(position.batch, n_batches):
             if stop.requested is not None:
                 break
-            # 1. Learning rate of this update, from the global step (the schedule survives resumes).
-            lr = lr_at(position.step, cfg.training.LR_SCHEDULER)
+            # 1. Learning rate of this update, from the global step or the time trained (survives resumes).
+            lr = learning_rate(position.step, _seconds_trained(before + sums["seconds"], cfg), cfg.training)
             set_lr(optimizer, lr)
             # 2. Gather the batch from the cache; convert on the device (a uint8 copy is 4x smaller).
             x = images.batch(order[b * batch_size : (b + 1) * batch_size])  # (B, S, S, 3) uint8
@@ -176,9 +178,17 @@ def train_one_epoch(
         metrics={k: sums[k] / n for k in ("loss", "cosine", "psnr")},
         images=int(sums["images"]),
         seconds=sums["seconds"],
-        lr=lr_at(max(position.step - 1, 0), cfg.training.LR_SCHEDULER),  # of the last update
+        lr=lr,  # of the last update
         interrupted=interrupted,
     )
+
+
+def _seconds_trained(seconds: float, cfg: Config) -> float:
+    """The seconds a time budget's schedule reads: under torchrun their mean over the ranks (one collective a
+    step, only with a budget), so every rank applies the same learning rate and the replicas stay equal."""
+    if cfg.training.TIME_BUDGET_MINUTES > 0 and distributed.active():
+        return distributed.all_reduce_sum([seconds])[0] / distributed.world_size()
+    return seconds
 
 
 def compute_gradients(

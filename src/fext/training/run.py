@@ -31,6 +31,7 @@ from fext.model import FeXTAutoEncoder
 from fext.training import outputs
 from fext.training.loop import GracefulStop, NonFiniteLoss, train_one_epoch, validate
 from fext.training.objectives import recipe_projector
+from fext.training.schedule import BUDGET_DECAY_SHARE, budget_spent, trained_seconds
 from fext.training.state import (
     RunPosition, capture_rng, position_from_state, restore_rng, seed_everything, trainer_state,
 )
@@ -47,9 +48,12 @@ class TrainingInterrupted(FeXTError):
 
 def resumed_config(saved: Config, current: Config) -> Config:
     """The checkpoint's configuration, with ADDITIONAL_EPOCHS, ACTIVATION_CHECKPOINTING (a memory
-    setting of this machine, values unchanged) and the device section from ``current``."""
+    setting of this machine, values unchanged) and the device section from ``current``, and
+    TIME_BUDGET_MINUTES from ``current`` when set there (a total: a larger one extends the run)."""
+    budget = current.training.TIME_BUDGET_MINUTES or saved.training.TIME_BUDGET_MINUTES
     training = replace(saved.training, ADDITIONAL_EPOCHS=current.training.ADDITIONAL_EPOCHS,
-                       ACTIVATION_CHECKPOINTING=current.training.ACTIVATION_CHECKPOINTING)
+                       ACTIVATION_CHECKPOINTING=current.training.ACTIVATION_CHECKPOINTING,
+                       TIME_BUDGET_MINUTES=budget)
     return replace(saved, training=training, device=current.device)
 
 
@@ -203,7 +207,7 @@ def _train(
         for note in listing.notes(where=SUMMARY):
             log.info("%s: %s", root, note)
 
-    epochs = position.epoch + (cfg.training.EPOCHS if fresh else cfg.training.ADDITIONAL_EPOCHS)
+    epochs = _last_epoch(cfg, position, fresh)
     log.info("Training %s (%s preset, %d px) on %d images, %d for validation, epochs %d to %d on %s; checkpoint %s",
              "from scratch" if fresh else f"from {folder.name}", cfg.model.PRESET, cfg.model.IMG_SIZE,
              len(train_rows), len(val_rows), position.epoch + 1, epochs, device, folder)
@@ -225,6 +229,26 @@ def _train(
         release_freed_memory()  # the process may go on (menu, demo): it need not keep the training peak
     log.info("Done: %s", folder)
     return folder
+
+
+BUDGET_EPOCHS = 1_000_000
+"""The epoch count of a run with a time budget: it stops at the end of the epoch that crosses the budget."""
+
+
+def _last_epoch(cfg: Config, position: RunPosition, fresh: bool) -> int:
+    """The epoch the run trains up to: EPOCHS from scratch, ADDITIONAL_EPOCHS more on a resume, or with a
+    time budget left, as many as the budget allows (said in a log line)."""
+    budget = cfg.training.TIME_BUDGET_MINUTES
+    if budget > 0 and not budget_spent(position.history, cfg.training):
+        used = trained_seconds(position.history) / 60.0
+        log.info("Time budget: %g minutes (training.TIME_BUDGET_MINUTES)%s; training stops at the end of the epoch "
+                 "that crosses it, the learning rate falls to its floor over the last %d %%.", budget,
+                 f", {used:.1f} already trained" if used else "", round(100 * BUDGET_DECAY_SHARE))
+        return position.epoch + BUDGET_EPOCHS
+    if budget > 0:
+        log.info("The time budget of %g minutes is spent: %d more epochs at the schedule's end (a larger --minutes "
+                 "trains longer with the learning rate fitted to it).", budget, cfg.training.ADDITIONAL_EPOCHS)
+    return position.epoch + (cfg.training.EPOCHS if fresh else cfg.training.ADDITIONAL_EPOCHS)
 
 
 def _cached_images(paths: list[Path], cfg: Config, ws: Workspace, progress: bool) -> CachedImages:
@@ -310,6 +334,7 @@ def fit(run: Run, epochs: int, show_bar: bool = True) -> None:
     use_tensorboard = cfg.training.USE_TENSORBOARD and distributed.is_main()
     tensorboard = outputs.TensorBoardLog(run.folder / TENSORBOARD, use_tensorboard, first_epoch=p.epoch + 1)
     val_rows = distributed.shard(run.val_rows, pad=False)
+    budgeted = epochs - p.epoch > BUDGET_EPOCHS // 2  # a time budget, not an epoch count, ends the run
     try:
         # Under torchrun a signal reaches every rank at its own moment: no rank could stop at the same batch.
         with GracefulStop(handle_signals=not distributed.active()) as stop, explain_compile_failure():
@@ -334,7 +359,11 @@ def fit(run: Run, epochs: int, show_bar: bool = True) -> None:
                     p.history.append(entry)
                     p.epoch, p.batch, p.partial = p.epoch + 1, 0, {}
                     _save(run, tensorboard, entry)
-                    outputs.log_epoch(entry, epochs)
+                    outputs.log_epoch(entry, None if budgeted else epochs)
+                    if budgeted and distributed.all_true(budget_spent(p.history, cfg.training)):
+                        log.info("Time budget of %g minutes reached after epoch %d (%.1f minutes).",
+                                 cfg.training.TIME_BUDGET_MINUTES, p.epoch, trained_seconds(p.history) / 60.0)
+                        break
                 # 4. Ctrl-C: save where the run stands (inside an epoch if need be) and stop.
                 if stop.requested is not None and (not complete or p.epoch < epochs):
                     if not complete:
