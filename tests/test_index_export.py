@@ -18,6 +18,7 @@ from fext.encoding.files import write_failed, write_index, write_metadata
 from fext.errors import FeXTError
 from fext.index import INDEX_FILE, INDEX_JSON, build_index, open_index, plan_index
 from fext.search import exact_top_k, normalized, search
+from fext.similarity import BANDS
 
 CPU = tiny_config()
 
@@ -105,10 +106,11 @@ def test_many_queries_at_once_write_one_csv_and_skip_non_images(encoded, tmp_pat
                  "--queries", str(queries), "-k", "3", "--output", str(csv_file)])
     assert code == 0
     lines = csv_file.read_text().splitlines()
-    assert lines[0] == "query,rank,score,path" and len(lines) == 1 + 2 * 3
+    assert lines[0] == "query,rank,score,meaning,path" and len(lines) == 1 + 2 * 3
     assert [line.split(",")[:2] for line in lines[1:4]] == [["q1.png", "1"], ["q1.png", "2"], ["q1.png", "3"]]
+    assert all(line.split(",")[3] in BANDS for line in lines[1:])  # the folder recorded its bands when encoded
     single = search(out, str(queries / "q2.jpg"), k=3, config=CPU)
-    assert [line.split(",")[3] for line in lines[4:]] == [r[2] for r in single]
+    assert [line.split(",")[4] for line in lines[4:]] == [r[2] for r in single]
 
 
 def test_an_incremental_encode_refreshes_the_index(encoded, tmp_path):

@@ -70,8 +70,9 @@ def test_cli_prints_ranks_and_writes_a_contact_sheet(encoded, tmp_path, capsys, 
                  "--query", "a.png", "-k", "3", "--sheet", str(sheet)])
     assert code == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["rank", "score", "path"]
-    assert lines[1].split() == ["1", "1.0000", "a.png"] and lines[2].split()[2] == "a_shifted.png" and len(lines) == 4
+    assert lines[0].split() == ["rank", "score", "meaning", "path"]
+    assert lines[1].split() == ["1", "1.0000", "duplicate", "a.png"] and lines[2].split()[3] == "a_shifted.png"
+    assert len(lines) == 4
     with Image.open(sheet) as im:
         assert im.format == "PNG" and im.width > 3 * im.height > 0  # one row of four: the query and three results
 

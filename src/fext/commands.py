@@ -210,18 +210,22 @@ def moved_checkpoint(ctx: Context, name_or_path: str | None) -> Path | None:
 
 
 def cmd_search(ctx: Context, args: argparse.Namespace) -> int:
+    from fext.encoding.calibration import read_bands
     from fext.search import print_results, search, search_folder, write_results_csv
+    from fext.similarity import band_of
 
     embeddings = embeddings_dir(ctx, args.embeddings)
     checkpoint = moved_checkpoint(ctx, args.checkpoint)
+    bands = read_bands(embeddings)
     if args.queries is not None:
         results = search_folder(embeddings, args.queries, k=args.k, config=ctx.config, checkpoint=checkpoint,
                                 use_index=not args.exact)
         if args.json:
             print_json({"embeddings": str(embeddings), "results": [
-                {"query": q, "rank": rank, "score": score, "path": path} for q, rank, score, path in results]})
+                {"query": q, "rank": rank, "score": score, "meaning": band_of(score, bands), "path": path}
+                for q, rank, score, path in results]})
             return 0
-        write_results_csv(results, args.output)
+        write_results_csv(results, args.output, bands)
         if args.output is not None:
             print(f"Results: {args.output} ({len({r[0] for r in results})} queries)")
         return 0
@@ -229,9 +233,10 @@ def cmd_search(ctx: Context, args: argparse.Namespace) -> int:
                      use_index=not args.exact)
     if args.json:
         print_json({"embeddings": str(embeddings), "query": args.query, "sheet": args.sheet, "results": [
-            {"rank": rank, "score": score, "path": path} for rank, score, path in results]})
+            {"rank": rank, "score": score, "meaning": band_of(score, bands), "path": path}
+            for rank, score, path in results]})
         return 0
-    print_results(results)
+    print_results(results, bands)
     return 0
 
 

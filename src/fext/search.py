@@ -25,6 +25,7 @@ from fext.config import Config
 from fext.encoding.files import INDEX, Encoding, damaged, open_encoding
 from fext.encoding.fingerprints import checkpoint_identity
 from fext.errors import FeXTError
+from fext.similarity import BANDS, band_of
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +110,16 @@ def search_folder(
             for rank, (r, score) in enumerate(zip(query_rows, query_scores), 1)]
 
 
-def write_results_csv(results: list[tuple[str, int, float, str]], output: str | os.PathLike | None) -> None:
-    """``query, rank, score, path`` rows to ``output`` (atomically), or to stdout when None."""
+def write_results_csv(results: list[tuple[str, int, float, str]], output: str | os.PathLike | None,
+                      bands: dict[str, float] | None = None) -> None:
+    """``query, rank, score, meaning, path`` rows to ``output`` (atomically), or to stdout when None; ``meaning`` is
+    the score's band (:mod:`fext.similarity`), empty for a folder without bands."""
     from fext._io import atomic_open
 
     def write(f: Any) -> None:
         writer = csv.writer(f)
-        writer.writerow(["query", "rank", "score", "path"])
-        writer.writerows([q, rank, f"{score:.6f}", path] for q, rank, score, path in results)
+        writer.writerow(["query", "rank", "score", "meaning", "path"])
+        writer.writerows([q, rank, f"{score:.6f}", band_of(score, bands), path] for q, rank, score, path in results)
 
     if output is None:
         write(sys.stdout)
@@ -245,11 +248,13 @@ def top_k_cosine(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndar
     return rows[0], scores[0]
 
 
-def print_results(results: list[tuple[int, float, str]]) -> None:
-    """Print ``rank  score  path`` lines, best first."""
-    print(f"{'rank':>4}  {'score':>7}  path")
+def print_results(results: list[tuple[int, float, str]], bands: dict[str, float] | None = None) -> None:
+    """Print ``rank  score  meaning  path`` lines, best first; ``meaning`` is the score's band for this collection
+    (:mod:`fext.similarity`), left out for a folder encoded before bands were recorded."""
+    width = max(len(b) for b in BANDS) if bands else 0
+    print(f"{'rank':>4}  {'score':>7}  " + (f"{'meaning':<{width}}  " if bands else "") + "path")
     for rank, score, path in results:
-        print(f"{rank:>4}  {score:7.4f}  {path}")
+        print(f"{rank:>4}  {score:7.4f}  " + (f"{band_of(score, bands):<{width}}  " if bands else "") + path)
 
 
 def write_contact_sheet(sheet: Path, query_image: Path, results: list[tuple[int, float, str]], root: Path) -> None:

@@ -21,7 +21,7 @@ from fext import distributed
 from fext._io import atomic_path, write_json
 from fext.config import Config
 from fext.data import SKIPPED, count_notes, list_folder
-from fext.encoding import files, incremental, inference, npy_rows, resumable
+from fext.encoding import calibration, files, incremental, inference, npy_rows, resumable
 from fext.encoding.fingerprints import checkpoint_identity, listing_fingerprint
 from fext.errors import FeXTError
 from fext.workspace import Workspace
@@ -115,6 +115,7 @@ def encode_folder(
                                  todo)
     finalize(output, state, paths, names, stats, per_image,
              extra={**run_details(arch, batch_size, device, config, ckpt), **files_note})
+    calibration.record_bands(output, ckpt, config, config.SEED)
     if state.get("incremental"):
         from fext.index import refresh_index
 

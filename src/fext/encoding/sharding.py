@@ -19,7 +19,7 @@ from fext import distributed
 from fext._io import write_json
 from fext.config import Config
 from fext.data import Listing
-from fext.encoding import files, inference, npy_rows, resumable
+from fext.encoding import calibration, files, inference, npy_rows, resumable
 from fext.encoding.fingerprints import listing_fingerprint
 from fext.encoding.folder import clear_output, finalize, run_details
 from fext.errors import FeXTError
@@ -82,6 +82,7 @@ def encode_sharded(
         details = {**run_details(arch, batch_size, device, cfg, ckpt), "processes": world,
                    "not_images": len(listing.not_images), "multi_frame": len(listing.multi_frame)}
         finalize(output, state, paths, names, stats, per_image, extra=details)
+        calibration.record_bands(output, ckpt, cfg, cfg.SEED)
     distributed.barrier()
     return output
 

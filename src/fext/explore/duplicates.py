@@ -18,7 +18,7 @@ exact and perceptual links alone join it, else ``feature``.
 
 The threshold rule (:func:`choose_threshold`) needs two measurements on a sample of the
 collection: how similar each image stays to edited copies of itself (centre crop, JPEG
-re-encode, half size; :func:`fext.explore.measure.copy_similarities`), and how similar it is to
+re-encode, half size; :func:`fext.similarity.copy_similarities`), and how similar it is to
 its nearest other image. A nearest image that is a known duplicate (same bytes, same picture by
 the hash, or an equal vector) or at least as close as the image's own most similar copy counts
 as a likely duplicate; the others are distinct images, and the threshold is set so that fewer

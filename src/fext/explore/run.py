@@ -38,6 +38,7 @@ from fext.explore.signals import BATCH as SIGNAL_BATCH
 from fext.explore.signals import ImageSignals, image_signals, mirror_candidates, outlier_signals, thumbnail_unit
 from fext.explore.thumbnails import make_sprites
 from fext.search import normalized
+from fext.similarity import copy_similarities
 
 log = logging.getLogger(__name__)
 
@@ -220,12 +221,13 @@ def _model_measurements(
     if ckpt is None:
         return None, None, sample
     from fext.device import select_device
-    from fext.encoding.inference import load_model, workers
+    from fext.encoding.inference import embed, load_model, workers
 
     device = select_device(cfg.device.DEVICE, cfg.device.DEVICE_ID)
     model = load_model(ckpt, device)
     size = int(metadata["img_size"])
-    copies = measure.copy_similarities(model, [files[i] for i in sample], unit[sample], size, device)
+    copies = copy_similarities(lambda images: embed(model, images, device), [files[i] for i in sample],
+                               unit[sample], size)
     readable = ~np.isnan(copies).any(axis=1)
     copies, sample = (copies[readable], sample[readable]) if readable.any() else (None, sample)
     errors = None

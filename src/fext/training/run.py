@@ -398,6 +398,7 @@ def _save(run: Run, tensorboard: outputs.TensorBoardLog, entry: dict[str, Any] |
         run.saved = outputs.describe_position(p)
         return
     keep = entry["epoch"] if entry is not None and run.cfg.training.SAVE_CHECKPOINTS else None
+    set_feature_center(run.model, run.images, run.train_rows, run.device)
     save_checkpoint(folder, run.model, run.description, history=p.history, keep_epoch=keep,
                     trainer_state=trainer_state(p, run.model, run.optimizer, run.scaler, run.augment, rank_rngs,
                                                 run.projector))
@@ -407,6 +408,29 @@ def _save(run: Run, tensorboard: outputs.TensorBoardLog, entry: dict[str, Any] |
     if entry is not None:
         tensorboard.log_epoch(entry)
     run.saved = outputs.describe_position(p)
+
+
+CENTER_IMAGES = 256
+"""Training images (evenly spread) whose mean latent becomes the model's feature centre at every save."""
+
+
+def set_feature_center(model: FeXTAutoEncoder, images: CachedImages, rows: torch.Tensor, device: torch.device) -> None:
+    """Set ``model.feature_center`` to the mean latent of up to :data:`CENTER_IMAGES` training images.
+
+    In eval mode (no dropout) on the plain images, in float32: the centre every feature vector is taken
+    from (:meth:`FeXTAutoEncoder.features`). It draws no random number, so training goes on as it would.
+    """
+    from fext.data import to_float
+
+    chosen = rows[torch.linspace(0, len(rows) - 1, min(len(rows), CENTER_IMAGES)).round().long()].tolist()
+    was_training = model.training
+    model.eval()
+    total = torch.zeros_like(model.feature_center, dtype=torch.float64)
+    with torch.no_grad():
+        for lo in range(0, len(chosen), 32):
+            total += model.encode(to_float(images.batch(chosen[lo:lo + 32]).to(device))).double().sum(0)
+    model.feature_center.copy_((total / max(1, len(chosen))).to(model.feature_center.dtype))
+    model.train(was_training)
 
 
 def _cpu_has_native_bf16() -> bool:
