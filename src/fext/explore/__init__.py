@@ -20,14 +20,14 @@ arrays, or objects with a ``rows(paths)`` method giving DataFrame-friendly rows.
 from __future__ import annotations
 
 from fext.explore.clusters import Clusters, find_clusters
-from fext.explore.duplicates import Duplicates, Threshold, choose_threshold, find_duplicates, threshold_at
+from fext.explore.duplicates import Duplicates, Identity, Threshold, choose_threshold, find_duplicates, threshold_at
 from fext.explore.maps import embedding_map
 from fext.explore.neighbours import Neighbours, nearest_neighbours
 from fext.explore.outliers import Outliers, find_outliers
 from fext.explore.run import Exploration, explore
 
 __all__ = [
-    "Clusters", "Duplicates", "Exploration", "Neighbours", "Outliers", "Threshold", "choose_threshold",
+    "Clusters", "Duplicates", "Exploration", "Identity", "Neighbours", "Outliers", "Threshold", "choose_threshold",
     "embedding_map", "explore", "find_clusters", "find_duplicates", "find_outliers", "nearest_neighbours",
     "threshold_at",
 ]
