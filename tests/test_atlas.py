@@ -57,7 +57,7 @@ def test_train_stops_at_the_end_of_the_epoch_that_crosses_the_budget(ws, capsys)
     assert read_checkpoint(folder).description.configuration.training.TIME_BUDGET_MINUTES == 0.0001
 
 
-def test_atlas_runs_every_step_then_continues_and_encodes_only_the_new_images(ws, tmp_path, capsys):
+def test_atlas_runs_every_step_then_continues_and_encodes_only_the_new_images(ws, tmp_path, capsys, monkeypatch):
     photos = tmp_path / "photos"
     make_images(photos, 12)
     argv = ["--workspace", str(ws.root), "--quiet", *TINY_SET, "atlas", str(photos), "--minutes", "0.0001"]
@@ -73,8 +73,11 @@ def test_atlas_runs_every_step_then_continues_and_encodes_only_the_new_images(ws
     assert len(read_checkpoint(checkpoint).epochs) == 1
     first = np.array(open_encoding(embeddings).vectors)
 
-    assert main(argv) == 0  # nothing changed: nothing runs again
+    opened = []
+    monkeypatch.setattr("webbrowser.open", lambda url: opened.append(url) or True)
+    assert main([*argv, "--open"]) == 0  # nothing changed: nothing runs again; --open opens the page
     assert "analyze done before, train done before, evaluate done before" in capsys.readouterr().out
+    assert opened == [page.resolve().as_uri()]
 
     make_images(photos / "added", 3, seed=9)
     assert main(argv) == 0

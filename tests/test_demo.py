@@ -61,8 +61,11 @@ def test_demo_runs_every_stage_and_says_where_things_are(tmp_path):
     summary = out[out.index("Demo finished"):]
     for report in reports:
         assert report.is_file() and str(report) in summary
-    for step in ("[1/5] Analyze", "[2/5] Train", "[3/5] Model evaluation", "[4/5] Encode", "[5/5] Search"):
+    for step in ("[1/6] Analyze", "[2/6] Train", "[3/6] Model evaluation", "[4/6] Encode", "[5/6] Search",
+                 "[6/6] Explore"):
         assert step in out
+    atlas = ws.extraction / checkpoint.name / "explore" / "atlas.html"
+    assert atlas.is_file() and f"Open the atlas of the photos: {atlas.resolve().as_uri()}" in summary
     assert f"FeXT demo workspace: {root}" in out and f"Everything is in {root}" in summary
 
 

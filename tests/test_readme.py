@@ -1,4 +1,5 @@
-"""The README is the user's manual: it names every configuration key and command, and every command it shows runs."""
+"""The README and docs/ are the user's manual: the README is short and names every command, docs/configuration.md
+every configuration key, and every command line they show runs."""
 
 from __future__ import annotations
 
@@ -18,12 +19,26 @@ from fext.cli import build_parser
 from fext.config import config_to_dict, describe_keys
 from fext.workspace import Workspace
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+PAGES = {path.relative_to(ROOT).as_posix(): path.read_text(encoding="utf-8")
+         for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks" / "README.md"]}
+"""Every page whose command lines are run: the README, docs/*.md and benchmarks/README.md."""
+README_LINES = 450
+"""A README a newcomer reads in ten minutes; the rest is in docs/."""
 
 
 def test_every_configuration_key_is_documented_with_its_default():
     for key, default, allowed, meaning in describe_keys():
-        assert f"| `{key}` | `{default}` | {allowed} | {meaning} |" in README, key
+        assert f"| `{key}` | `{default}` | {allowed} | {meaning} |" in CONFIGURATION, key
+
+
+def test_the_readme_is_short_and_its_links_to_other_pages_lead_somewhere():
+    assert len(README.splitlines()) <= README_LINES
+    for page, text in PAGES.items():
+        for target in re.findall(r"\]\(([^)#:]+\.md)(?:#[\w-]+)?\)", text):
+            assert (ROOT / page).parent.joinpath(target).resolve().is_file(), (page, target)
 
 
 def test_every_command_is_documented():
@@ -43,6 +58,9 @@ CHECKPOINT_PLACEHOLDER = "FeXT_20250101T120000"
 """The checkpoint name the README uses in examples; replaced by the scratch checkpoint's name."""
 
 SUBSTITUTIONS = {
+    "~/Pictures": "resources/extraction/images",  # the reader's photos: the scratch workspace's images to encode
+    "--minutes 30": "--minutes 0.0001",  # a training budget: one epoch stands in
+    " --open ": " ",  # no web browser in a test (a console one would wait for keys)
     "/data/photos": "photos",  # another image folder, inside the scratch workspace
     "/data/ws": ".",
     "/shared/fext": ".",
@@ -55,8 +73,17 @@ def _stray_comma(ws: Path) -> None:
     (ws / "settings" / "configurations.json").write_text('{\n    "SEED": 42,\n    "dataset": {"xy": 1.0,}\n}\n')
 
 
+def _tiny_budget(ws: Path) -> None:
+    """`fext atlas` chooses a training budget of minutes: the scratch workspace's configuration sets one epoch's worth."""
+    config = ws / "settings" / "configurations.json"
+    data = json.loads(config.read_text())
+    data["training"]["TIME_BUDGET_MINUTES"] = 0.0001
+    config.write_text(json.dumps(data))
+
+
 SETUP: dict[str, Callable[[Path], None]] = {
     "with a stray comma in the file": _stray_comma,
+    "fext atlas": _tiny_budget,
 }
 """Extra preparation for a README line, keyed by a piece of that line (its comment, say)."""
 
@@ -64,12 +91,13 @@ SHELLS = {"", "bash", "sh", "shell", "console"}
 
 
 def readme_commands() -> list[tuple[str, list[str]]]:
-    """(command line, output lines shown under it) for every `fext ...` line in a shell code block.
+    """(command line, output lines shown under it) for every `fext ...` line in a shell code block of the pages.
 
     Usage synopses (``[--option ...]`` or an ellipsis) are skipped: they describe, they are not run.
     """
     commands = []
-    for lang, block in re.findall(r"^```(\w*)\n(.*?)^```", README, re.S | re.M):
+    blocks = [block for text in PAGES.values() for block in re.findall(r"^```(\w*)\n(.*?)^```", text, re.S | re.M)]
+    for lang, block in blocks:
         if lang not in SHELLS:
             continue
         lines = block.replace("\\\n", " ").splitlines()
@@ -93,7 +121,7 @@ COMMANDS = readme_commands()
 
 def test_the_readme_shows_commands_to_run():
     names = {c.split()[1] for c, _ in COMMANDS}
-    assert {"init", "train", "evaluate", "encode", "search"} <= names, names
+    assert {"init", "atlas", "train", "evaluate", "encode", "search", "explore"} <= names, names
 
 
 @pytest.fixture(scope="session")

@@ -5,10 +5,11 @@ random crops of the photos of ``fext/sample_images`` into ``resources/dataset`` 
 too few to train on; hundreds of crops teach the model textures and shapes at several scales),
 copies the photos themselves into ``resources/extraction/images``, writes a configuration for the
 small preset, then runs the same API functions as the commands: analyze → train → evaluate →
-encode → search. Training shows one progress bar for the whole run (the per-epoch lines go to the
+encode → search → explore. Training shows one progress bar for the whole run (the per-epoch lines go to the
 log file). The search step asks with a query whose right answer is known: a cropped, mirrored,
 JPEG re-encoded copy of one bundled photo, which should come back first; the demo says whether it
-did. A few minutes on a quiet 2-core CPU (figures in the README); ``--epochs 1`` makes it a quick smoke test.
+did. The explore step writes the atlas of the 11 photos and the demo ends with its ``file://`` link.
+A few minutes on a quiet 2-core CPU (figures in the README); ``--epochs 1`` makes it a quick smoke test.
 """
 
 from __future__ import annotations
@@ -127,8 +128,12 @@ def prepare_workspace(root: Path | None) -> Workspace:
     return ws
 
 
+STEPS = 6
+"""analyze, train, evaluate, encode, search, explore."""
+
+
 def _step(number: int, title: str, command: str) -> None:
-    print(f"\n[{number}/5] {title}  (the command: fext {command})", flush=True)
+    print(f"\n[{number}/{STEPS}] {title}  (the command: fext {command})", flush=True)
 
 
 class _EpochBar(logging.Filter):
@@ -170,7 +175,7 @@ def _train_with_one_bar(cfg: Config, ws: Workspace, progress: bool) -> Path:
 
 def run_demo(ws: Workspace, epochs: int = DEMO_EPOCHS, img_size: int = DEMO_IMG_SIZE,
              progress: bool = True) -> dict[str, Path]:
-    """Run analyze → train → evaluate → encode → search in ``ws``; return the main outputs by name."""
+    """Run analyze → train → evaluate → encode → search → explore in ``ws``; return the main outputs by name."""
     from fext.analysis import analyze
     from fext.encoding import encode_folder
     from fext.evaluation import evaluate_checkpoints
@@ -211,7 +216,18 @@ def run_demo(ws: Workspace, epochs: int = DEMO_EPOCHS, img_size: int = DEMO_IMG_
     print(known_answer(results, source.name))
     outputs["search query"] = query
     outputs["search sheet"] = sheet
+    outputs["atlas"] = _explore(embeddings, cfg, progress)
     return outputs
+
+
+def _explore(embeddings: Path, cfg: Config, progress: bool) -> Path:
+    """Step 6: the atlas of the encoded photos (map, clusters, outliers, near-duplicates), as `fext explore` writes it."""
+    from fext.explore.run import explore
+
+    _step(6, "Explore the encoded images", f"explore {embeddings.name}")
+    result = explore(embeddings, config=cfg, progress=progress)
+    print(result.summary())
+    return result.output / "atlas.html"
 
 
 HONEST_VERDICT = (
@@ -243,6 +259,8 @@ def summary(ws: Workspace, outputs: dict[str, Path], seconds: float) -> str:
         lines += [f"  {path}" for path in reports]
     if (outputs.get("checkpoint") or ws.root).joinpath("tensorboard").is_dir():
         lines.append(f"Training curves: tensorboard --logdir {outputs['checkpoint'] / 'tensorboard'}")
+    if outputs.get("atlas"):
+        lines.append(f"Open the atlas of the photos: {outputs['atlas'].resolve().as_uri()}")
     lines.append(f"Try the commands there: cd {ws.root} && fext checkpoints   (or `fext` for the menu)")
     return "\n".join(lines)
 
