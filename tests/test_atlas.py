@@ -120,3 +120,6 @@ def test_an_interrupted_atlas_continues_the_checkpoint_it_left(ws, tmp_path, mon
     else:
         assert calls == [None] and "train done before" in out
     assert main(argv) == 0 and len(calls) == (2 if minutes == 1.0 else 1)  # a third run trains nothing
+    if minutes == 1.0:  # a larger --minutes continues the same checkpoint
+        assert main([*argv[:-1], "2"]) == 0 and calls == [None, checkpoint, checkpoint]
+        assert [p.name for p in ws.checkpoints.iterdir()] == [checkpoint.name]

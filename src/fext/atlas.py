@@ -123,7 +123,7 @@ def make_atlas(cfg: Config, ws: Workspace, folder: Path | None = None, *, minute
         write_json(path, state)
 
     _analyze(cfg, ws, folder, state, fingerprint, record, progress)
-    checkpoint = _train(cfg, ws, folder, state, record, progress)
+    checkpoint = _train(cfg, ws, folder, state, record, progress, longer=minutes is not None)
     _evaluate(cfg, ws, checkpoint, state, record, progress)
     embeddings = _encode(cfg, ws, folder, checkpoint, record, progress)
     _index(embeddings, record, progress)
@@ -148,21 +148,24 @@ def _analyze(cfg: Config, ws: Workspace, folder: Path, state: dict, fingerprint:
     record("analyze", "ran", analyzed=fingerprint)
 
 
-def _train(cfg: Config, ws: Workspace, folder: Path, state: dict, record: Any, progress: bool) -> Path:
-    """2. Training within the budget: from scratch, or continuing the checkpoint an interrupted run left."""
+def _train(cfg: Config, ws: Workspace, folder: Path, state: dict, record: Any, progress: bool, longer: bool) -> Path:
+    """2. Training within the budget: from scratch, or continuing the checkpoint an interrupted run left, or
+    the finished one when ``longer`` (--minutes given) asks for a larger budget than it was trained with."""
     from fext.checkpoints import is_checkpoint, read_checkpoint
     from fext.training import train
     from fext.training.schedule import budget_spent
 
     known = ws.checkpoints / state["checkpoint"] if state.get("checkpoint") else None
-    if known is not None and is_checkpoint(known) and state.get("trained"):
-        _step(2, f"train: done before ({known.name})")
+    budget = cfg.training.TIME_BUDGET_MINUTES
+    extend = longer and budget > float(state.get("minutes") or 0)
+    if known is not None and is_checkpoint(known) and state.get("trained") and not extend:
+        _step(2, f"train: done before ({known.name}; a larger --minutes trains it longer)")
         record("train", "done before")
         return known
     resume = known if known is not None and is_checkpoint(known) else None
     if resume is not None and budget_spent(read_checkpoint(resume).epochs, cfg.training):
         _step(2, f"train: the budget was spent by {resume.name} before it stopped")
-        record("train", "done before", trained=True)
+        record("train", "done before", trained=True, minutes=cfg.training.TIME_BUDGET_MINUTES)
         return resume
     _step(2, f"train for about {cfg.training.TIME_BUDGET_MINUTES:g} minutes"
           + (f", continuing {resume.name}" if resume else ""))
@@ -175,7 +178,7 @@ def _train(cfg: Config, ws: Workspace, folder: Path, state: dict, record: Any, p
         if made:
             record("train", "interrupted", checkpoint=made[-1], trained=False)
         raise
-    record("train", "ran", checkpoint=checkpoint.name, trained=True)
+    record("train", "ran", checkpoint=checkpoint.name, trained=True, minutes=budget)
     return checkpoint
 
 

@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", nargs="?", type=Path, metavar="DIR", help="the images (default: resources/dataset)")
     p.add_argument("--minutes", type=float, metavar="M",
                    help="training time budget (default: training.TIME_BUDGET_MINUTES, or chosen for this machine "
-                        "and the number of images, and said)")
+                        "and the number of images, and said); larger than before: the model trains on")
     p.add_argument("--open", action="store_true", help="open the atlas in the web browser at the end")
     p.set_defaults(func=commands.cmd_atlas)
 
