@@ -77,7 +77,7 @@ def peak_rss_mb() -> float:
 def measure_kind(folder: Path, kind: str) -> dict:
     """Build one index kind and measure it (runs in its own process: its own peak memory)."""
     from fext.index import build_index, open_index
-    from fext.search import exact_top_k
+    from fext.vectors import exact_top_k
     from fext.encoding.files import open_encoding
 
     encoding = open_encoding(folder)

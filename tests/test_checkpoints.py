@@ -9,12 +9,12 @@ import torch
 
 from conftest import fake_history, tiny_config
 from fext.checkpoints import (
-    CONFIG, CheckpointDescription, DatasetRecord, checkpoints_table, is_checkpoint, list_checkpoints, load_checkpoint,
+    CONFIG, CheckpointDescription, DatasetRecord, checkpoints_table, is_checkpoint, list_checkpoints,
     read_checkpoint, resolve_checkpoint, save_checkpoint,
 )
 from fext.cli import main
 from fext.errors import FeXTError
-from fext.model import FeXTAutoEncoder
+from fext.model import FeXTAutoEncoder, load_checkpoint
 from fext.workspace import Workspace, init_workspace
 
 

@@ -17,7 +17,8 @@ from fext.encoding import encode_folder
 from fext.encoding.files import write_failed, write_index, write_metadata
 from fext.errors import FeXTError
 from fext.index import INDEX_FILE, INDEX_JSON, build_index, open_index, plan_index
-from fext.search import exact_top_k, normalized, search
+from fext.search import search
+from fext.vectors import exact_top_k, normalized
 from fext.similarity import BANDS
 
 CPU = tiny_config()

@@ -234,14 +234,14 @@ def test_a_checkpoint_from_before_recipes_keeps_the_seed_recipe(tmp_path):
     import json
 
     from conftest import make_checkpoint, make_images, tiny_config
-    from fext.checkpoints import load_checkpoint
+    from fext.model import load_checkpoint
 
     make_images(tmp_path / "images", n=4)
     ckpt = make_checkpoint(tmp_path / "FeXT_20240101T000000", tiny_config(), tmp_path / "images")
     config = json.loads((ckpt / "config.json").read_text())
     assert config["configuration"]["training"].pop("RECIPE") == "views"
     (ckpt / "config.json").write_text(json.dumps(config))
-    assert load_checkpoint(ckpt)[1].description.configuration.training.RECIPE == "seed"
+    assert load_checkpoint(ckpt)[1].description.configuration.training.RECIPE == "reconstruction"  # "seed" then
     # A views checkpoint from before SHARED_FLIP and PROJECTOR_DIM was trained without either.
     config["configuration"]["training"]["RECIPE"] = "views"
     for key in ("SHARED_FLIP", "PROJECTOR_DIM"):
@@ -291,7 +291,7 @@ def _gradients(
 ) -> tuple[float, dict, dict[str, torch.Tensor]]:
     """(loss, terms, every parameter's gradient) of one views step of a fresh small model (and projector),
     the model in ``dtype``."""
-    from fext.model import preset_architecture
+    from fext.architecture import preset_architecture
     from fext.training.loop import compute_gradients
 
     torch.manual_seed(0)

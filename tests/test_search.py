@@ -13,7 +13,8 @@ from PIL import Image
 
 from fext.encoding import encode_folder
 from fext.errors import FeXTError
-from fext.search import search, top_k_cosine
+from fext.search import search
+from fext.vectors import top_k_cosine
 
 SHIFT = 8  # pixels, of 64
 CPU = tiny_config()
@@ -96,9 +97,9 @@ def test_a_moved_checkpoint_is_a_clear_error_unless_the_query_is_in_the_index(en
 
 
 def test_blockwise_top_k_equals_brute_force(monkeypatch):
-    import fext.search
+    import fext.vectors
 
-    monkeypatch.setattr(fext.search, "BLOCK_BYTES", 7 * 16 * 4)  # blocks of 7 rows
+    monkeypatch.setattr(fext.vectors, "BLOCK_BYTES", 7 * 16 * 4)  # blocks of 7 rows
     rng = np.random.default_rng(0)
     matrix = rng.normal(size=(50, 16)).astype(np.float32)
     matrix[3] = 0  # an all-zero vector scores 0, not NaN

@@ -19,7 +19,8 @@ from fext.evaluation.scorecard import _ranked_neighbours
 from fext.explore import nearest_neighbours
 from fext.index import build_index
 from fext.model import FeXTAutoEncoder
-from fext.search import normalized, search
+from fext.search import search
+from fext.vectors import normalized
 from fext.similarity import BANDS, band_of, bands_from
 from fext.training.run import CENTER_IMAGES
 

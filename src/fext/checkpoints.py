@@ -13,8 +13,10 @@ A checkpoint is a folder, ``resources/checkpoints/FeXT_<YYYYmmddTHHMMSS>/`` by d
   ``epoch_NNN.safetensors`` per epoch.
 
 This module alone names these files and reads or writes ``config.json``, ``model.safetensors`` and
-``trainer_state.pt``: :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`read_checkpoint`
-(no weights) and :func:`is_checkpoint`. Every file is written to a temporary name and renamed.
+``trainer_state.pt``: :func:`save_checkpoint`, :func:`read_checkpoint` (no weights),
+:func:`read_weights` and :func:`is_checkpoint`. Every file is written to a temporary name and renamed.
+It knows the model only by its :class:`~fext.architecture.ModelArchitecture` and state dict: the model
+(:mod:`fext.model`) builds itself from a checkpoint with :func:`fext.model.load_checkpoint`.
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from fext._io import atomic_path, write_json
+from fext.architecture import ModelArchitecture
 from fext.config import Config, config_from_dict, config_to_dict
 from fext.errors import ConfigError, FeXTError
-from fext.model import FeXTAutoEncoder, ModelArchitecture
 from fext.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -162,7 +165,7 @@ def missing_file(folder: Path) -> str | None:
 
 def save_checkpoint(
     folder: str | os.PathLike,
-    model: FeXTAutoEncoder,
+    model: nn.Module,
     description: CheckpointDescription | None = None,
     *,
     history: list[dict[str, Any]] | None = None,
@@ -234,14 +237,9 @@ def _read_history(path: Path) -> dict[str, Any]:
     return history
 
 
-def load_checkpoint(
-    folder: str | os.PathLike, map_location: str | torch.device = "cpu"
-) -> tuple[FeXTAutoEncoder, Checkpoint]:
-    """The model rebuilt from ``config.json`` with its weights (never pickle), and the checkpoint read."""
-    checkpoint = read_checkpoint(folder)
-    model = FeXTAutoEncoder(checkpoint.description.architecture)
-    load_weights(model, load_weights_file(checkpoint.path / WEIGHTS))
-    return model.to(map_location), checkpoint
+def read_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict in a checkpoint folder's weights file, on the CPU; :class:`FeXTError` if unusable."""
+    return load_weights_file(Path(folder) / WEIGHTS)
 
 
 def load_trainer_state(folder: str | os.PathLike) -> dict[str, Any] | None:
@@ -282,7 +280,7 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         ) from e
 
 
-def load_weights(model: FeXTAutoEncoder, state: dict[str, torch.Tensor]) -> None:
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Copy ``state`` into ``model``; :class:`FeXTError` naming the mismatch when it does not fit."""
     if "feature_center" not in state:  # saved before the feature centre existed: its features stay uncentred
         state = {**state, "feature_center": torch.zeros_like(model.feature_center)}

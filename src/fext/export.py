@@ -49,7 +49,7 @@ def export_encoder(
     ``output`` defaults to ``encoder.onnx`` / ``encoder.pt`` in the checkpoint folder. With
     ``dynamic_batch`` the file takes any batch size, else exactly one image.
     """
-    from fext.checkpoints import load_checkpoint
+    from fext.model import load_checkpoint
 
     if fmt not in FORMATS:
         raise FeXTError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")

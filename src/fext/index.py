@@ -39,7 +39,7 @@ from fext._io import atomic_path, write_json
 from fext.encoding.files import EMBEDDINGS, METADATA, Encoding, open_encoding, read_json
 from fext.encoding.npy_rows import RowReader
 from fext.errors import FeXTError
-from fext.search import exact_top_k, normalized
+from fext.vectors import exact_top_k, normalized
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
-"""The FeXT convolutional autoencoder and its presets.
+"""The FeXT convolutional autoencoder.
 
-``FeXTAutoEncoder.from_preset("base")`` builds the design's model; ``encode`` gives an image's feature
-vector; ``save_pretrained`` / ``from_pretrained`` write and read a checkpoint through
-:mod:`fext.checkpoints`, the owner of that format (no pickle anywhere). ``model_complexity`` and
+``FeXTAutoEncoder.from_preset("base")`` builds the design's model (the presets and
+:class:`~fext.architecture.ModelArchitecture` live in :mod:`fext.architecture`); ``encode`` gives an
+image's feature vector; ``save_pretrained`` / ``from_pretrained`` (and :func:`load_checkpoint`) write
+and read a checkpoint through :mod:`fext.checkpoints`, the owner of that format (no pickle anywhere). ``model_complexity`` and
 ``describe`` report size and cost for summary files.
 """
 
@@ -11,19 +12,18 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torch.utils.flop_counter import FlopCounterMode
 
+from fext.architecture import ModelArchitecture, preset_architecture
+from fext.checkpoints import Checkpoint, load_weights, read_checkpoint, read_weights, save_checkpoint
 from fext.layers import (
     CompressionStack, DecoderStage, DecompressionStack, ResidualConvStack, ResidualConvUnit, clamp_unit,
 )
-
-MAX_IMG_SIZE = 1024
 
 # The model keeps its weights channels_last and converts its inputs (a no-op when they already are),
 # so callers need do nothing: a training step is faster so on CPUs (benchmarks/README.md), and on GPUs
@@ -35,73 +35,6 @@ INFERENCE_CHUNK_BYTES = 16 * 2**20
 take about this much memory, then stack them, so each chunk's layer norm, ReLU and addition passes
 find their input still in cache; the low-resolution stages run on the whole batch, where larger
 matrix products are more efficient (figures in benchmarks/README.md)."""
-
-
-@dataclass(frozen=True)
-class ModelArchitecture:
-    """Everything needed to rebuild a FeXTAutoEncoder; saved as ``config.json["architecture"]``."""
-
-    preset: str
-    """Name of the preset it came from ("base", "small"), or "custom"."""
-    img_size: int
-    """Input and output height and width in pixels; a multiple of 2**len(widths)."""
-    widths: tuple[int, ...]
-    """Channels of each encoder stage (one 2×2 max pooling each); the decoder mirrors them."""
-    depths: tuple[int, ...]
-    """Residual 2×2 convolutions in each encoder stage (and its mirrored decoder stage)."""
-    latent_channels: int
-    """Channels of the latent map; feature dimension D = latent_channels * (img_size / 2**stages)**2."""
-    dropout: float = 0.1
-    """Dropout in the compression and decompression stacks (training only)."""
-
-    def __post_init__(self) -> None:
-        # JSON turns tuples into lists; store tuples so the object stays hashable and frozen.
-        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
-        object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
-        if not self.widths or len(self.widths) != len(self.depths):
-            raise ValueError(f"widths {self.widths} and depths {self.depths} must be non-empty and of equal length")
-        if min(self.widths) < 1 or min(self.depths) < 1 or self.latent_channels < 1:
-            raise ValueError("widths, depths and latent_channels must be positive")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        step = self.reduction
-        if not (step <= self.img_size <= MAX_IMG_SIZE and self.img_size % step == 0):
-            raise ValueError(
-                f"IMG_SIZE must be a multiple of {step} between {step} and {MAX_IMG_SIZE} "
-                f"(the model halves the resolution {len(self.widths)} times); got {self.img_size}"
-            )
-
-    @property
-    def reduction(self) -> int:
-        """Input side / latent side: 2 ** number of stages."""
-        return 2 ** len(self.widths)
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        """(C, h, w) of the latent map."""
-        side = self.img_size // self.reduction
-        return (self.latent_channels, side, side)
-
-    @property
-    def feature_dim(self) -> int:
-        """D, the length of the feature vector ``encode`` returns."""
-        c, h, w = self.latent_shape
-        return c * h * w
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # The design's VGG16-like model: 128 px -> 2x2x512 = 2048 features, ~20M parameters.
-    "base": dict(widths=(64, 64, 128, 128, 256, 512), depths=(4, 4, 5, 5, 6, 6), latent_channels=512, dropout=0.1),
-    # Narrow and shallow for demos and tests: 128 px -> 2x2x128 = 512 features, >100x fewer FLOPs than base.
-    "small": dict(widths=(16, 16, 32, 32, 64, 128), depths=(1, 1, 1, 1, 1, 1), latent_channels=128, dropout=0.1),
-}
-
-
-def preset_architecture(name: str, img_size: int = 128) -> ModelArchitecture:
-    """The :class:`ModelArchitecture` of preset ``name`` at ``img_size`` pixels."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    return ModelArchitecture(preset=name, img_size=img_size, **PRESETS[name])
 
 
 class FeXTAutoEncoder(nn.Module):
@@ -243,16 +176,22 @@ class FeXTAutoEncoder(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write the weights and ``config.json`` (architecture only) into ``directory``: a checkpoint of
         :mod:`fext.checkpoints`, which `fext train` extends with its configuration and history."""
-        from fext.checkpoints import save_checkpoint  # the checkpoint format sits above the model
-
         save_checkpoint(directory, self)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> FeXTAutoEncoder:
         """Rebuild the model from a checkpoint's ``config.json`` and load its weights (never pickle)."""
-        from fext.checkpoints import load_checkpoint
-
         return load_checkpoint(directory, map_location)[0]
+
+
+def load_checkpoint(
+    folder: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[FeXTAutoEncoder, Checkpoint]:
+    """The model rebuilt from a checkpoint's ``config.json`` with its weights (never pickle), and the checkpoint read."""
+    checkpoint = read_checkpoint(folder)
+    model = FeXTAutoEncoder(checkpoint.description.architecture)
+    load_weights(model, read_weights(checkpoint.path))
+    return model.to(map_location), checkpoint
 
 
 def model_complexity(model: FeXTAutoEncoder, img_size: int | None = None) -> tuple[int, int]:

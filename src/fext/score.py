@@ -31,7 +31,8 @@ from fext.config import Config
 from fext.encoding.files import Encoding, index_paths, is_finished, open_encoding
 from fext.errors import FeXTError
 from fext.explore.outliers import OUTLIER_NEIGHBOURS
-from fext.search import nearest, normalized, paths_of_rows
+from fext.search import nearest, paths_of_rows
+from fext.vectors import normalized
 
 log = logging.getLogger(__name__)
 

@@ -25,14 +25,11 @@ from fext.config import Config
 from fext.encoding.files import INDEX, Encoding, damaged, open_encoding
 from fext.encoding.fingerprints import checkpoint_identity
 from fext.errors import FeXTError
+from fext.index import open_index
 from fext.similarity import BANDS, band_of
+from fext.vectors import exact_top_k, normalized
 
 log = logging.getLogger(__name__)
-
-BLOCK_ROWS = 65536
-"""Rows scored at a time (fewer for long vectors: a block stays within BLOCK_BYTES)."""
-BLOCK_BYTES = 64 * 2**20
-
 
 def search(
     emb_dir: str | os.PathLike,
@@ -131,8 +128,6 @@ def write_results_csv(results: list[tuple[str, int, float, str]], output: str | 
 def nearest(encoding: Encoding, queries: np.ndarray, k: int, use_index: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Rows (Q, k) and cosine similarities of the stored vectors nearest to unit ``queries`` (Q, D)."""
     if use_index:
-        from fext.index import open_index
-
         index = open_index(encoding.folder)
         if index is not None:
             return index.search(queries, k)
@@ -208,44 +203,6 @@ def _encode_query(
         raise FeXTError(f"Cannot read the query image {image}: {e.reason}; pass an image file (JPEG, PNG, ...)") from e
     device = next(model.parameters()).device
     return embed(model, pixels[None], device, cfg.device.MIXED_PRECISION)[0]
-
-
-def normalized(block: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (all-zero rows stay zero), float32."""
-    x = np.array(block, dtype=np.float32)  # a copy, scaled in place: no second (N, D) array
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    x /= np.where(norms > 0, norms, 1.0)
-    return x
-
-
-def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows (Q, k) and cosine similarities of the ``k`` stored rows closest to each unit query (Q, D).
-
-    Exact: every row is scored, a block at a time, so memory stays flat for a memory-mapped
-    matrix. Ties are ordered by row; all-zero vectors score 0.
-    """
-    n, d = vectors.shape
-    k = min(k, n)
-    best_rows = np.empty((len(queries), 0), np.int64)
-    best_scores = np.empty((len(queries), 0), np.float32)
-    block = max(1, min(BLOCK_ROWS, BLOCK_BYTES // (4 * d)))
-    for lo in range(0, n, block):
-        scores = queries @ normalized(vectors[lo:lo + block]).T  # (Q, b)
-        if scores.shape[1] > k:
-            keep = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        else:
-            keep = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
-        rows = np.concatenate([best_rows, lo + keep], axis=1)
-        values = np.concatenate([best_scores, np.take_along_axis(scores, keep, axis=1)], axis=1)
-        order = np.lexsort((rows, -values), axis=1)[:, :k]
-        best_rows, best_scores = np.take_along_axis(rows, order, 1), np.take_along_axis(values, order, 1)
-    return best_rows, best_scores
-
-
-def top_k_cosine(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and cosine similarities of the ``k`` rows of ``matrix`` (N, D) closest to ``query`` (D,), exactly."""
-    rows, scores = exact_top_k(matrix, normalized(np.asarray(query)[None]), k)
-    return rows[0], scores[0]
 
 
 def print_results(results: list[tuple[int, float, str]], bands: dict[str, float] | None = None) -> None:

@@ -1,7 +1,7 @@
 """``fext select``: a diverse or a typical subset of an encoded collection (to label, or to keep).
 
 Distances are cosine distances, ``1 - cosine similarity`` of the feature vectors as
-:func:`fext.search.normalized` makes them, the similarity every other command uses.
+:func:`fext.vectors.normalized` makes them, the similarity every other command uses.
 
 - ``diverse``: greedy k-center (farthest-point) selection. The first pick is the image nearest
   the mean direction of the collection (its most central image, so a collection always starts
@@ -36,7 +36,8 @@ import numpy as np
 
 from fext.encoding.files import Encoding, open_encoding
 from fext.errors import FeXTError
-from fext.search import exact_top_k, normalized, paths_of_rows
+from fext.search import paths_of_rows
+from fext.vectors import exact_top_k, normalized
 
 log = logging.getLogger(__name__)
 

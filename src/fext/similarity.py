@@ -1,7 +1,7 @@
 """What a similarity score means for one collection: bands measured on edited copies of its own images.
 
 Two feature vectors are compared by their cosine similarity (:meth:`fext.model.FeXTAutoEncoder.features`
-makes them; :func:`fext.search.normalized` scales them). A bare number says little: how close must two
+makes them; :func:`fext.vectors.normalized` scales them). A bare number says little: how close must two
 images be to be the same picture? That depends on the model and the images. So every encoded folder records
 its own bands (``metadata.json``, ``"bands"``), measured when it is written (:mod:`fext.encoding.calibration`):
 
@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from fext.vectors import normalized
 
 EDITS = ("centre crop to 90% of each side", "JPEG re-encode at quality 50", "half size")
 """The edits of :func:`edited_copies`, in order."""
@@ -75,7 +77,6 @@ def copy_similarities(embed: Callable[[np.ndarray], np.ndarray], files: list[Pat
     """float (m, len(EDITS)) cosine similarity of each stored vector (m, D) to the vectors of its file's edited
     copies; ``embed`` turns uint8 images (B, S, S, 3) into feature vectors (B, D). Rows of unreadable files are NaN."""
     from fext.data import ImageDecodeError
-    from fext.search import normalized
 
     out = np.full((len(files), len(EDITS)), np.nan)
     unit = normalized(vectors)

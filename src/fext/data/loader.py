@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -25,10 +25,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from fext.data import decode
 
-if TYPE_CHECKING:
-    from fext.data.cache import CachedImages
-
 log = logging.getLogger(__name__)
+
+
+class BatchSource(Protocol):
+    """Images served by position, such as :class:`fext.data.cache.CachedImages` (which imports this module)."""
+
+    def batch(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 (B, S, S, 3) tensor of the images at positions ``indices``."""
+        ...
 
 
 @dataclass
@@ -61,7 +66,7 @@ def to_float(batch: torch.Tensor) -> torch.Tensor:
 
 
 def iterate_batches(
-    cached: CachedImages,
+    cached: BatchSource,
     indices: Sequence[int],
     batch_size: int,
     shuffle: bool,

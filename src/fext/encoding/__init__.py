@@ -7,6 +7,7 @@ What lives where:
 - :mod:`~fext.encoding.files`: the embeddings folder format (file names, writers, readers,
   :func:`load_embeddings`, and the one "did the encoding finish?" check, ``is_finished``);
 - :mod:`~fext.encoding.folder`: ``fext encode`` (:func:`encode_folder`);
+- :mod:`~fext.encoding.finish`: the steps that end every run (``finalize``, ``clear_output``, ``run_details``);
 - :mod:`~fext.encoding.resumable`: the resumable writer and its state;
 - :mod:`~fext.encoding.sharding`: the same under ``torchrun``, one block of images per rank;
 - :mod:`~fext.encoding.fingerprints`: hashes of the checkpoint and of the input listing;
@@ -22,7 +23,7 @@ _EXPORTS = {
     **dict.fromkeys(["EMBEDDINGS", "FAILED", "INDEX", "METADATA", "PARTIAL", "PARTS", "PER_IMAGE", "STATE", "Encoding",
                      "is_finished", "load_embeddings", "open_encoding", "read_index"], "fext.encoding.files"),
     "checkpoint_identity": "fext.encoding.fingerprints",
-    "clear_output": "fext.encoding.folder",
+    "clear_output": "fext.encoding.finish",
     "encode_folder": "fext.encoding.folder",
     **dict.fromkeys(["compile_encoder", "embed", "encode_images", "load_model"], "fext.encoding.inference"),
 }
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
         open_encoding, read_index,
     )
     from fext.encoding.fingerprints import checkpoint_identity
-    from fext.encoding.folder import clear_output, encode_folder
+    from fext.encoding.finish import clear_output
+    from fext.encoding.folder import encode_folder
     from fext.encoding.inference import compile_encoder, embed, encode_images, load_model
 
 

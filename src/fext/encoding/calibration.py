@@ -16,7 +16,7 @@ from fext.config import Config
 from fext.encoding import files
 from fext.encoding.inference import device_of, embed, load_model
 from fext.errors import FeXTError
-from fext.search import normalized
+from fext.vectors import normalized
 from fext.similarity import bands_from, copy_similarities
 
 log = logging.getLogger(__name__)

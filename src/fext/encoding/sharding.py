@@ -21,7 +21,7 @@ from fext.config import Config
 from fext.data import Listing
 from fext.encoding import calibration, files, inference, npy_rows, resumable
 from fext.encoding.fingerprints import listing_fingerprint
-from fext.encoding.folder import clear_output, finalize, run_details
+from fext.encoding.finish import clear_output, finalize, run_details
 from fext.errors import FeXTError
 
 log = logging.getLogger(__name__)

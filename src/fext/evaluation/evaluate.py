@@ -34,13 +34,14 @@ import torch
 
 import fext
 from fext._io import atomic_open, save_figure, write_json, write_text
-from fext.checkpoints import HISTORY, CheckpointDescription, load_checkpoint, missing_file
+from fext.checkpoints import HISTORY, CheckpointDescription, missing_file
 from fext.config import Config
 from fext.data import Listing, list_folder, prepare_images, select_images
 from fext.device import select_device
 from fext.errors import FeXTError
 from fext.machine import data_workers
 from fext.metrics import PSNR_CAP
+from fext.model import load_checkpoint
 from fext.evaluation import figures, pages
 from fext.evaluation.baseline import PCABaseline, project_2d_3d
 from fext.evaluation.scorecard import folder_labels, score_checkpoint

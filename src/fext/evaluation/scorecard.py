@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from fext.vectors import normalized
+
 COPIES = 3
 """Transformed copies made of each evaluated image."""
 CROP_AREA = (0.5, 0.9)
@@ -136,12 +138,10 @@ def _ranked_neighbours(vectors: np.ndarray, seed: int, centre: bool = True, chun
 
     ``centre``: centre the vectors on their mean first (the baselines); FeXT's feature vectors are
     already centred on the training images' mean (``FeXTAutoEncoder.features``), and are compared
-    exactly as ``fext search`` compares them (:func:`fext.search.normalized`), so the verdict is about
+    exactly as ``fext search`` compares them (:func:`fext.vectors.normalized`), so the verdict is about
     the search users get. Ties are broken in a seeded random order, so vectors that cannot tell items
     apart score at chance level instead of profiting from the order of the rows.
     """
-    from fext.search import normalized
-
     v = _normalised(vectors) if centre else normalized(vectors)
     m = len(v)
     tiebreak = np.random.default_rng(seed).permutation(m)

@@ -20,7 +20,7 @@ import numpy as np
 
 from fext.errors import FeXTError
 from fext.explore.neighbours import principal_components
-from fext.search import normalized
+from fext.vectors import normalized
 
 CANDIDATE_KS = (2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 25, 30, 40, 50)
 SILHOUETTE_SAMPLE = 2000

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from fext.explore.neighbours import Neighbours, nearest_neighbours
-from fext.search import normalized
+from fext.vectors import normalized
 
 MAX_FALSE_POSITIVE_RATE = 0.01
 DUPLICATE_NEIGHBOURS = 10

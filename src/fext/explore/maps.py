@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 
 from fext.explore.neighbours import Neighbours, nearest_neighbours, principal_components
-from fext.search import normalized
+from fext.vectors import normalized
 
 log = logging.getLogger(__name__)
 

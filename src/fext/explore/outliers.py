@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from fext.explore.neighbours import Neighbours, nearest_neighbours
-from fext.search import normalized
+from fext.vectors import normalized
 
 OUTLIER_NEIGHBOURS = 10
 SIGNALS: dict[str, tuple[str, bool, float, str]] = {

@@ -37,7 +37,7 @@ from fext.explore.selection import read_selection
 from fext.explore.signals import BATCH as SIGNAL_BATCH
 from fext.explore.signals import ImageSignals, image_signals, mirror_candidates, outlier_signals, thumbnail_unit
 from fext.explore.thumbnails import make_sprites
-from fext.search import normalized
+from fext.vectors import normalized
 from fext.similarity import copy_similarities
 
 log = logging.getLogger(__name__)

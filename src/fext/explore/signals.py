@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from fext.vectors import normalized
+
 log = logging.getLogger(__name__)
 
 SIGNAL_SIZE = 128
@@ -117,8 +119,6 @@ def thumbnail_unit(pixels: np.ndarray) -> np.ndarray:
     similarity, as the scorecard's pixel baseline does; a thumbnail equal to the mean (a flat
     mid-gray image) becomes all zeros, similar to nothing.
     """
-    from fext.search import normalized
-
     return normalized(pixels - pixels.mean(axis=0, keepdims=True))
 
 
