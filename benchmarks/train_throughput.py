@@ -35,7 +35,6 @@ import time
 import torch
 from _machine import machine_header, matmul_gflops, peak_rss_mb
 
-import fext.layers
 from fext._allocator import keep_freed_memory
 from fext.config import Config, with_overrides
 from fext.device import needs_grad_scaler, select_device
@@ -49,14 +48,15 @@ DEFAULT = ("views", True)
 
 def train_images_per_second(
     preset: str, img_size: int, batch: int, mixed: bool, device: torch.device, warmup: int, steps: int,
-    recipe: tuple[str, bool] = DEFAULT, checkpointing: bool = False,
+    recipe: tuple[str, bool] = DEFAULT, checkpointing: bool = False, lean: bool = True,
 ) -> tuple[float, int]:
     """(training images/second, forward FLOPs per image and view) of ``preset`` with ``recipe``
-    (name, one view at a time), with or without bf16/fp16 autocast."""
+    (name, one view at a time), with or without bf16/fp16 autocast; ``lean``: the memory-lean stages, as
+    `fext train` runs them (``enable_lean_training``)."""
     cfg = with_overrides(Config(), {"training.RECIPE": recipe[0], "training.VIEWS.ONE_VIEW_AT_A_TIME": recipe[1],
                                     "device.MIXED_PRECISION": mixed})
     torch.manual_seed(0)
-    model = FeXTAutoEncoder.from_preset(preset, img_size).to(device)
+    model = FeXTAutoEncoder.from_preset(preset, img_size).to(device).enable_lean_training(lean)
     model.activation_checkpointing = checkpointing
     projector = recipe_projector(cfg, model.arch.feature_dim)
     parameters = list(model.parameters())
@@ -96,12 +96,11 @@ def child(args: argparse.Namespace) -> None:
     """Measure one configuration in this fresh process; print images/second, FLOPs and peak RSS as JSON."""
     preset, precision, recipe = args.child[:3]
     one_view, checkpointing, lean = (flag == "1" for flag in args.child[3:])
-    fext.layers.LEAN_TRAINING = lean
     device = select_device(args.device)
     if device.type == "cpu" and not args.default_allocator and not checkpointing:
         keep_freed_memory()  # as `fext train` does on the CPU (not with ACTIVATION_CHECKPOINTING)
     ips, flops = train_images_per_second(preset, args.img_size, args.batch_size, precision == "bf16", device,
-                                         args.warmup, args.steps, (recipe, one_view), checkpointing)
+                                         args.warmup, args.steps, (recipe, one_view), checkpointing, lean)
     print(json.dumps({"ips": ips, "flops": flops, "rss_mb": peak_rss_mb()}))
 
 

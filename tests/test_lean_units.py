@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 import fext._lean_units
-import fext.layers
 from fext.layers import DecoderStage, ResidualConvStack
 from fext.model import FeXTAutoEncoder
 
@@ -33,7 +32,7 @@ def _randomised(stage: nn.Module) -> nn.Module:
 
 
 def _outputs_and_grads(stage: nn.Module, x: torch.Tensor, lean: bool, monkeypatch) -> tuple:
-    monkeypatch.setattr(fext.layers, "LEAN_TRAINING", lean)
+    stage.lean_training = lean
     stage.zero_grad(set_to_none=True)
     x = x.detach().clone().requires_grad_(x.requires_grad)
     out = stage(x)
@@ -94,7 +93,8 @@ def test_whole_model_trains_on_the_same_loss_and_gradients(checkpointing, mixed,
     x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     results = []
     for lean in (False, True):
-        monkeypatch.setattr(fext.layers, "LEAN_TRAINING", lean)
+        model.enable_lean_training(lean)
+        assert model.lean_training == lean
         model.zero_grad(set_to_none=True)
         torch.manual_seed(1)  # the same dropout masks
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
@@ -108,7 +108,7 @@ def test_whole_model_trains_on_the_same_loss_and_gradients(checkpointing, mixed,
 
 def _saved_bytes(stage: nn.Module, x: torch.Tensor, lean: bool, monkeypatch) -> int:
     """Bytes of the distinct storages the autograd graph of ``stage(x)`` keeps for backward, parameters excluded."""
-    monkeypatch.setattr(fext.layers, "LEAN_TRAINING", lean)
+    stage.lean_training = lean
     params = {p.untyped_storage().data_ptr() for p in stage.parameters()}
     storages: dict[int, int] = {}
 
@@ -132,9 +132,21 @@ def test_lean_stage_keeps_about_one_activation_per_unit(monkeypatch):
     assert lean < (depth + 1.1) * activation  # the padded input and each unit's conv output
 
 
+def test_lean_training_is_a_switch_that_is_off_until_turned_on():
+    model = FeXTAutoEncoder.from_preset("small", 64).train()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    assert not model.lean_training  # a model built anywhere trains through plain autograd ...
+    assert type(model.encoder[0](x).grad_fn).__name__ == "MaxPool2DWithIndicesBackward0"
+    assert model.enable_lean_training() is model and model.lean_training  # ... until switched on (`fext train` does)
+    assert all(stage.lean_training for stage in [*model.encoder, *model.decoder])
+    assert type(model.encoder[0](x).grad_fn).__name__ == "_LeanUnitsBackward"
+    assert not model.enable_lean_training(False).lean_training
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace")
 def test_plain_route_when_gradients_are_off_or_a_tracer_records():
     stage = _randomised(ResidualConvStack(4, 4, 2))
+    stage.lean_training = True
     x = _rand(1, 4, 4, 4, seed=1)
     with torch.no_grad():
         expected = stage(x)

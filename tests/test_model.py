@@ -159,6 +159,21 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     assert torch.equal(a["latent"], b["latent"])
 
 
+def test_channels_last_is_a_switch_whose_plain_route_gives_the_same_values() -> None:
+    torch.manual_seed(0)
+    fast = FeXTAutoEncoder.from_preset("small", img_size=64).eval()  # channels_last: on by default
+    plain = FeXTAutoEncoder.from_preset("small", img_size=64, channels_last=False).eval()
+    plain.load_state_dict(fast.state_dict())
+    assert fast.channels_last and not plain.channels_last
+    assert plain.encoder[0].units[0].conv.weight.is_contiguous()
+    assert not plain.encoder[0].units[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = _images(3, 64, seed=4)
+    with torch.no_grad():
+        a, b = fast(x), plain(x)
+    torch.testing.assert_close(a["latent"], b["latent"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a["reconstruction"], b["reconstruction"], rtol=1e-4, atol=1e-5)
+
+
 def test_state_file_round_trip_of_channels_last_weights(tmp_path: Path) -> None:
     model = FeXTAutoEncoder.from_preset("small", img_size=64)
     assert model.encoder[0].units[0].conv.weight.is_contiguous(memory_format=torch.channels_last)

@@ -84,14 +84,12 @@ def _tracing() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
-LEAN_TRAINING = True
-"""Train each stage as one memory-lean autograd node (see :func:`_lean_route`); off: plain autograd."""
-
-
-def _lean_route(units: nn.Sequential) -> bool:
-    """Whether a stage runs its units through :func:`fext._lean_units.run_units_lean`: when gradients are
-    on, and in training mode without them (the "views" step's graph-free pass, whose buffers then come
-    in the same chunk sizes as the training passes' and whose values are theirs exactly).
+def _lean_route(stage: ResidualConvStack | DecoderStage) -> bool:
+    """Whether a stage runs its units through :func:`fext._lean_units.run_units_lean`: when its
+    ``lean_training`` switch is on (:meth:`fext.model.FeXTAutoEncoder.enable_lean_training`; `fext train`
+    turns it on), and then when gradients are on, and in training mode without them (the "views" step's
+    graph-free pass, whose buffers then come in the same chunk sizes as the training passes' and whose
+    values are theirs exactly).
 
     Autograd would keep three full-size activations per unit (and the pooling's input and indices);
     the lean node keeps the stage's input and each unit's convolution output and rebuilds the rest in
@@ -100,7 +98,8 @@ def _lean_route(units: nn.Sequential) -> bool:
     training step's memory, and this saves them without activation checkpointing's extra forward
     pass. Tracers, compilers and exporters get the plain units: they plan memory themselves.
     """
-    return (LEAN_TRAINING and (torch.is_grad_enabled() or units.training) and not units[0].fast_inference
+    units = stage.units
+    return (stage.lean_training and (torch.is_grad_enabled() or units.training) and not units[0].fast_inference
             and not _tracing())
 
 
@@ -126,8 +125,8 @@ class ResidualConvUnit(nn.Module):
     padded copy of the input, a little more convolution work; on narrower maps the extra row and
     column cost more than the copy saves); the shortcut is added in place, into ``x`` itself when
     ``overwrite_input`` allows it. Off (the default), the plain forward serves validation and everything
-    else; with gradients on, the stages run their units as one memory-lean autograd node instead (same
-    ops, same values: see :func:`_lean_route`).
+    else; with gradients on and lean training switched on, the stages run their units as one memory-lean
+    autograd node instead (same ops, same values: see :func:`_lean_route`).
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
@@ -173,8 +172,11 @@ class ResidualConvStack(nn.Module):
         )
         self.pool = nn.MaxPool2d(2)
 
+    lean_training: bool = False
+    """Train the units as one memory-lean autograd node (see :func:`_lean_route`); off (the default): plain autograd."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _lean_route(self.units):
+        if _lean_route(self):
             return run_units_lean(self.units, x, pool=True)  # the same values; see _lean_route
         return self.pool(_run_units(self.units, x, own_input=False))
 
@@ -197,8 +199,11 @@ class DecoderStage(nn.Module):
         self.upsample = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
         self.units = nn.Sequential(*(ResidualConvUnit(out_channels, out_channels) for _ in range(depth)))
 
+    lean_training: bool = False
+    """As :attr:`ResidualConvStack.lean_training`."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _lean_route(self.units):
+        if _lean_route(self):
             return run_units_lean(self.units, x, upsample=self.upsample)  # the same values; see _lean_route
         return _run_units(self.units, self.upsample(x), own_input=True)
 

@@ -25,11 +25,6 @@ from fext.layers import (
     CompressionStack, DecoderStage, DecompressionStack, ResidualConvStack, ResidualConvUnit, clamp_unit,
 )
 
-# The model keeps its weights channels_last and converts its inputs (a no-op when they already are),
-# so callers need do nothing: a training step is faster so on CPUs (benchmarks/README.md), and on GPUs
-# channels_last lets cuDNN pick its NHWC kernels (tensor cores under autocast).
-CHANNELS_LAST = True
-
 INFERENCE_CHUNK_BYTES = 16 * 2**20
 """With fast inference on a CPU, the high-resolution stages run on chunks of images whose activations
 take about this much memory, then stack them, so each chunk's layer norm, ReLU and addition passes
@@ -53,9 +48,14 @@ class FeXTAutoEncoder(nn.Module):
     the encoder, a 1×1 conv to RGB and a clamp to [0, 1].
     """
 
-    def __init__(self, arch: ModelArchitecture) -> None:
+    def __init__(self, arch: ModelArchitecture, *, channels_last: bool = True) -> None:
+        """``channels_last`` (on by default): keep the weights channels_last and convert the inputs (a no-op when
+        they already are), so callers need do nothing: a training step is faster so on CPUs (benchmarks/README.md),
+        and on GPUs channels_last lets cuDNN pick its NHWC kernels (tensor cores under autocast). Off: plain
+        NCHW, the same values to float rounding."""
         super().__init__()
         self.arch = arch
+        self.channels_last = channels_last
         widths, depths = arch.widths, arch.depths
         self.encoder = nn.ModuleList(
             ResidualConvStack(3 if i == 0 else widths[i - 1], widths[i], depths[i]) for i in range(len(widths))
@@ -74,19 +74,19 @@ class FeXTAutoEncoder(nn.Module):
         self.activation_checkpointing = False
         """Recompute every encoder and decoder stage in backward instead of keeping its activations
         (``training.ACTIVATION_CHECKPOINTING``): far less memory for about one more forward pass."""
-        if CHANNELS_LAST:
+        if channels_last:
             self.to(memory_format=torch.channels_last)
 
     @classmethod
-    def from_preset(cls, name: str, img_size: int = 128) -> FeXTAutoEncoder:
+    def from_preset(cls, name: str, img_size: int = 128, *, channels_last: bool = True) -> FeXTAutoEncoder:
         """A freshly initialised model of preset ``name`` ("base" or "small") for ``img_size`` px images."""
-        return cls(preset_architecture(name, img_size))
+        return cls(preset_architecture(name, img_size), channels_last=channels_last)
 
     def _check_input(self, x: torch.Tensor) -> torch.Tensor:
         size = self.arch.img_size
         if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] != size or x.shape[3] != size:
             raise ValueError(f"expected images of shape (B, 3, {size}, {size}), got {tuple(x.shape)}")
-        return x.contiguous(memory_format=torch.channels_last) if CHANNELS_LAST else x
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) in [0, 1] -> latent map (B, L, s, s)."""
@@ -118,8 +118,8 @@ class FeXTAutoEncoder(nn.Module):
         chunks of images that stay in cache (see :class:`fext.layers.ResidualConvUnit` and
         INFERENCE_CHUNK_BYTES). It overwrites tensors that backward would need, so it runs only with
         gradients off (``torch.inference_mode()``) and raises otherwise. Encoding and evaluation turn it
-        on; training and its validation pass use the plain forward (training as the lean stages of
-        :func:`fext.layers._lean_route`, the same values).
+        on; training and its validation pass use the plain forward (training with :meth:`enable_lean_training`,
+        the same values).
         """
         self._fast_inference = enabled
         for module in self.modules():
@@ -130,6 +130,26 @@ class FeXTAutoEncoder(nn.Module):
     def disable_fast_inference(self) -> FeXTAutoEncoder:
         """Back to the plain forward (the default), e.g. to train a model that was encoding; returns self."""
         return self.enable_fast_inference(False)
+
+    @property
+    def lean_training(self) -> bool:
+        """Whether :meth:`enable_lean_training` is in force."""
+        return all(stage.lean_training for stage in self._stages())
+
+    def enable_lean_training(self, enabled: bool = True) -> FeXTAutoEncoder:
+        """Train each encoder and decoder stage as one memory-lean autograd node (``enabled=False``: plain
+        autograd, the default); returns self. `fext train` turns it on where it builds the model.
+
+        The same values and gradients (to float rounding where a large batch runs in chunks of images) on
+        far fewer saved bytes: see :func:`fext.layers._lean_route`. It takes effect only with gradients on or
+        in training mode, never with fast inference on or under a tracer, compiler or exporter.
+        """
+        for stage in self._stages():
+            stage.lean_training = enabled
+        return self
+
+    def _stages(self) -> list[ResidualConvStack | DecoderStage]:
+        return [*self.encoder, *self.decoder]
 
     def _run_stages(self, stages: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
         """``x`` through ``stages`` in order, each checkpointed when ``activation_checkpointing`` is on."""
@@ -163,7 +183,7 @@ class FeXTAutoEncoder(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents (B, D) -> reconstructions (B, 3, S, S) in [0, 1]."""
         x = z.reshape(z.shape[0], *self.arch.latent_shape)  # (B, L, s, s)
-        if CHANNELS_LAST:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x = self._run_stages(self.decoder, self.decompress(x))  # doubles H and W per stage
         return clamp_unit(self.head(x))
@@ -204,7 +224,7 @@ def model_complexity(model: FeXTAutoEncoder, img_size: int | None = None) -> tup
     params = sum(p.numel() for p in model.parameters())
     # A copy on the meta device: shapes only, so counting costs no compute and leaves ``model`` untouched.
     with torch.device("meta"):
-        probe = type(model)(arch).eval()
+        probe = type(model)(arch, channels_last=model.channels_last).eval()
         x = torch.zeros(1, 3, arch.img_size, arch.img_size)
     counter = FlopCounterMode(display=False)
     with counter:  # gradients on: the training route, the model's own arithmetic (see ResidualConvUnit)

@@ -162,6 +162,7 @@ def _train(
         load_weights(model, state["model"] if state else load_weights_file(folder / WEIGHTS))
     model.to(device)
     model.activation_checkpointing = cfg.training.ACTIVATION_CHECKPOINTING
+    model.enable_lean_training()  # the stages as memory-lean autograd nodes: the same values, fewer saved bytes
     projector = recipe_projector(cfg, model.arch.feature_dim)
     parameters = list(model.parameters())
     if projector is not None:
