@@ -108,3 +108,10 @@ def test_cli_reports_config_errors_with_exit_status_2_and_no_traceback(tmp_path,
     assert words in stderr
     assert "Traceback" not in stderr
     assert len(stderr.strip().splitlines()) == 1
+
+
+def test_the_reconstruction_recipe_is_also_called_seed():
+    for name in ("seed", "reconstruction"):
+        cfg = with_overrides(Config(), {"training.RECIPE": name})
+        assert cfg.training.RECIPE == "reconstruction"
+        assert config_to_dict(cfg)["training"]["RECIPE"] == "reconstruction"

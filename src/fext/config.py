@@ -109,6 +109,10 @@ class ViewsConfig:
     """Backpropagate the two views one after the other, so a step holds the activations of BATCH_SIZE images instead of twice as many (about half the training memory), for the same gradients and one more encoder forward pass over one view; false: both views in one pass (3–10 % faster, twice the activations). model.JIT_COMPILE runs always take both views in one pass."""
 
 
+RECIPE_NAMES = {"reconstruction": "reconstruction", "seed": "reconstruction"}
+"""The names of the plain reconstruction recipe, to the one FeXT uses."""
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     EPOCHS: int = _key(20, "an integer >= 1", lambda v: v >= 1)
@@ -126,10 +130,15 @@ class TrainingConfig:
     LR_SCHEDULER: LRSchedulerConfig = field(default_factory=LRSchedulerConfig)
     TIME_BUDGET_MINUTES: float = _key(0.0, "a number >= 0 (0: no budget)", lambda v: v >= 0)
     """Train for about this many minutes (counted over the checkpoint's epochs, validation included) instead of EPOCHS epochs: the epoch that crosses the budget is the last, and the learning rate, fitted to the budget, stays at INITIAL_LR for its first 80 % and falls linearly to 1e-8 at its end (LR_SCHEDULER's steps are not used). A resumed run finishes the budget; a larger budget extends a finished run. 0: no budget."""
-    RECIPE: str = _key("views", 'one of "views", "seed"', lambda v: v in ("views", "seed"))
+    RECIPE: str = _key("views", 'one of "views", "reconstruction" ("seed" is another name for it)',
+                       lambda v: v in ("views", *RECIPE_NAMES))
     """"views": reconstruction plus latent invariance between two augmented views of each image (training.VIEWS);
-    "seed": the seed's MAE reconstruction of IMG_AUGMENT batches, exactly."""
+    "reconstruction" (also "seed", the original project's name for it): the MAE reconstruction of IMG_AUGMENT batches, exactly as the original project trained."""
     VIEWS: ViewsConfig = field(default_factory=ViewsConfig)
+
+    def __post_init__(self) -> None:
+        # One name inside FeXT: "seed" is read as "reconstruction" (and saved so).
+        object.__setattr__(self, "RECIPE", RECIPE_NAMES.get(self.RECIPE, self.RECIPE))
 
 
 @dataclass(frozen=True)

@@ -206,7 +206,7 @@ def compute_gradients(
     ``inputs`` and ``target`` come from :func:`~fext.training.objectives.training_inputs`;
     ``forward`` and ``projector`` are as in :func:`train_one_epoch`, ``model`` the bare model.
     The forward runs under autocast and the loss is computed in float32, scaled by ``scaler``
-    for backward. Returns the loss's value, its terms (detached; empty for "seed") and the
+    for backward. Returns the loss's value, its terms (detached; empty for "reconstruction") and the
     reconstruction (detached). The "views" recipe takes its two views one at a time
     (:func:`_views_one_at_a_time`) when ``training.VIEWS.ONE_VIEW_AT_A_TIME`` and not
     ``model.JIT_COMPILE``; otherwise the batch takes one forward and one backward pass.

@@ -2,7 +2,7 @@
 
 ``training.RECIPE`` chooses:
 
-- ``"seed"``: the seed's autoencoder training, exactly: the batch, augmented as a whole by
+- ``"reconstruction"`` (also ``"seed"``): the original project's autoencoder training, exactly: the batch, augmented as a whole by
   :func:`~fext.data.augment.augment_batch` when ``dataset.IMG_AUGMENT``, is reconstructed and the
   loss is the mean absolute error.
 - ``"views"``: two views of every image, each drawn independently per image (random resized
@@ -80,7 +80,7 @@ class Projector(nn.Sequential):
 
 
 def recipe_projector(cfg: Config, feature_dim: int) -> Projector | None:
-    """The projector a run of ``cfg`` trains beside the model, or None (the "seed" recipe, PROJECTOR_DIM 0)."""
+    """The projector a run of ``cfg`` trains beside the model, or None (the "reconstruction" recipe, PROJECTOR_DIM 0)."""
     width = cfg.training.VIEWS.PROJECTOR_DIM
     if cfg.training.RECIPE != "views" or width == 0:
         return None
@@ -142,11 +142,11 @@ def views_loss(
 def training_inputs(x: torch.Tensor, cfg: Config, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(model input, reconstruction target) of a training batch ``x`` (B, 3, S, S) for the recipe.
 
-    "seed": the batch (augmented as a whole when ``dataset.IMG_AUGMENT``) is both, (B, ...).
+    "reconstruction": the batch (augmented as a whole when ``dataset.IMG_AUGMENT``) is both, (B, ...).
     "views": two views per image, (2B, ...): the target is the clean views, the input the views
     with ``MASK_RATIO`` of their patches greyed. All draws come from ``generator``.
     """
-    if cfg.training.RECIPE == "seed":
+    if cfg.training.RECIPE == "reconstruction":
         if cfg.dataset.IMG_AUGMENT:
             x = augment_batch(x, generator)
         return x, x
@@ -165,6 +165,6 @@ def training_loss(
 
     ``projector``: the run's :func:`recipe_projector` (possibly wrapped for DDP), or None.
     """
-    if cfg.training.RECIPE == "seed":
+    if cfg.training.RECIPE == "reconstruction":
         return reconstruction_loss(out["reconstruction"], target), {}
     return views_loss(out["reconstruction"], target, cfg.training.VIEWS, out["latent"], projector)
