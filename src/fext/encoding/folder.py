@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +18,38 @@ import numpy as np
 
 from fext import distributed
 from fext._io import atomic_path, write_json
+from fext.architecture import ModelArchitecture
+from fext.checkpoints import read_checkpoint
 from fext.config import Config
-from fext.data import list_folder
+from fext.data import Listing, list_folder
 from fext.encoding import calibration, files, incremental, inference, npy_rows, resumable
 from fext.encoding.finish import clear_output, finalize, run_details
 from fext.encoding.fingerprints import checkpoint_identity, listing_fingerprint
 from fext.encoding.sharding import encode_sharded
 from fext.errors import FeXTError
+from fext.index import refresh_index
 from fext.workspace import Workspace
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One ``fext encode``: the checkpoint, the folders, the listing, and ``run``, what the state records of it."""
+
+    ckpt: Path
+    input_dir: Path
+    output: Path
+    listing: Listing
+    names: list[str]
+    """The listing's paths relative to ``input_dir``, as the index writes them."""
+    stats: list[incremental.Stat]
+    arch: ModelArchitecture
+    run: dict[str, Any]
+
+    @property
+    def paths(self) -> list[Path]:
+        return self.listing.images
 
 
 def encode_folder(
@@ -49,8 +72,6 @@ def encode_folder(
     folder is resumed; a finished one is left as it is (``overwrite`` starts again). Under
     torchrun every process calls this and encodes its share (:mod:`fext.encoding.sharding`).
     """
-    from fext.checkpoints import read_checkpoint
-
     if batch_size < 1:
         raise FeXTError(f"--batch-size must be at least 1, got {batch_size}")
     if distributed.launched() and not distributed.active():
@@ -60,6 +81,23 @@ def encode_folder(
                                  per_image=per_image, overwrite=overwrite, progress=progress)
     if workspace is not None:
         workspace.ensure()
+    job = _describe_job(ckpt, input_dir, output_dir, workspace)
+    if distributed.active():
+        return encode_sharded(job.output, job.run, job.ckpt, job.listing, job.names, job.stats, job.arch, batch_size,
+                              config, per_image, overwrite, progress)
+    state = _open_state(job, overwrite)
+    if state is None:
+        _leave_as_it_is(job, per_image)
+        return job.output
+    device = inference.device_of(config)
+    _encode_what_is_missing(job, state, batch_size, config, device, progress)
+    _finish(job, state, batch_size, config, device, per_image)
+    return job.output
+
+
+def _describe_job(ckpt: str | os.PathLike, input_dir: str | os.PathLike, output_dir: str | os.PathLike | None,
+                  workspace: Workspace | None) -> _Job:
+    """Resolve the folders, list the images, read the checkpoint's architecture and fingerprint the run."""
     ckpt = Path(ckpt).expanduser().resolve()
     input_dir = Path(input_dir).expanduser().resolve()
     if output_dir is None:
@@ -81,44 +119,54 @@ def encode_folder(
         "images": len(paths),
         "embedding_dim": arch.feature_dim,
     }
-    files_note = {"not_images": len(listing.not_images), "multi_frame": len(listing.multi_frame)}
-    if distributed.active():
-        return encode_sharded(output, run, ckpt, listing, names, stats, arch, batch_size, config, per_image, overwrite,
-                              progress)
-    if overwrite:
-        clear_output(output)
-    elif files.is_finished(output):
-        files.load_embeddings(output)  # a damaged earlier encoding is refused (it says how to start again), never extended
-    state = resumable.prepare(output, run)
-    listing.write_skipped(output)
-    if state is None:
-        log.info("%s already holds the embeddings of these %d images (pass --overwrite to encode them again)%s",
-                 output, len(paths), "".join(f"; {note}" for note in listing.notes()))
-        if per_image:
-            files.write_per_image(output, files.index_paths(output))
-        return output
+    return _Job(ckpt, input_dir, output, listing, names, stats, arch, run)
 
-    device = inference.device_of(config)
+
+def _open_state(job: _Job, overwrite: bool) -> dict[str, Any] | None:
+    """The state to go on from (fresh, resumed or incremental), or None when the output already holds this run."""
+    if overwrite:
+        clear_output(job.output)
+    elif files.is_finished(job.output):
+        files.load_embeddings(job.output)  # a damaged earlier encoding is refused (it says how to start again), never extended
+    state = resumable.prepare(job.output, job.run)
+    job.listing.write_skipped(job.output)
+    return state
+
+
+def _leave_as_it_is(job: _Job, per_image: bool) -> None:
+    """Nothing to encode: say so, and write the per-image files if they are asked for now."""
+    log.info("%s already holds the embeddings of these %d images (pass --overwrite to encode them again)%s",
+             job.output, len(job.paths), "".join(f"; {note}" for note in job.listing.notes()))
+    if per_image:
+        files.write_per_image(job.output, files.index_paths(job.output))
+
+
+def _encode_what_is_missing(job: _Job, state: dict[str, Any], batch_size: int, config: Config, device: Any,
+                            progress: bool) -> None:
+    """Encode the images the state has not done yet (an incremental run: only the new and changed ones)."""
+    arch = job.arch
     log.info(
         "Encoding %d images of %s with %s (%s, %d px, D=%d) on %s%s into %s",
-        len(paths), input_dir, ckpt.name, arch.preset, arch.img_size, arch.feature_dim, device,
-        " with mixed precision" if config.device.MIXED_PRECISION else "", output,
+        len(job.paths), job.input_dir, job.ckpt.name, arch.preset, arch.img_size, arch.feature_dim, device,
+        " with mixed precision" if config.device.MIXED_PRECISION else "", job.output,
     )
-    state.setdefault("todo", len(paths))  # a state written before incremental runs existed
-    todo = _plan_update(output, state, paths, names, stats) if state.get("incremental") else None
+    state.setdefault("todo", len(job.paths))  # a state written before incremental runs existed
+    todo = _plan_update(job.output, state, job.paths, job.names, job.stats) if state.get("incremental") else None
     if state["done"] < state["todo"]:
         if state["done"]:
             log.info("Resuming: %d of %d images were already done", state["done"], state["todo"])
-        resumable.encode_missing(output, state, ckpt, paths, names, arch.img_size, batch_size, config, device, progress,
-                                 todo)
-    finalize(output, state, paths, names, stats, per_image,
-             extra={**run_details(arch, batch_size, device, config, ckpt), **files_note})
-    calibration.record_bands(output, ckpt, config, config.SEED)
-    if state.get("incremental"):
-        from fext.index import refresh_index
+        resumable.encode_missing(job.output, state, job.ckpt, job.paths, job.names, arch.img_size, batch_size, config,
+                                 device, progress, todo)
 
-        refresh_index(output)
-    return output
+
+def _finish(job: _Job, state: dict[str, Any], batch_size: int, config: Config, device: Any, per_image: bool) -> None:
+    """The final files and metadata.json, the similarity bands, and (after an update) a refreshed faiss index."""
+    files_note = {"not_images": len(job.listing.not_images), "multi_frame": len(job.listing.multi_frame)}
+    finalize(job.output, state, job.paths, job.names, job.stats, per_image,
+             extra={**run_details(job.arch, batch_size, device, config, job.ckpt), **files_note})
+    calibration.record_bands(job.output, job.ckpt, config, config.SEED)
+    if state.get("incremental"):
+        refresh_index(job.output)
 
 
 def _plan_update(output: Path, state: dict[str, Any], paths: list[Path], names: list[str],

@@ -26,6 +26,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ import torch
 
 import fext
 from fext._io import atomic_open, save_figure, write_json, write_text
-from fext.checkpoints import HISTORY, CheckpointDescription, missing_file
+from fext.checkpoints import HISTORY, Checkpoint, CheckpointDescription, missing_file
 from fext.config import Config
 from fext.data import Listing, list_folder, prepare_images, select_images
 from fext.device import select_device
@@ -111,6 +112,38 @@ def evaluate_checkpoints(
     return done
 
 
+@dataclass
+class _Evaluation:
+    """One checkpoint's evaluation as it goes: the model loaded, the images of each side, where results go."""
+
+    ckpt: Path
+    model: torch.nn.Module
+    checkpoint: Checkpoint
+    device: torch.device
+    train: SplitImages
+    validation: SplitImages
+    listing: Listing
+    source: str
+    """Where the images came from: the checkpoint's recorded dataset, or "--dataset"."""
+    out: Path
+    start: float
+    """``time.perf_counter()`` when the evaluation began."""
+
+    @property
+    def splits(self) -> tuple[SplitImages, SplitImages]:
+        return self.train, self.validation
+
+    @property
+    def held_out(self) -> SplitImages:
+        """The validation side, or the training side when nothing was held out."""
+        return self.validation if self.validation.evaluated else self.train
+
+
+def _caps() -> dict[str, int]:
+    """The most images evaluated on each side (read at call time: tests lower them)."""
+    return {"train": MAX_TRAIN_IMAGES, "validation": MAX_VALIDATION_IMAGES}
+
+
 def evaluate_checkpoint(
     ckpt: Path,
     cfg: Config,
@@ -123,8 +156,29 @@ def evaluate_checkpoint(
     labels_from_folders: bool = False,
 ) -> Path:
     """Evaluate one checkpoint folder and write its outputs; return ``validation/checkpoints/<name>``."""
+    ev = _start(Path(ckpt).absolute(), cfg, ws, device, dataset)
+    _score_splits(ev, cfg, ws, images, progress)
+    pca, pca_note = fit_baseline(ev.train if ev.train.evaluated else ev.held_out, ev.held_out,
+                                 ev.model.arch.feature_dim, ev.device)
+    pca_scores = score_pca(pca, ev.held_out.cached, cfg.training.BATCH_SIZE, ev.device)
+    card = _scorecard(ev, pca, cfg, labels_from_folders)
+    history = ev.checkpoint.history or {}
+    if ev.checkpoint.history is None:
+        log.warning("%s has no history.json: the report has no training curves", ev.ckpt)
+    _write_figures(ev.out, ev.model.arch, ev.train, ev.validation, ev.held_out, pca, images, cfg, ev.listing.root,
+                   history, ev.ckpt.name)
+    result = _result(ev, cfg, history, pca, pca_note, pca_scores, card)
+    write_json(ev.out / METRICS_FILE, result)
+    _write_per_image(ev.out / PER_IMAGE_FILE, ev.train, ev.validation, ev.held_out, pca_scores)
+    write_text(ev.out / REPORT_FILE, pages.checkpoint_report(ev.out, result, ev.checkpoint.description.to_json()))
+    log.info("Feature scorecard: %s", card["verdict"])
+    _log_result(result, ev.held_out.name, ev.out)
+    return ev.out
+
+
+def _start(ckpt: Path, cfg: Config, ws: Workspace, device: torch.device | None, dataset: Path | None) -> _Evaluation:
+    """Load the checkpoint for inference on ``device``, choose the images of each side, make the output folder."""
     start = time.perf_counter()
-    ckpt = Path(ckpt).absolute()
     if not ckpt.is_dir():
         raise FeXTError(f"Checkpoint folder {ckpt} not found; list the checkpoints with `fext checkpoints`")
     missing = missing_file(ckpt)
@@ -139,59 +193,62 @@ def evaluate_checkpoint(
         raise FeXTError(f"Cannot read checkpoint {ckpt}: {e} Evaluate another one (see `fext checkpoints`).") from None
     device = device or select_device(cfg.device.DEVICE, cfg.device.DEVICE_ID)
     model = model.to(device).eval().enable_fast_inference()  # same values, faster (inference only)
-    arch = model.arch
     train, validation, listing, source = _select_splits(ckpt, checkpoint.description, dataset)
-    root = listing.root
     out = ws.validation_checkpoints / ckpt.name
     out.mkdir(parents=True, exist_ok=True)
     log.info("Evaluating %s on %s (%d train, %d validation images) -> %s",
-             ckpt.name, root, len(train.paths), len(validation.paths), out)
+             ckpt.name, listing.root, len(train.paths), len(validation.paths), out)
+    return _Evaluation(ckpt, model, checkpoint, device, train, validation, listing, source, out, start)
 
+
+def _score_splits(ev: _Evaluation, cfg: Config, ws: Workspace, images: int, progress: bool) -> None:
+    """Decode a seeded sample of each side, draw the rows the figures show, and score the model's reconstructions."""
     workers = data_workers(cfg.device.NUM_PROCESSORS)
-    caps = {"train": MAX_TRAIN_IMAGES, "validation": MAX_VALIDATION_IMAGES}
+    caps = _caps()
     rng = np.random.default_rng(cfg.SEED)
-    for split in (train, validation):
+    for split in ev.splits:
         if not split.paths:
             continue
         split.sample = _seeded_sample(split.paths, caps[split.name], cfg.SEED)
         if len(split.sample) < len(split.paths):
             log.info("Evaluating a sample of %d of the %d %s images (drawn with SEED=%d)",
                      len(split.sample), len(split.paths), split.name, cfg.SEED)
-        split.cached = prepare_images(split.sample, arch.img_size, ws.cache, workers, progress=progress,
+        split.cached = prepare_images(split.sample, ev.model.arch.img_size, ws.cache, workers, progress=progress,
                                       desc=f"Decoding {split.name} images")
         split.shown = np.sort(rng.choice(split.evaluated, size=_figure_count(images, split), replace=False))
-        score_model(model, split, device, cfg.device.MIXED_PRECISION, cfg.training.BATCH_SIZE, images, progress)
-    held_out = validation if validation.evaluated else train
-    if held_out is train:
+        score_model(ev.model, split, ev.device, cfg.device.MIXED_PRECISION, cfg.training.BATCH_SIZE, images, progress)
+    if ev.held_out is ev.train:
         log.warning("No validation image (VALIDATION_SIZE is 0, or too few images to split): the PCA baseline, "
                     "the worst reconstructions and the latent plot use training images.")
 
-    pca, pca_note = fit_baseline(train if train.evaluated else held_out, held_out, arch.feature_dim, device)
-    pca_scores = score_pca(pca, held_out.cached, cfg.training.BATCH_SIZE, device)
-    labels = folder_labels(held_out.cached.paths, root) if labels_from_folders else None
-    card = score_checkpoint(model, pca, held_out.cached.array, device, mixed=cfg.device.MIXED_PRECISION,
+
+def _scorecard(ev: _Evaluation, pca: PCABaseline, cfg: Config, labels_from_folders: bool) -> dict[str, Any]:
+    """The feature scorecard of the model against the PCA baseline on the held-out images."""
+    held_out = ev.held_out
+    labels = folder_labels(held_out.cached.paths, ev.listing.root) if labels_from_folders else None
+    return score_checkpoint(ev.model, pca, held_out.cached.array, ev.device, mixed=cfg.device.MIXED_PRECISION,
                             batch_size=max(cfg.training.BATCH_SIZE, 64), seed=cfg.SEED, labels=labels)
 
-    history = checkpoint.history or {}
-    if checkpoint.history is None:
-        log.warning("%s has no history.json: the report has no training curves", ckpt)
-    _write_figures(out, arch, train, validation, held_out, pca, images, cfg, root, history, ckpt.name)
 
-    result = {
-        "checkpoint": ckpt.name,
-        "checkpoint_path": str(ckpt),
+def _result(ev: _Evaluation, cfg: Config, history: dict[str, Any], pca: PCABaseline, pca_note: str,
+            pca_scores: dict[str, np.ndarray], card: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json's content."""
+    arch, held_out, caps = ev.model.arch, ev.held_out, _caps()
+    return {
+        "checkpoint": ev.ckpt.name,
+        "checkpoint_path": str(ev.ckpt),
         "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "fext_version": fext.__version__,
-        "device": str(device),
+        "device": str(ev.device),
         "mixed_precision": cfg.device.MIXED_PRECISION,
         "preset": arch.preset,
         "image_size": arch.img_size,
         "latent_dim": arch.feature_dim,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": sum(p.numel() for p in ev.model.parameters()),
         "epochs": history.get("total_epochs") or len(history.get("epochs") or []) or None,
-        "dataset": {"root": str(root), "source": source},
-        "splits": {s.name: _split_facts(s, caps[s.name]) for s in (train, validation)},
-        "model": {s.name: summarize(s.scores) if s.evaluated else None for s in (train, validation)},
+        "dataset": {"root": str(ev.listing.root), "source": ev.source},
+        "splits": {s.name: _split_facts(s, caps[s.name]) for s in ev.splits},
+        "model": {s.name: summarize(s.scores) if s.evaluated else None for s in ev.splits},
         "baseline_pca": {
             "components": pca.k,
             "requested": pca.requested,
@@ -206,19 +263,13 @@ def evaluate_checkpoint(
             else bool(held_out.scores[m].mean() > pca_scores[m].mean())
             for m in METRICS
         },
-        "failed": [{"path": str(p), "reason": r} for s in (train, validation) for p, r in s.failures],
-        "not_images": [{"path": listing.relative(p), "reason": r} for p, r in listing.not_images],
-        "multi_frame": len(listing.multi_frame),
+        "failed": [{"path": str(p), "reason": r} for s in ev.splits for p, r in s.failures],
+        "not_images": [{"path": ev.listing.relative(p), "reason": r} for p, r in ev.listing.not_images],
+        "multi_frame": len(ev.listing.multi_frame),
         "psnr_cap_db": PSNR_CAP,
         "scorecard": card,
-        "seconds": time.perf_counter() - start,
+        "seconds": time.perf_counter() - ev.start,
     }
-    write_json(out / METRICS_FILE, result)
-    _write_per_image(out / PER_IMAGE_FILE, train, validation, held_out, pca_scores)
-    write_text(out / REPORT_FILE, pages.checkpoint_report(out, result, checkpoint.description.to_json()))
-    log.info("Feature scorecard: %s", card["verdict"])
-    _log_result(result, held_out.name, out)
-    return out
 
 
 def _select_splits(
