@@ -27,9 +27,14 @@ def test_demo_runs_every_stage_and_says_where_things_are(tmp_path):
     ws = Workspace(root)
     photos = sorted(p.name for p in demo.sample_images())
     assert len(photos) >= 10
-    crops = sorted(p.name for p in ws.dataset.iterdir())  # many random crops of every photo to train on
-    assert len(crops) == demo.CROPS_PER_PHOTO * len(photos)
-    assert {c.rsplit("_crop_", 1)[0] + ".jpg" for c in crops} == set(photos)
+    crops = sorted(p.name for p in ws.dataset.iterdir())  # many random crops of most photos to train on
+    trained_on = set(photos) - set(demo.HELD_OUT_PHOTOS)
+    assert len(crops) == demo.CROPS_PER_PHOTO * len(trained_on)
+    assert {c.rsplit("_crop_", 1)[0] + ".jpg" for c in crops} == trained_on
+    held = sorted(p.name for p in (root / "held_out").iterdir())  # the scorecard's photos, never trained on
+    assert {c.rsplit("_crop_", 1)[0] + ".jpg" for c in held} == set(demo.HELD_OUT_PHOTOS)
+    metrics = json.loads(next(ws.validation_checkpoints.glob("*/metrics.json")).read_text())
+    assert metrics["scorecard"]["images"] == len(held)
     assert sorted(p.name for p in ws.extraction_images.iterdir()) == photos
 
     # The configuration the demo wrote is the one training recorded.
@@ -54,7 +59,7 @@ def test_demo_runs_every_stage_and_says_where_things_are(tmp_path):
     assert ranks and ranks[0][-1] in photos, out
     first = ranks[0][-1] == demo.QUERY_PHOTO
     assert (f"Found: {demo.QUERY_PHOTO}" if first else f"Not found first: {demo.QUERY_PHOTO}") in out
-    assert "What it cannot show" in out  # the honest verdict
+    assert f"On {len(held)} crops of 3 photos the model never saw" in out  # the honest verdict
     assert "Epoch 1/1" not in out + proc.stderr and "Epoch 1/1" in next(ws.logs.glob("*.log")).read_text()  # log file only
 
     reports = [ws.validation_dataset / "report.html", ws.validation_checkpoints / checkpoint.name / "report.html"]
@@ -94,3 +99,14 @@ def test_the_query_is_a_cropped_mirrored_jpeg_of_its_photo(tmp_path):
         assert image.format == "JPEG" and image.size == (160, 80)
         gray = np.asarray(image.convert("L"), float)
     assert gray[:, -20:].mean() > 200 and gray[:, :20].mean() < 50  # mirrored: the white side is now on the right
+
+
+def test_the_honest_verdict_says_what_the_held_out_scorecard_means():
+    def card(features: float) -> dict:
+        task = {"features": {"map": features}, "pca": {"map": 0.4}, "pixels": {"map": 0.5}}
+        return {"retrieval": task, "retrieval_crops": task}
+
+    assert "beat PCA and a 32x32 thumbnail" in demo.honest_verdict(card(0.6), 48)
+    losing = demo.honest_verdict(card(0.45), 48)
+    assert losing.startswith("On 48 crops of 3 photos the model never saw") and "do not beat" in losing
+    assert "finding edited copies and at finding other crops" in losing and "--minutes 15" in losing
