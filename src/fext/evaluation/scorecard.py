@@ -62,13 +62,19 @@ def make_copies(images: np.ndarray, copies: int = COPIES, seed: int = 0) -> np.n
     JPEG quality and down-scaling factor from one generator seeded with ``seed``: the same inputs
     always give the same copies.
     """
+    return _variants(images, copies, seed, _transform)
+
+
+def _variants(images: np.ndarray, count: int, seed: int,
+              make: Callable[[Image.Image, np.random.Generator], np.ndarray]) -> np.ndarray:
+    """``count`` variants ``make(image, rng)`` of every image, image i's at rows i*count ... i*count + count - 1."""
     rng = np.random.default_rng(seed)
     n, h, w = images.shape[:3]
-    out = np.empty((n * copies, h, w, 3), dtype=np.uint8)
+    out = np.empty((n * count, h, w, 3), dtype=np.uint8)
     for i in range(n):
         source = Image.fromarray(images[i])
-        for j in range(copies):
-            out[i * copies + j] = _transform(source, rng)
+        for j in range(count):
+            out[i * count + j] = make(source, rng)
     return out
 
 
@@ -99,17 +105,15 @@ def make_crops(images: np.ndarray, crops: int = CROPS, seed: int = 0) -> np.ndar
     """``crops`` square crops of every image of ``images`` (N, S, S, 3) uint8, at random positions and sides of
     30-100 % of the image's side, resized back to S×S: other views of the same photograph, which a person calls
     similar. Returns (N * crops, S, S, 3), the crops of image i at rows i*crops ... i*crops + crops - 1."""
-    rng = np.random.default_rng(seed)
-    n, h, w = images.shape[:3]
-    out = np.empty((n * crops, h, w, 3), dtype=np.uint8)
-    for i in range(n):
-        source = Image.fromarray(images[i])
-        for j in range(crops):
-            side = max(4, int(round(min(h, w) * rng.uniform(*CROP_SIDE))))
-            left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-            crop = source.crop((left, top, left + side, top + side)).resize((w, h), Image.Resampling.BILINEAR)
-            out[i * crops + j] = np.asarray(crop)
-    return out
+    return _variants(images, crops, seed, _crop)
+
+
+def _crop(img: Image.Image, rng: np.random.Generator) -> np.ndarray:
+    """One random square crop of ``img`` (see :func:`make_crops`)."""
+    w, h = img.size
+    side = max(4, int(round(min(h, w) * rng.uniform(*CROP_SIDE))))
+    left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+    return np.asarray(img.crop((left, top, left + side, top + side)).resize((w, h), Image.Resampling.BILINEAR))
 
 
 def pixel_vectors(images: np.ndarray, side: int = PIXEL_SIDE) -> np.ndarray:
