@@ -23,7 +23,7 @@ from fext.checkpoints import (
     load_trainer_state, load_weights, load_weights_file, new_checkpoint_dir, read_checkpoint, save_checkpoint,
 )
 from fext.config import Config
-from fext.data import CachedImages, list_folder, open_readonly, prepare_images, select_images
+from fext.data import CachedImages, Listing, list_folder, open_readonly, prepare_images, select_images
 from fext.device import explain_compile_failure, needs_grad_scaler
 from fext.errors import FeXTError
 from fext.machine import data_workers
@@ -123,57 +123,105 @@ def _train(
     cfg: Config, ws: Workspace, device: torch.device, *, resume: Path | None, dataset: Path | None, progress: bool
 ) -> Path:
     """:func:`train` in one process (of one or several) whose device is ``device``."""
-    rank, main = distributed.rank(), distributed.is_main()
     ws.ensure()
     fresh = resume is None
-    if fresh:
-        saved, state, root = None, None, Path(dataset or ws.dataset)
-    else:
-        folder = Path(resume)
-        cfg, saved, state = _open_checkpoint(folder, cfg)
-        recorded = saved.description.dataset
-        root = Path(dataset or (recorded.root if recorded else None) or ws.dataset)
-    seed_everything(distributed.rank_seed(cfg.SEED, rank))
+    # 1. The configuration, the trainer state and the image folder: fresh, or the checkpoint's.
+    cfg, saved, state, root = _starting_point(cfg, ws, resume, dataset)
+    seed_everything(distributed.rank_seed(cfg.SEED, distributed.rank()))
+    # 2. Images: find, sample and split; decode into the cache once (later epochs and runs decode nothing).
+    listing, images, train_rows, val_rows = _training_images(cfg, ws, root, resume, saved, progress)
+    # 3. Model, optimizer, grad scaler, generators, position: fresh (seeded) or from the checkpoint.
+    model, projector = _model_and_projector(cfg, device, resume, saved, state)
+    optimizer, scaler, augment, position = _optimizer_and_position(cfg, device, model, projector, saved, state,
+                                                                   train_rows)
+    forward, validate_forward, train_projector = _wrapped_for_training(cfg, device, model, projector, position)
+    # 4. The checkpoint folder (rank 0 names and makes it): its description (config.json), summary.txt.
+    folder = Path(resume) if resume is not None else _new_folder(ws)
+    dataset_info = DatasetRecord(str(Path(root).absolute()), len(train_rows), len(val_rows), len(images.failures))
+    description = CheckpointDescription(
+        model.arch, cfg, dataset_info, (saved and saved.description.created) or time.strftime("%Y-%m-%dT%H:%M:%S"),
+        fext.__version__)
+    if distributed.is_main():
+        outputs.write_run_summary(folder / SUMMARY, fresh, cfg, model, device, description, images.failures, position,
+                                  [(listing.relative(path), reason) for path, reason in listing.not_images])
+        for note in listing.notes(where=SUMMARY):
+            log.info("%s: %s", root, note)
+    # 5. The epochs.
+    epochs = _last_epoch(cfg, position, fresh)
+    _log_start(cfg, device, folder, fresh, len(train_rows), len(val_rows), position, epochs)
+    run = Run(cfg, folder, device, model, forward, optimizer, scaler, augment, images, train_rows, val_rows,
+              description, position, saved=None if fresh else outputs.describe_position(position),
+              validate_forward=validate_forward, projector=projector, train_projector=train_projector)
+    _fit_and_tidy(run, epochs, fresh, progress)
+    log.info("Done: %s", folder)
+    return folder
 
-    # Images: find, sample and split; decode into the cache once (later epochs and runs decode nothing).
+
+def _starting_point(cfg: Config, ws: Workspace, resume: Path | None, dataset: Path | None
+                    ) -> tuple[Config, Checkpoint | None, dict[str, Any] | None, Path]:
+    """(configuration, the checkpoint resumed or None, its trainer state or None, the image folder)."""
+    if resume is None:
+        return cfg, None, None, Path(dataset or ws.dataset)
+    cfg, saved, state = _open_checkpoint(Path(resume), cfg)
+    recorded = saved.description.dataset
+    return cfg, saved, state, Path(dataset or (recorded.root if recorded else None) or ws.dataset)
+
+
+def _training_images(cfg: Config, ws: Workspace, root: Path, resume: Path | None, saved: Checkpoint | None,
+                     progress: bool) -> tuple[Listing, CachedImages, torch.Tensor, torch.Tensor]:
+    """(the folder's listing, its images decoded into the cache, the training rows, the validation rows)."""
     try:
         listing = list_folder(root)
         train_paths, val_paths = select_images(cfg, root, listing)
     except FeXTError as e:
-        if fresh:
+        if resume is None:
             raise
-        raise FeXTError(f"{e} {folder.name} was trained on {root}: if its images moved, run "
-                        f"`fext train --resume {folder.name} --dataset NEW_FOLDER`.") from None
+        name = Path(resume).name
+        raise FeXTError(f"{e} {name} was trained on {root}: if its images moved, run "
+                        f"`fext train --resume {name} --dataset NEW_FOLDER`.") from None
     images = _cached_images(train_paths + val_paths, cfg, ws, progress)
     train_rows, val_rows = _rows(images, train_paths, val_paths, root, cfg)
-    dataset_info = DatasetRecord(str(Path(root).absolute()), len(train_rows), len(val_rows), len(images.failures))
     recorded = saved.description.dataset if saved else None
     if recorded and recorded.train != len(train_rows):
         log.warning("The images changed since the checkpoint was made: %d training images now, %d then.",
                     len(train_rows), recorded.train)
+    return listing, images, train_rows, val_rows
 
-    # Model, optimizer, grad scaler, generators, position: fresh (seeded) or from the checkpoint.
+
+def _model_and_projector(cfg: Config, device: torch.device, resume: Path | None, saved: Checkpoint | None,
+                         state: dict[str, Any] | None) -> tuple[FeXTAutoEncoder, torch.nn.Module | None]:
+    """The model (seeded, or the checkpoint's weights) set up for training on ``device``, and the recipe's projector."""
     if device.type == "cpu" and not cfg.training.ACTIVATION_CHECKPOINTING:
         keep_freed_memory()  # activations are not re-mapped every step (benchmarks/README.md)
-    if fresh:
+    if resume is None:
         model = FeXTAutoEncoder.from_preset(cfg.model.PRESET, cfg.model.IMG_SIZE)
     else:
         model = FeXTAutoEncoder(saved.description.architecture)
-        load_weights(model, state["model"] if state else load_weights_file(folder / WEIGHTS))
+        load_weights(model, state["model"] if state else load_weights_file(Path(resume) / WEIGHTS))
     model.to(device)
     model.activation_checkpointing = cfg.training.ACTIVATION_CHECKPOINTING
     model.enable_lean_training()  # the stages as memory-lean autograd nodes: the same values, fewer saved bytes
     projector = recipe_projector(cfg, model.arch.feature_dim)
-    parameters = list(model.parameters())
     if projector is not None:
         projector.to(device)
         if state and "projector" in state:
             projector.load_state_dict(state["projector"])
+    return model, projector
+
+
+def _optimizer_and_position(
+    cfg: Config, device: torch.device, model: FeXTAutoEncoder, projector: torch.nn.Module | None,
+    saved: Checkpoint | None, state: dict[str, Any] | None, train_rows: torch.Tensor,
+) -> tuple[torch.optim.Optimizer, torch.amp.GradScaler, torch.Generator, RunPosition]:
+    """Adam over the model's parameters (then the projector's), the grad scaler, the augmentation generator and
+    where the run stands: fresh, or restored from the trainer state."""
+    parameters = list(model.parameters())
+    if projector is not None:
         parameters += list(projector.parameters())  # after the model's: the optimizer state keeps its order
     optimizer = torch.optim.Adam(parameters, lr=cfg.training.LR_SCHEDULER.INITIAL_LR, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(device, cfg.device.MIXED_PRECISION))
-    augment = torch.Generator().manual_seed(distributed.rank_seed(cfg.SEED + 1, rank))
-    if fresh:
+    augment = torch.Generator().manual_seed(distributed.rank_seed(cfg.SEED + 1, distributed.rank()))
+    if saved is None:
         position = RunPosition()
     else:
         batches_per_epoch = -(-len(distributed.shard(train_rows, pad=True)) // cfg.training.BATCH_SIZE)
@@ -181,6 +229,13 @@ def _train(
     if cfg.device.MIXED_PRECISION and device.type == "cpu" and not _cpu_has_native_bf16():
         log.warning("device.MIXED_PRECISION: this CPU has no bf16 instructions (AVX512-BF16 or AMX), so bf16 "
                     "autocast is emulated and usually slower than float32; consider device.MIXED_PRECISION false.")
+    return optimizer, scaler, augment, position
+
+
+def _wrapped_for_training(cfg: Config, device: torch.device, model: FeXTAutoEncoder,
+                          projector: torch.nn.Module | None, position: RunPosition) -> tuple[Any, Any, Any]:
+    """(the forward training calls, the forward validation calls or None, the projector as the loss calls it):
+    compiled with JIT_COMPILE, and wrapped in DistributedDataParallel under torchrun."""
     forward = torch.compile(model, backend=cfg.model.JIT_BACKEND) if cfg.model.JIT_COMPILE else model
     validate_forward = None
     if distributed.active():
@@ -192,44 +247,41 @@ def _train(
                         "first batch.", position.epoch + 1)
             position.batch, position.partial = 0, {}
     train_projector = distributed.ddp_model(projector, device) if projector is not None else None
+    return forward, validate_forward, train_projector
 
-    # The checkpoint folder (rank 0 names and makes it): its description (config.json), summary.txt.
-    if fresh:
-        if main:
-            folder = new_checkpoint_dir(ws)
-            folder.mkdir(parents=True)
-        folder = Path(distributed.broadcast_object(str(folder) if main else None))
-    description = CheckpointDescription(
-        model.arch, cfg, dataset_info, (saved and saved.description.created) or time.strftime("%Y-%m-%dT%H:%M:%S"),
-        fext.__version__)
-    if main:
-        outputs.write_run_summary(folder / SUMMARY, fresh, cfg, model, device, description, images.failures, position,
-                                  [(listing.relative(path), reason) for path, reason in listing.not_images])
-        for note in listing.notes(where=SUMMARY):
-            log.info("%s: %s", root, note)
 
-    epochs = _last_epoch(cfg, position, fresh)
+def _new_folder(ws: Workspace) -> Path:
+    """A new checkpoint folder, named and made by rank 0, its name shared with every rank."""
+    folder = None
+    if distributed.is_main():
+        folder = new_checkpoint_dir(ws)
+        folder.mkdir(parents=True)
+    return Path(distributed.broadcast_object(str(folder) if distributed.is_main() else None))
+
+
+def _log_start(cfg: Config, device: torch.device, folder: Path, fresh: bool, n_train: int, n_val: int,
+               position: RunPosition, epochs: int) -> None:
     log.info("Training %s (%s preset, %d px) on %d images, %d for validation, epochs %d to %d on %s; checkpoint %s",
              "from scratch" if fresh else f"from {folder.name}", cfg.model.PRESET, cfg.model.IMG_SIZE,
-             len(train_rows), len(val_rows), position.epoch + 1, epochs, device, folder)
+             n_train, n_val, position.epoch + 1, epochs, device, folder)
     if distributed.active():
         log.info("%d processes: global batch %d (training.BATCH_SIZE %d per process); the learning rate is not "
                  "scaled with it.", distributed.world_size(), cfg.training.BATCH_SIZE * distributed.world_size(),
                  cfg.training.BATCH_SIZE)
-    run = Run(cfg, folder, device, model, forward, optimizer, scaler, augment, images, train_rows, val_rows,
-              description, position, saved=None if fresh else outputs.describe_position(position),
-              validate_forward=validate_forward, projector=projector, train_projector=train_projector)
+
+
+def _fit_and_tidy(run: Run, epochs: int, fresh: bool, progress: bool) -> None:
+    """:func:`fit`; a fresh run that stops before its first save leaves no folder; the memory goes back either way."""
+    main = distributed.is_main()
     try:
         fit(run, epochs, show_bar=progress and main)
     except BaseException:
         if fresh and run.saved is None and main:
             # Nothing resumable was written: leave no half-made checkpoint folder behind.
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(run.folder, ignore_errors=True)
         raise
     finally:
         release_freed_memory()  # the process may go on (menu, demo): it need not keep the training peak
-    log.info("Done: %s", folder)
-    return folder
 
 
 BUDGET_EPOCHS = 1_000_000
