@@ -22,6 +22,7 @@ import numpy as np
 
 from fext._io import atomic_open
 from fext.config import Config
+from fext.encoding.files import Encoding, open_encoding
 from fext.errors import FeXTError
 from fext.explore import measure
 from fext.explore.clusters import CANDIDATE_KS, SILHOUETTE_SAMPLE, Clusters, find_clusters
@@ -37,8 +38,8 @@ from fext.explore.selection import read_selection
 from fext.explore.signals import BATCH as SIGNAL_BATCH
 from fext.explore.signals import ImageSignals, image_signals, mirror_candidates, outlier_signals, thumbnail_unit
 from fext.explore.thumbnails import make_sprites
-from fext.vectors import normalized
 from fext.similarity import copy_similarities
+from fext.vectors import normalized
 
 log = logging.getLogger(__name__)
 
@@ -103,17 +104,12 @@ def explore(
     errors (a pass of the full autoencoder over every image); ``selection``: a CSV of
     ``fext select`` whose images the atlas marks as selected.
     """
-    from fext.encoding import open_encoding
-
     if neighbours < 1:
         raise FeXTError(f"--neighbours must be at least 1, got {neighbours}")
-    encoding = open_encoding(embeddings)
+    encoding, paths, unit = _open(embeddings)
     folder, metadata = encoding.folder, encoding.metadata
-    paths = [row["path"] for row in encoding.read_index()]
-    unit = _checked_vectors(encoding.vectors, paths, folder)
     marked = read_selection(selection, paths) if selection is not None else []
     out = Path(output) if output else folder / OUTPUT
-
     clock = _Clock()
     # 1. neighbours, map, clusters
     nb = nearest_neighbours(unit, max(neighbours, MAP_NEIGHBOURS - 1, OUTLIER_NEIGHBOURS), config.SEED)
@@ -123,9 +119,7 @@ def explore(
     groups = find_clusters(unit, clusters, config.SEED)
     clock.lap("clusters")
     # 2. what the images say whatever the model learned, then what needs the model
-    input_dir = Path(metadata.get("input", ""))
-    files = [input_dir / p for p in paths]
-    have_images = input_dir.is_dir() and any(f.is_file() for f in files[:50])
+    input_dir, files, have_images = _images_of(metadata, paths)
     signals, thumb_nbs = _image_signals(files, config, progress, config.SEED) if have_images else (None, [])
     clock.lap("image signals")
     ckpt = measure.recorded_checkpoint(metadata, checkpoint) if have_images else None
@@ -134,9 +128,8 @@ def explore(
     # 3. outliers, duplicates
     extra = outlier_signals(signals, thumb_nbs[0]) if signals is not None else None
     outliers = find_outliers(unit, errors, nb, signals=extra)
-    identity = Identity(_file_hashes(folder, paths), *(
-        (signals.phash, signals.hashed, signals.phash_mirror) if signals else (None, None, None)))
-    threshold, duplicates = _duplicates(unit, nb, thumb_nbs, identity, copies, sample, duplicate_threshold)
+    threshold, duplicates = _duplicates(unit, nb, thumb_nbs, _identity(folder, paths, signals), copies, sample,
+                                        duplicate_threshold)
     clock.lap("outliers and duplicates")
     # 4. files
     sprites = make_sprites(files, progress=progress) if have_images else None
@@ -144,13 +137,39 @@ def explore(
     page_nb = nb.first(neighbours)
     _write_csvs(out, paths, xy, groups, outliers, duplicates)
     notes = _notes(folder, metadata, len(paths), groups, clusters, outliers, threshold, duplicates, have_images, input_dir)
-    if selection is not None:
-        notes = replace(notes, selection=f"{len(marked)} images of {selection}, in rank order; they start selected on the map.")
+    notes = replace(notes, selection=_selection_note(selection, marked))
     write_page(out / "atlas.html", paths, xy, groups, outliers, duplicates, page_nb, sprites,
                _image_base(input_dir, out) if have_images else None, notes, marked)
     clock.lap("files")
     log.info("Explore steps: %s", ", ".join(f"{k} {v:.1f} s" for k, v in clock.seconds.items()))
     return Exploration(out, paths, xy, groups, outliers, duplicates, threshold, page_nb, sprites is not None, clock.seconds)
+
+
+def _open(embeddings: str | os.PathLike) -> tuple[Encoding, list[str], np.ndarray]:
+    """(the encoding, its images' paths as the index writes them, its unit vectors (N, D) float32)."""
+    encoding = open_encoding(embeddings)
+    paths = [row["path"] for row in encoding.read_index()]
+    return encoding, paths, _checked_vectors(encoding.vectors, paths, encoding.folder)
+
+
+def _images_of(metadata: dict[str, Any], paths: list[str]) -> tuple[Path, list[Path], bool]:
+    """(the encoded folder, each image's file, whether the images are still there to be read)."""
+    input_dir = Path(metadata.get("input", ""))
+    files = [input_dir / p for p in paths]
+    return input_dir, files, input_dir.is_dir() and any(f.is_file() for f in files[:50])
+
+
+def _identity(folder: Path, paths: list[str], signals: ImageSignals | None) -> Identity:
+    """What says two files are the same picture: their bytes' hashes, and their perceptual hashes when read."""
+    return Identity(_file_hashes(folder, paths), *(
+        (signals.phash, signals.hashed, signals.phash_mirror) if signals else (None, None, None)))
+
+
+def _selection_note(selection: str | os.PathLike | None, marked: list[int]) -> str:
+    """The page's line about ``fext select``'s images; "" (the page's default) without ``--selection``."""
+    if selection is None:
+        return ""
+    return f"{len(marked)} images of {selection}, in rank order; they start selected on the map."
 
 
 def _image_signals(
