@@ -16,15 +16,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from fext import distributed
 from fext.config import Config
+from fext.checkpoints import CheckpointDescription
 from fext.data import CachedImages, to_float
 from fext.device import autocast, replay_rng, rng_state
 from fext.metrics import cosine, mae, psnr
+from fext.model import FeXTAutoEncoder
 from fext.training.objectives import training_inputs, training_loss, views_loss
 from fext.training.schedule import learning_rate, set_lr, trained_seconds
 from fext.training.state import RunPosition
@@ -73,6 +77,36 @@ class GracefulStop:
 
 
 @dataclass
+class Run:
+    """What :func:`train_one_epoch` and :func:`fext.training.run.fit` work with: the model and its optimizer,
+    the images, where to save (:func:`fext.training.train` builds it)."""
+
+    cfg: Config
+    folder: Path
+    device: torch.device
+    model: FeXTAutoEncoder
+    forward: Any
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    augment: torch.Generator
+    images: CachedImages
+    train_rows: torch.Tensor
+    val_rows: torch.Tensor
+    description: CheckpointDescription
+    """config.json: the same at every save of the run."""
+    position: RunPosition
+    saved: str | None
+    """What the checkpoint on disk holds ("epoch 3", "epoch 3 + 12 batches"), None before the first save."""
+    validate_forward: Any = None
+    """The model for validation when it differs from ``forward`` (under DDP: not the DDP wrapper,
+    whose forward could wait on ranks that have fewer validation batches)."""
+    projector: torch.nn.Module | None = None
+    """The recipe's projector, trained with the model and saved only in the trainer state; None without one."""
+    train_projector: Any = None
+    """``projector`` as the loss calls it (under DDP its wrapper, which averages its gradients)."""
+
+
+@dataclass
 class EpochResult:
     """Mean train metrics of an epoch (per image), its training time, and whether it was cut short."""
 
@@ -92,38 +126,24 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator)
 
 
-def train_one_epoch(
-    forward: Forward,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    images: CachedImages,
-    train_rows: torch.Tensor,
-    cfg: Config,
-    device: torch.device,
-    position: RunPosition,
-    augment: torch.Generator,
-    stop: GracefulStop,
-    show_bar: bool = True,
-    projector: torch.nn.Module | None = None,
-) -> EpochResult:
-    """Train epoch ``position.epoch + 1`` from batch ``position.batch`` on (0, or where a run stopped).
+def train_one_epoch(run: Run, stop: GracefulStop, show_bar: bool = True) -> EpochResult:
+    """Train epoch ``run.position.epoch + 1`` from batch ``run.position.batch`` on (0, or where a run stopped).
 
-    ``forward`` is the (possibly compiled, possibly DDP) model; ``train_rows`` the cache rows of
-    the training images, of which this rank takes its share of each epoch's order (all of them
-    in one process); ``projector`` the recipe's projector (trained with the model), or None; the
-    metrics returned are over the images of all ranks. Updates
-    ``position.step``, ``position.batch`` and ``position.partial`` (running sums) after every
-    batch, so an interruption leaves them describing the state exactly.
+    The run's ``forward`` is the (possibly compiled, possibly DDP) model; of ``train_rows``, the cache rows
+    of the training images, this rank takes its share of each epoch's order (all of them in one process);
+    ``train_projector`` is the recipe's projector (trained with the model), or None; the metrics returned are
+    over the images of all ranks. Updates ``position.step``, ``position.batch`` and ``position.partial``
+    (running sums) after every batch, so an interruption leaves them describing the state exactly.
     Raises :class:`NonFiniteLoss` before the update of a batch whose loss is nan or inf.
     """
+    cfg, position = run.cfg, run.position
     epoch, batch_size = position.epoch + 1, cfg.training.BATCH_SIZE
-    order = distributed.shard(train_rows[epoch_order(len(train_rows), cfg.SEED, epoch)], pad=True)
+    order = distributed.shard(run.train_rows[epoch_order(len(run.train_rows), cfg.SEED, epoch)], pad=True)
     n_batches = math.ceil(len(order) / batch_size)
     sums = {k: position.partial.get(k, 0.0) for k in ("loss", "cosine", "psnr", "images", "seconds")}
-    model.train()
-    if projector is not None:
-        projector.train()
+    run.model.train()
+    if run.train_projector is not None:
+        run.train_projector.train()
     bar = tqdm(total=n_batches, initial=position.batch, desc=f"Epoch {epoch}", unit="batch",
                leave=False, disable=not show_bar, dynamic_ncols=True)
     start = time.perf_counter() - sums["seconds"]
@@ -135,32 +155,12 @@ def train_one_epoch(
                 break
             # 1. Learning rate of this update, from the global step or the time trained (survives resumes).
             lr = learning_rate(position.step, _seconds_trained(before + sums["seconds"], cfg), cfg.training)
-            set_lr(optimizer, lr)
-            # 2. Gather the batch from the cache; convert on the device (a uint8 copy is 4x smaller).
-            x = images.batch(order[b * batch_size : (b + 1) * batch_size])  # (B, S, S, 3) uint8
-            x = to_float(x.to(device, non_blocking=True))  # (B, 3, S, S) float in [0, 1], channels_last
-            # 3. The recipe's inputs and targets, drawn with the seeded generator: the seed's augmented
-            #    batch (B rows), or two augmented views of every image ("views", 2B rows).
-            inputs, target = training_inputs(x, cfg, augment)
-            # 4. Forward and backward (the last batch's gradients dropped first, so they do not take
-            #    memory through it).
-            optimizer.zero_grad(set_to_none=True)
-            loss_value, terms, reconstruction = compute_gradients(forward, model, inputs, target, cfg, device,
-                                                                  scaler, projector)
-            # 5. Refuse a non-finite loss before it reaches the weights.
-            if not distributed.all_true(math.isfinite(loss_value)):  # every rank stops at the same batch
-                raise NonFiniteLoss(loss_value, epoch, b + 1, position.step + 1)
-            # 6. Update (the scaler is a pass-through unless fp16 autocast needs it).
-            scaler.step(optimizer)
-            scaler.update()
+            set_lr(run.optimizer, lr)
+            # 2.-6. Gather the batch, compute the gradients, refuse a non-finite loss, update.
+            x = _gather(run, order[b * batch_size : (b + 1) * batch_size])
+            target, loss_value, terms, reconstruction = _update(run, x, epoch, b)
             # 7. Running per-image sums of the train metrics, and the position in the run.
-            with torch.no_grad():
-                r, per_image = reconstruction.float(), len(x) / len(target)  # 1 or 1/2 (two views)
-                # The reported train loss is the reconstruction MAE in every recipe, comparable to validation's.
-                sums["loss"] += (terms["reconstruction"].item() if terms else loss_value) * len(x)
-                sums["cosine"] += cosine(r, target).sum().item() * per_image
-                sums["psnr"] += psnr(r, target).sum().item() * per_image
-            sums["images"] += len(x)
+            _add_metrics(sums, x, target, loss_value, terms, reconstruction)
             sums["seconds"] = time.perf_counter() - start
             position.step += 1
             position.batch = b + 1
@@ -169,7 +169,51 @@ def train_one_epoch(
             bar.set_postfix(loss=f"{sums['loss'] / sums['images']:.4f}", img_s=f"{sums['images'] / sums['seconds']:.1f}")
     finally:
         bar.close()
-    interrupted = position.batch < n_batches
+    return _epoch_result(sums, position.batch < n_batches, lr)
+
+
+def _gather(run: Run, rows: torch.Tensor) -> torch.Tensor:
+    """2. The batch of cache ``rows``, converted on the device (a uint8 copy is 4x smaller): (B, 3, S, S) float
+    in [0, 1], channels_last."""
+    x = run.images.batch(rows)  # (B, S, S, 3) uint8
+    return to_float(x.to(run.device, non_blocking=True))
+
+
+def _update(run: Run, x: torch.Tensor, epoch: int, b: int
+            ) -> tuple[torch.Tensor, float, dict[str, torch.Tensor], torch.Tensor]:
+    """Steps 3 to 6 of a batch ``x`` (batch ``b`` of ``epoch``): (target, loss, its terms, reconstruction)."""
+    cfg = run.cfg
+    # 3. The recipe's inputs and targets, drawn with the seeded generator: the seed's augmented
+    #    batch (B rows), or two augmented views of every image ("views", 2B rows).
+    inputs, target = training_inputs(x, cfg, run.augment)
+    # 4. Forward and backward (the last batch's gradients dropped first, so they do not take
+    #    memory through it).
+    run.optimizer.zero_grad(set_to_none=True)
+    loss_value, terms, reconstruction = compute_gradients(run.forward, run.model, inputs, target, cfg, run.device,
+                                                          run.scaler, run.train_projector)
+    # 5. Refuse a non-finite loss before it reaches the weights.
+    if not distributed.all_true(math.isfinite(loss_value)):  # every rank stops at the same batch
+        raise NonFiniteLoss(loss_value, epoch, b + 1, run.position.step + 1)
+    # 6. Update (the scaler is a pass-through unless fp16 autocast needs it).
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return target, loss_value, terms, reconstruction
+
+
+def _add_metrics(sums: dict[str, float], x: torch.Tensor, target: torch.Tensor, loss_value: float,
+                 terms: dict[str, torch.Tensor], reconstruction: torch.Tensor) -> None:
+    """Add a batch to the running per-image sums of the train metrics."""
+    with torch.no_grad():
+        r, per_image = reconstruction.float(), len(x) / len(target)  # 1 or 1/2 (two views)
+        # The reported train loss is the reconstruction MAE in every recipe, comparable to validation's.
+        sums["loss"] += (terms["reconstruction"].item() if terms else loss_value) * len(x)
+        sums["cosine"] += cosine(r, target).sum().item() * per_image
+        sums["psnr"] += psnr(r, target).sum().item() * per_image
+    sums["images"] += len(x)
+
+
+def _epoch_result(sums: dict[str, float], interrupted: bool, lr: float) -> EpochResult:
+    """The epoch's mean metrics, over every rank's images when the epoch is complete."""
     if not interrupted:
         totals = distributed.all_reduce_sum([sums[k] for k in ("loss", "cosine", "psnr", "images")])
         sums.update(zip(("loss", "cosine", "psnr", "images"), totals))

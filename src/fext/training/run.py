@@ -29,7 +29,7 @@ from fext.errors import FeXTError
 from fext.machine import data_workers
 from fext.model import FeXTAutoEncoder
 from fext.training import outputs
-from fext.training.loop import GracefulStop, NonFiniteLoss, train_one_epoch, validate
+from fext.training.loop import GracefulStop, NonFiniteLoss, Run, train_one_epoch, validate
 from fext.training.objectives import recipe_projector
 from fext.training.schedule import BUDGET_DECAY_SHARE, budget_spent, trained_seconds
 from fext.training.state import (
@@ -55,35 +55,6 @@ def resumed_config(saved: Config, current: Config) -> Config:
                        ACTIVATION_CHECKPOINTING=current.training.ACTIVATION_CHECKPOINTING,
                        TIME_BUDGET_MINUTES=budget)
     return replace(saved, training=training, device=current.device)
-
-
-@dataclass
-class Run:
-    """What :func:`fit` works with: the model and its optimizer, the images, where to save."""
-
-    cfg: Config
-    folder: Path
-    device: torch.device
-    model: FeXTAutoEncoder
-    forward: Any
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    augment: torch.Generator
-    images: CachedImages
-    train_rows: torch.Tensor
-    val_rows: torch.Tensor
-    description: CheckpointDescription
-    """config.json: the same at every save of the run."""
-    position: RunPosition
-    saved: str | None
-    """What the checkpoint on disk holds ("epoch 3", "epoch 3 + 12 batches"), None before the first save."""
-    validate_forward: Any = None
-    """The model for validation when it differs from ``forward`` (under DDP: not the DDP wrapper,
-    whose forward could wait on ranks that have fewer validation batches)."""
-    projector: torch.nn.Module | None = None
-    """The recipe's projector, trained with the model and saved only in the trainer state; None without one."""
-    train_projector: Any = None
-    """``projector`` as the loss calls it (under DDP its wrapper, which averages its gradients)."""
 
 
 def train(
@@ -393,9 +364,7 @@ def fit(run: Run, epochs: int, show_bar: bool = True) -> None:
         with GracefulStop(handle_signals=not distributed.active()) as stop, explain_compile_failure():
             while p.epoch < epochs:
                 # 1. One epoch of updates (from where an interrupted epoch stopped).
-                result = train_one_epoch(run.forward, run.model, run.optimizer, run.scaler, run.images,
-                                         run.train_rows, cfg, run.device, p, run.augment, stop, show_bar,
-                                         run.train_projector)
+                result = train_one_epoch(run, stop, show_bar)
                 # 2. Validation, when the epoch's updates are all done.
                 validation, validation_started = None, time.perf_counter()
                 if not result.interrupted and stop.requested is None:
