@@ -215,7 +215,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 def test_non_finite_loss_in_the_first_epoch_leaves_no_folder(tmp_path, monkeypatch, caplog):
     ws = new_workspace(tmp_path)
     monkeypatch.setattr(training.objectives, "reconstruction_loss", lambda r, t: (r - t).abs().mean() * float("inf"))
-    monkeypatch.setattr(training.run, "_cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(training.start, "_cpu_has_native_bf16", lambda: False)
     with pytest.raises(FeXTError, match=r"non-finite \(inf\) at epoch 1, step 1 .*no epoch had completed") as info:
         train(tiny_config(**{"device.MIXED_PRECISION": True}), ws, progress=False)
     assert str(info.value).endswith("lower training.LR_SCHEDULER.INITIAL_LR or disable device.MIXED_PRECISION")
