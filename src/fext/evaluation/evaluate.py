@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,9 +34,9 @@ import torch
 
 import fext
 from fext._io import atomic_open, save_figure, write_json, write_text
-from fext.checkpoints import HISTORY, Checkpoint, CheckpointDescription, missing_file
+from fext.checkpoints import HISTORY, Checkpoint, missing_file
 from fext.config import Config
-from fext.data import Listing, list_folder, prepare_images, select_images
+from fext.data import Listing, prepare_images
 from fext.device import select_device
 from fext.errors import FeXTError
 from fext.machine import data_workers
@@ -49,6 +48,7 @@ from fext.evaluation.scorecard import folder_labels, score_checkpoint
 from fext.evaluation.scoring import (
     METRICS, SplitImages, fit_baseline, original_images, score_model, score_pca, summarize, to_hwc,
 )
+from fext.evaluation.splits import seeded_sample, select_splits
 from fext.evaluation.summary import METRICS_FILE, write_checkpoints_summary, write_comparison
 from fext.workspace import Workspace
 
@@ -193,7 +193,7 @@ def _start(ckpt: Path, cfg: Config, ws: Workspace, device: torch.device | None, 
         raise FeXTError(f"Cannot read checkpoint {ckpt}: {e} Evaluate another one (see `fext checkpoints`).") from None
     device = device or select_device(cfg.device.DEVICE, cfg.device.DEVICE_ID)
     model = model.to(device).eval().enable_fast_inference()  # same values, faster (inference only)
-    train, validation, listing, source = _select_splits(ckpt, checkpoint.description, dataset)
+    train, validation, listing, source = select_splits(ckpt, checkpoint.description, dataset)
     out = ws.validation_checkpoints / ckpt.name
     out.mkdir(parents=True, exist_ok=True)
     log.info("Evaluating %s on %s (%d train, %d validation images) -> %s",
@@ -209,7 +209,7 @@ def _score_splits(ev: _Evaluation, cfg: Config, ws: Workspace, images: int, prog
     for split in ev.splits:
         if not split.paths:
             continue
-        split.sample = _seeded_sample(split.paths, caps[split.name], cfg.SEED)
+        split.sample = seeded_sample(split.paths, caps[split.name], cfg.SEED)
         if len(split.sample) < len(split.paths):
             log.info("Evaluating a sample of %d of the %d %s images (drawn with SEED=%d)",
                      len(split.sample), len(split.paths), split.name, cfg.SEED)
@@ -270,68 +270,6 @@ def _result(ev: _Evaluation, cfg: Config, history: dict[str, Any], pca: PCABasel
         "scorecard": card,
         "seconds": time.perf_counter() - ev.start,
     }
-
-
-def _select_splits(
-    ckpt: Path, description: CheckpointDescription, dataset: Path | None
-) -> tuple[SplitImages, SplitImages, Listing, str]:
-    """(train, validation, the evaluated folder's listing, source) for a checkpoint, from its recorded data or ``dataset``."""
-    recorded = description.dataset
-    ckpt_cfg = description.configuration
-    if ckpt_cfg is None:  # a model saved outside `fext train`
-        log.info("%s records no configuration: its images are split as the default configuration splits them",
-                 ckpt.name)
-        ckpt_cfg = Config()
-    root = Path(recorded.root) if recorded and recorded.root else None
-
-    if dataset is not None:
-        dataset = Path(dataset).expanduser().absolute()
-        listing = _listed(list_folder(dataset))
-        if not listing.images:
-            raise FeXTError(f"--dataset {dataset}: no image found in it. Pass a folder that holds images.")
-        evaluated = listing.images
-        train: list[Path] = []
-        if root is not None and root.is_dir() and root.resolve() != dataset.resolve():
-            try:
-                train = select_images(ckpt_cfg, root)[0]
-            except FeXTError:
-                train = []
-        if not train:
-            log.info("The checkpoint's training images are not available: no train metrics, and the PCA baseline "
-                     "is fitted on the --dataset images themselves")
-        return SplitImages("train", train), SplitImages("validation", evaluated), listing, "--dataset"
-
-    hint = f"evaluate on another folder with `fext evaluate {ckpt.name} --dataset DIR`"
-    if root is None:
-        raise FeXTError(f"{ckpt.name} does not record where the training images are; {hint}")
-    if not root.is_dir():
-        raise FeXTError(f"The training images of {ckpt.name} are gone: {root} does not exist (moved or deleted?); {hint}")
-    try:
-        listing = _listed(list_folder(root))
-        train, validation = select_images(ckpt_cfg, root, listing)
-    except FeXTError as e:
-        raise FeXTError(f"The training images of {ckpt.name} cannot be found: {e} To use other images, {hint}") from None
-    expected = {recorded.train + recorded.validation, recorded.train + recorded.validation + recorded.failed}
-    if len(train) + len(validation) not in expected:
-        log.warning("%s now holds %d images for this checkpoint where training used %d train + %d validation: "
-                    "the folder changed since, so the split is not exactly the training one",
-                    root, len(train) + len(validation), recorded.train, recorded.validation)
-    return SplitImages("train", train), SplitImages("validation", validation), listing, "training split"
-
-
-def _listed(listing: Listing) -> Listing:
-    """``listing``, after one log line per kind of file not evaluated whole (listed in metrics.json)."""
-    for note in listing.notes(where="not_images in metrics.json"):
-        log.info("%s: %s", listing.root, note)
-    return listing
-
-
-def _seeded_sample(paths: list[Path], cap: int, seed: int) -> list[Path]:
-    """At most ``cap`` of ``paths``, drawn with ``seed``, in their original order."""
-    if len(paths) <= cap:
-        return list(paths)
-    keep = sorted(random.Random(seed).sample(range(len(paths)), cap))
-    return [paths[i] for i in keep]
 
 
 def _figure_count(images: int, split: SplitImages) -> int:
