@@ -59,8 +59,8 @@ BLOCK_ROWS = 16384
 
 
 def _faiss() -> Any:
-    """faiss, imported quietly (its loader logs every CPU variant it tries at INFO)."""
-    logging.getLogger("faiss").setLevel(logging.WARNING)
+    """faiss, imported on first use (the command line's logging set-up, :func:`fext.logs.setup_logging`, quiets
+    its loader, which logs every CPU variant it tries at INFO)."""
     import faiss
 
     return faiss

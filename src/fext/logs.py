@@ -41,7 +41,8 @@ def setup_logging(ws: Workspace, level: str = "INFO", quiet: bool = False) -> No
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             root.addHandler(handler)
     route_library_warnings([h for h in root.handlers if isinstance(h, logging.FileHandler)], rank == "0")
-    for noisy in ("matplotlib", "PIL", "torch._inductor", "torch._dynamo"):
+    # faiss's loader logs every CPU variant it tries at INFO.
+    for noisy in ("matplotlib", "PIL", "torch._inductor", "torch._dynamo", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
