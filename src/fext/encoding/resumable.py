@@ -174,12 +174,15 @@ def encode_missing(
             flush()
         except BaseException as e:  # Ctrl-C or an error: keep what is done for the next run
             flush()
-            if isinstance(e, KeyboardInterrupt):
-                log.warning("Interrupted after %d of %d images; run the same command again to encode the rest",
-                            state["done"], len(todo))
-            else:
-                log.warning("Stopped after %d of %d images; they are kept, and a later run goes on from there",
-                            state["done"], len(todo))
+            _log_stop(e, state["done"], len(todo))
             raise
     if state["done"] < len(todo):
         raise FeXTError(f"Decoding stopped after {state['done']} of {len(todo)} images; run the same command again to resume")
+
+
+def _log_stop(error: BaseException, done: int, total: int) -> None:
+    """Say where an interrupted or failed encoding stopped: its rows are kept for the next run."""
+    if isinstance(error, KeyboardInterrupt):
+        log.warning("Interrupted after %d of %d images; run the same command again to encode the rest", done, total)
+    else:
+        log.warning("Stopped after %d of %d images; they are kept, and a later run goes on from there", done, total)
