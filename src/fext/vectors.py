@@ -22,6 +22,18 @@ def normalized(block: np.ndarray) -> np.ndarray:
     return x
 
 
+def centred_normalized(vectors: np.ndarray) -> np.ndarray:
+    """Rows centred on their mean, then scaled to unit length (zero vectors stay zero), float32 (computed in float64).
+
+    Centring first keeps what every vector shares (a mean colour, a constant offset of the latent)
+    from dominating the cosine similarity.
+    """
+    v = vectors.astype(np.float64)
+    v = v - v.mean(0)
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    return (v / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
 def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows (Q, k) and cosine similarities of the ``k`` stored rows closest to each unit query (Q, D).
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fext.vectors import normalized
+from fext.vectors import centred_normalized, normalized
 
 COPIES = 3
 """Transformed copies made of each evaluated image."""
@@ -125,18 +125,6 @@ def pixel_vectors(images: np.ndarray, side: int = PIXEL_SIDE) -> np.ndarray:
     return out
 
 
-def _normalised(vectors: np.ndarray) -> np.ndarray:
-    """Centred on their mean, then scaled to unit length (zero vectors stay zero), float32.
-
-    Centring first keeps what every vector shares (a mean colour, a constant offset of the latent)
-    from dominating the cosine similarity.
-    """
-    v = vectors.astype(np.float64)
-    v = v - v.mean(0)
-    norms = np.linalg.norm(v, axis=1, keepdims=True)
-    return (v / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-
-
 def _ranked_neighbours(vectors: np.ndarray, seed: int, centre: bool = True, chunk: int = 512):
     """Yield (query rows, their other items by decreasing cosine similarity) chunk by chunk.
 
@@ -146,7 +134,7 @@ def _ranked_neighbours(vectors: np.ndarray, seed: int, centre: bool = True, chun
     the search users get. Ties are broken in a seeded random order, so vectors that cannot tell items
     apart score at chance level instead of profiting from the order of the rows.
     """
-    v = _normalised(vectors) if centre else normalized(vectors)
+    v = centred_normalized(vectors) if centre else normalized(vectors)
     m = len(v)
     tiebreak = np.random.default_rng(seed).permutation(m)
     for lo in range(0, m, chunk):
