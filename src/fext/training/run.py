@@ -226,11 +226,12 @@ def _save(run: Run, tensorboard: outputs.TensorBoardLog, entry: dict[str, Any] |
     """
     p, folder = run.position, run.folder
     rank_rngs = distributed.gather_objects(capture_rng(run.augment)) if distributed.active() else None
+    # Every rank sets the centre (the same weights and images), so every rank's model is the saved one.
+    set_feature_center(run.model, run.images, run.train_rows, run.device)
     if not distributed.is_main():
         run.saved = outputs.describe_position(p)
         return
     keep = entry["epoch"] if entry is not None and run.cfg.training.SAVE_CHECKPOINTS else None
-    set_feature_center(run.model, run.images, run.train_rows, run.device)
     save_checkpoint(folder, run.model, run.description, history=p.history, keep_epoch=keep,
                     trainer_state=trainer_state(p, run.model, run.optimizer, run.scaler, run.augment, rank_rngs,
                                                 run.projector))
