@@ -187,6 +187,7 @@ def run_demo(ws: Workspace, epochs: int = DEMO_EPOCHS, img_size: int = DEMO_IMG_
     from fext.analysis import analyze
     from fext.encoding import encode_folder
     from fext.evaluation import evaluate_checkpoints
+    from fext.encoding.calibration import read_bands
     from fext.search import print_results, search
 
     photos = copy_sample_images(ws.extraction_images)
@@ -225,7 +226,7 @@ def run_demo(ws: Workspace, epochs: int = DEMO_EPOCHS, img_size: int = DEMO_IMG_
     print(f"The query is {query.name}: {source.name} cropped, mirrored and re-encoded as JPEG, "
           f"so the right answer is known.")
     results = search(embeddings, str(query), k=5, sheet=sheet, config=cfg)
-    print_results(results)
+    print_results(results, read_bands(embeddings))
     print(known_answer(results, source.name))
     outputs["search query"] = query
     outputs["search sheet"] = sheet
