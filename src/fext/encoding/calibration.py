@@ -16,8 +16,8 @@ from fext.config import Config
 from fext.encoding import files
 from fext.encoding.inference import device_of, embed, load_model
 from fext.errors import FeXTError
-from fext.vectors import normalized
 from fext.similarity import bands_from, copy_similarities
+from fext.vectors import normalized
 
 log = logging.getLogger(__name__)
 
