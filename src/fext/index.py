@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 INDEX_FILE = "faiss.index"
 INDEX_JSON = "index.json"
 KINDS = ("auto", "flat", "ivf", "hnsw")
+BUILT_KINDS = KINDS[1:]
+"""The kinds an index.json can record ("auto" picks one of them)."""
 EXACT_MAX = 100_000
 """``auto`` builds an exact (flat) index up to this many vectors: exact search stays fast enough."""
 RECALL_TARGET = 0.95
@@ -185,7 +187,7 @@ def refresh_index(folder: Path) -> dict[str, Any] | None:
     # the vectors changed since it was built, so its count is not checked here
     index = _read_faiss_index(faiss, folder, {k: v for k, v in old.items() if k != "vectors"}) if isinstance(old, dict) else None
     if index is None:  # damaged: built again from scratch, of the same kind where it is known
-        kind = old.get("kind") if isinstance(old, dict) and old.get("kind") in ("flat", "ivf", "hnsw") else "auto"
+        kind = old.get("kind") if isinstance(old, dict) and old.get("kind") in BUILT_KINDS else "auto"
         return build_index(folder, kind)
     if old["kind"] == "ivf":
         index.reset()
@@ -331,7 +333,7 @@ def _read_faiss_index(faiss: Any, folder: Path, info: Any) -> Any:
     """The faiss index of ``folder`` when it and ``index.json`` are sound; None, with a warning that says how
     to rebuild it, when either is damaged (the caller then searches exactly: slower, never wrong)."""
     try:
-        if not isinstance(info, dict) or info.get("kind") not in ("flat", "ivf", "hnsw"):
+        if not isinstance(info, dict) or info.get("kind") not in BUILT_KINDS:
             raise ValueError(f"{INDEX_JSON} does not describe an index")
         index = faiss.read_index(str(folder / INDEX_FILE))
         if "vectors" in info and index.ntotal != int(info["vectors"]):

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from fext.config import Config
-from fext.encoding.files import INDEX, Encoding, damaged, open_encoding
+from fext.encoding.files import INDEX, Encoding, damaged, open_encoding, stream_index_paths
 from fext.encoding.fingerprints import checkpoint_identity
 from fext.errors import FeXTError
 from fext.index import open_index
@@ -142,27 +142,18 @@ def _check_k(k: int) -> None:
 def find_row(index_file: Path, name: str) -> int | None:
     """The row of ``name`` (a relative path as in the index) in ``embeddings_index.csv``, or None."""
     name = Path(name).as_posix().removeprefix("./")
-    with open(index_file, newline="", encoding="utf-8") as f:
-        for number, record in enumerate(csv.DictReader(f)):
-            if record.get("row") != str(number):
-                raise damaged(index_file.parent, index_file.name, f"line {number + 2} is not row {number}")
-            if record["path"] == name:
-                return number
-    return None
+    return next((row for row, path in stream_index_paths(index_file) if path == name), None)
 
 
 def paths_of_rows(index_file: Path, rows: np.ndarray) -> dict[int, str]:
-    """``{row: path}`` for the requested rows, streaming the index."""
+    """``{row: path}`` for the requested rows, streaming the index (it stops once all are found)."""
     wanted = set(int(r) for r in rows)
     found: dict[int, str] = {}
-    with open(index_file, newline="", encoding="utf-8") as f:
-        for number, record in enumerate(csv.DictReader(f)):
-            if record.get("row") != str(number):
-                raise damaged(index_file.parent, index_file.name, f"line {number + 2} is not row {number}")
-            if number in wanted:
-                found[number] = record["path"]
-                if len(found) == len(wanted):
-                    break
+    for row, path in stream_index_paths(index_file):
+        if row in wanted:
+            found[row] = path
+            if len(found) == len(wanted):
+                break
     if len(found) < len(wanted):
         raise damaged(index_file.parent, index_file.name, f"it has no row {min(wanted - found.keys())}")
     return found

@@ -7,6 +7,7 @@ bands under ``"bands"``, with the sample size.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -15,7 +16,6 @@ import numpy as np
 from fext.config import Config
 from fext.encoding import files
 from fext.encoding.inference import device_of, embed, load_model
-from fext.errors import FeXTError
 from fext.similarity import bands_from, copy_similarities
 from fext.vectors import normalized
 
@@ -55,10 +55,11 @@ def record_bands(output: Path, ckpt: Path, config: Config, seed: int = 0) -> dic
 
 
 def read_bands(folder: Path) -> dict[str, float] | None:
-    """The bands recorded in ``folder``'s metadata.json, or None (an older folder)."""
+    """The bands recorded in ``folder``'s metadata.json, or None (an older folder, or one that is not readable:
+    the command that opens it says what is wrong). Reads metadata.json alone, so it adds no pass over the vectors."""
     try:
-        bands = files.open_encoding(folder).metadata.get("bands")
-    except FeXTError:
+        bands = json.loads((Path(folder) / files.METADATA).read_text(encoding="utf-8")).get("bands")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
         return None
     return bands if isinstance(bands, dict) and all(isinstance(bands.get(k), float) for k in
                                                    ("duplicate", "near-duplicate", "similar")) else None

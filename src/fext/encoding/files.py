@@ -25,7 +25,7 @@ import csv
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -229,6 +229,16 @@ def read_index(path: Path) -> list[dict[str, Any]]:
     if any(r["row"] != i for i, r in enumerate(rows)):
         raise damaged(path.parent, path.name, "its rows are not numbered 0, 1, 2, ...")
     return rows
+
+
+def stream_index_paths(path: Path) -> Iterator[tuple[int, str]]:
+    """``(row, path)`` of an ``embeddings_index.csv`` in order, read as it goes (for indexes too large to hold);
+    a row out of order is one clear error naming the file."""
+    with open(path, newline="", encoding="utf-8") as f:
+        for number, record in enumerate(csv.DictReader(f)):
+            if record.get("row") != str(number):
+                raise damaged(path.parent, path.name, f"line {number + 2} is not row {number}")
+            yield number, record["path"]
 
 
 def index_paths(folder: Path) -> list[str]:
