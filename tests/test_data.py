@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from conftest import PIL_MODES, make_images
-from fext.data import augment, cache, cache_index, decode, loader
+from fext.data import augment, cache, cache_manifest, decode, loader
 from fext.data.cache import open_readonly, prepare_images
 from fext.data.decode import ImageDecodeError, image_size, load_image, open_rgb
 from fext.data.discovery import draw_sample, find_images, split_images
@@ -289,7 +289,7 @@ def test_cache_survives_a_killed_build(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_cache_compacts_stale_slots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cache_index, "COMPACT_MIN_DEAD", 0)
+    monkeypatch.setattr(cache_manifest, "COMPACT_MIN_DEAD", 0)
     paths = make_dataset(tmp_path / "ds", count=3)
     before = prepare_images(paths, 16, tmp_path / "cache", workers=0)
     for i, path in enumerate(paths):
@@ -317,8 +317,20 @@ def test_two_processes_building_at_once_agree(tmp_path: Path) -> None:
     assert results == [expected, expected]
     reopened = pickle.loads(pickle.dumps(open_readonly(paths, 16, tmp_path / "cache")))
     assert reopened.array.tobytes() == expected
-    index = json.loads((cache.cache_folder(tmp_path / "cache", 16) / "index.json").read_text())
-    assert len(index["images"]) == 6
+    manifest = json.loads((cache.cache_folder(tmp_path / "cache", 16) / "manifest.json").read_text())
+    assert len(manifest["images"]) == 6
+
+
+def test_a_cache_whose_manifest_has_the_old_name_is_decoded_again(tmp_path: Path) -> None:
+    paths = make_dataset(tmp_path / "ds", count=3)
+    first = prepare_images(paths, 16, tmp_path / "cache", workers=0)
+    folder = first.data_file.parent
+    (folder / "manifest.json").rename(folder / "index.json")  # a cache written before the rename
+
+    again = prepare_images(paths, 16, tmp_path / "cache", workers=0)
+
+    assert np.array_equal(again.array, first.array)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["lock", "manifest.json", again.data_file.name])
 
 
 def test_no_readable_image_is_one_clear_error(tmp_path: Path) -> None:

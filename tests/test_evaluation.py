@@ -25,7 +25,7 @@ from fext.data import load_image, select_images, to_float
 from fext.errors import FeXTError
 from fext.evaluation import SUMMARY_COLUMNS, evaluate_checkpoints, fit_pca
 from fext.model import FeXTAutoEncoder
-from fext.report import html_image, html_page, html_table
+from fext.html_report import html_image, html_page, html_table
 from fext.workspace import Workspace
 
 FILES = ["metrics.json", "per_image_metrics.csv", "report.html", "train_reconstructions.png",

@@ -281,8 +281,8 @@ def test_without_a_terminal_fext_prints_help_and_menu_reads_a_pipe(tmp_path):
 
 
 @pytest.fixture
-def ctx(ws) -> commands.Context:
-    return commands.Context(workspace=ws, interactive=False)
+def ctx(ws) -> commands.CommandContext:
+    return commands.CommandContext(workspace=ws, interactive=False)
 
 
 def test_unexpected_error_is_one_line_and_logged(ctx, monkeypatch, capsys, caplog):

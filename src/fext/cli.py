@@ -15,7 +15,7 @@ from pathlib import Path
 import fext
 from fext import commands
 from fext.cli_text import CHECKPOINT_HELP, EMBEDDINGS_HELP, HELP, MOVED_CHECKPOINT_HELP, epilog
-from fext.commands import Context
+from fext.commands import CommandContext
 from fext.errors import FeXTError
 from fext.logs import setup_logging
 from fext.workspace import Workspace, load_env_file, require_workspace
@@ -23,7 +23,7 @@ from fext.workspace import Workspace, load_env_file, require_workspace
 log = logging.getLogger("fext")
 
 
-def _cmd_menu(ctx: Context, args: argparse.Namespace) -> int:
+def _cmd_menu(ctx: CommandContext, args: argparse.Namespace) -> int:
     """``fext menu``: here rather than in :mod:`fext.commands`, because the menu is handed this module's parser."""
     from fext.menu import run_menu
 
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     setup_logging(ws, level, quiet=args.quiet)
-    ctx = Context(workspace=ws, overrides=args.overrides, quiet=args.quiet, interactive=interactive)
+    ctx = CommandContext(workspace=ws, overrides=args.overrides, quiet=args.quiet, interactive=interactive)
     try:
         return args.func(ctx, args)
     except FeXTError as e:

@@ -1,7 +1,7 @@
 """The handlers of the ``fext`` subcommands: each maps parsed arguments to a function of the Python API.
 
 :mod:`fext.cli` builds the parser and binds each subcommand to one of these ``cmd_*(ctx, args)``
-functions; they return the exit status. The configuration enters here, once: :class:`Context`
+functions; they return the exit status. The configuration enters here, once: :class:`CommandContext`
 loads the file with its ``--set`` overrides and every handler passes ``ctx.config`` down.
 Heavy modules (torch among them) are imported inside the handlers, so ``fext --help`` stays fast.
 """
@@ -24,7 +24,7 @@ log = logging.getLogger("fext")
 
 
 @dataclass
-class Context:
+class CommandContext:
     """What every command needs: the workspace, the configuration, and how to talk to the user."""
 
     workspace: Workspace
@@ -56,7 +56,7 @@ def first_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def name_the_device(ctx: Context) -> None:
+def name_the_device(ctx: CommandContext) -> None:
     """Say first which device the run's model uses (device.DEVICE "auto" picks one); later selections say nothing.
 
     For the commands that always run the model, before anything else they log (a checkpoint chosen, ...).
@@ -66,7 +66,7 @@ def name_the_device(ctx: Context) -> None:
     device_for(ctx.config.device.DEVICE, ctx.config.device.DEVICE_ID)
 
 
-def cmd_init(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_init(ctx: CommandContext, args: argparse.Namespace) -> int:
     from fext.workspace import init_workspace
 
     written = init_workspace(ctx.workspace, overwrite=args.force)
@@ -79,7 +79,7 @@ def cmd_init(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_config(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_config(ctx: CommandContext, args: argparse.Namespace) -> int:
     from fext.config import config_to_dict
 
     print_json(config_to_dict(ctx.config))
@@ -87,14 +87,14 @@ def cmd_config(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_analyze(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_analyze(ctx: CommandContext, args: argparse.Namespace) -> int:
     from fext.analysis import analyze
 
     analyze(ctx.config, ctx.workspace, dataset=args.dataset, progress=ctx.progress)
     return 0
 
 
-def cmd_train(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_train(ctx: CommandContext, args: argparse.Namespace) -> int:
     if args.nproc:
         from fext.distributed import launch_torchrun
 
@@ -118,7 +118,7 @@ def cmd_train(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_checkpoints(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_checkpoints(ctx: CommandContext, args: argparse.Namespace) -> int:
     from fext.checkpoints import checkpoints_table, list_checkpoints
 
     if args.json:
@@ -141,7 +141,7 @@ def checkpoint_record(info: Any) -> dict[str, Any]:
     return record
 
 
-def cmd_evaluate(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_evaluate(ctx: CommandContext, args: argparse.Namespace) -> int:
     from fext.checkpoints import list_checkpoints, resolve_checkpoint
     from fext.evaluation import evaluate_checkpoints
 
@@ -160,7 +160,7 @@ def cmd_evaluate(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_encode(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_encode(ctx: CommandContext, args: argparse.Namespace) -> int:
     from fext.checkpoints import resolve_checkpoint
     from fext.encoding import encode_folder
 
@@ -194,7 +194,7 @@ def print_json(document: Any) -> None:
     print(json.dumps(document, indent=2, default=plain))
 
 
-def embeddings_dir(ctx: Context, name_or_path: str | os.PathLike | None) -> Path:
+def embeddings_dir(ctx: CommandContext, name_or_path: str | os.PathLike | None) -> Path:
     """The encoded folder a command reads: a path, a folder name under resources/extraction, or (omitted)
     the only encoded folder there (a choice on a terminal). The same choice in every command, explore's."""
     from fext.explore.run import resolve_embeddings
@@ -202,14 +202,14 @@ def embeddings_dir(ctx: Context, name_or_path: str | os.PathLike | None) -> Path
     return resolve_embeddings(ctx.workspace.extraction, name_or_path, ctx.interactive)
 
 
-def moved_checkpoint(ctx: Context, name_or_path: str | None) -> Path | None:
+def moved_checkpoint(ctx: CommandContext, name_or_path: str | None) -> Path | None:
     """``--checkpoint``: where the checkpoint that wrote some embeddings is now, by name or path; None: as recorded."""
     from fext.checkpoints import resolve_checkpoint
 
     return resolve_checkpoint(ctx.workspace, name_or_path) if name_or_path else None
 
 
-def cmd_search(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_search(ctx: CommandContext, args: argparse.Namespace) -> int:
     from fext.encoding.calibration import read_bands
     from fext.search import print_results, search, search_folder, write_results_csv
     from fext.similarity import band_of
@@ -240,7 +240,7 @@ def cmd_search(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_index(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_index(ctx: CommandContext, args: argparse.Namespace) -> int:
     from fext.index import build_index
 
     info = build_index(embeddings_dir(ctx, args.embeddings), args.kind, args.memory, progress=ctx.progress)
@@ -254,7 +254,7 @@ def cmd_index(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_export(ctx: CommandContext, args: argparse.Namespace) -> int:
     from fext.checkpoints import resolve_checkpoint
     from fext.export import export_encoder
 
@@ -264,7 +264,7 @@ def cmd_export(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export_embeddings(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_export_embeddings(ctx: CommandContext, args: argparse.Namespace) -> int:
     from fext.export import export_embeddings
 
     path, rows = export_embeddings(embeddings_dir(ctx, args.embeddings), args.format, args.output)
@@ -272,7 +272,7 @@ def cmd_export_embeddings(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_explore(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_explore(ctx: CommandContext, args: argparse.Namespace) -> int:
     from fext.explore.run import explore, resolve_embeddings
 
     folder = resolve_embeddings(ctx.workspace.extraction, args.embeddings, ctx.interactive)
@@ -302,7 +302,7 @@ def exploration_record(result: Any, top: int = 20) -> dict[str, Any]:
     }
 
 
-def cmd_select(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_select(ctx: CommandContext, args: argparse.Namespace) -> int:
     from fext.select import select
 
     embeddings = embeddings_dir(ctx, args.embeddings)
@@ -313,7 +313,7 @@ def cmd_select(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_score(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_score(ctx: CommandContext, args: argparse.Namespace) -> int:
     from fext.score import NOVEL_EXIT, score
 
     result = score(args.new, embeddings_dir(ctx, args.reference), args.output, config=ctx.config,
@@ -323,7 +323,7 @@ def cmd_score(ctx: Context, args: argparse.Namespace) -> int:
     return NOVEL_EXIT if result.novel.any() else 0
 
 
-def cmd_atlas(ctx: Context, args: argparse.Namespace) -> int:
+def cmd_atlas(ctx: CommandContext, args: argparse.Namespace) -> int:
     from fext.atlas import make_atlas
     from fext.training import TrainingInterrupted
 
@@ -341,10 +341,10 @@ def cmd_atlas(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_setup(ctx: Context, args: argparse.Namespace) -> int:
-    from fext import setup_commands
+def cmd_setup(ctx: CommandContext, args: argparse.Namespace) -> int:
+    from fext import maintenance
 
-    action = {"install": setup_commands.install_editable, "update": setup_commands.update_project,
-              "clean-logs": setup_commands.clean_logs}[args.action]
+    action = {"install": maintenance.install_editable, "update": maintenance.update_project,
+              "clean-logs": maintenance.clean_logs}[args.action]
     print(action(ctx.workspace))
     return 0

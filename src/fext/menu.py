@@ -19,8 +19,8 @@ from fext.errors import FeXTError
 from fext.workspace import Workspace
 
 
-class Context(Protocol):
-    """What the menu needs of the CLI's context (:class:`fext.commands.Context`)."""
+class MenuContext(Protocol):
+    """What the menu needs of the CLI's context (:class:`fext.commands.CommandContext`)."""
 
     workspace: Workspace
     interactive: bool
@@ -98,7 +98,7 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {int(seconds % 60)} s"
 
 
-def run_action(ctx: Context, label: str, argv: list[str], new_parser: NewParser) -> bool:
+def run_action(ctx: MenuContext, label: str, argv: list[str], new_parser: NewParser) -> bool:
     """Run the command ``fext ARGV`` inside the menu; True when it succeeded.
 
     Errors are shown and swallowed so the menu carries on; EOFError (input ended at a prompt
@@ -153,7 +153,7 @@ def _show(menu: Menu, workspace: str | None = None) -> None:
     print(flush=True)
 
 
-def _run_menu(ctx: Context, menu: Menu, top: bool, new_parser: NewParser) -> None:
+def _run_menu(ctx: MenuContext, menu: Menu, top: bool, new_parser: NewParser) -> None:
     """Show ``menu`` until Back (sub-menu) or Exit (main menu) is chosen."""
     entries = menu[1]
     while True:
@@ -167,7 +167,7 @@ def _run_menu(ctx: Context, menu: Menu, top: bool, new_parser: NewParser) -> Non
             run_action(ctx, label, action, new_parser)
 
 
-def run_menu(ctx: Context, new_parser: NewParser) -> int:
+def run_menu(ctx: MenuContext, new_parser: NewParser) -> int:
     """Run the navigation menu until Exit, end of input or Ctrl-C at a prompt; return 0.
 
     ``new_parser``: the CLI's parser factory; each action parses its arguments with a new parser.

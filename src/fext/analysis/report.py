@@ -1,7 +1,7 @@
 """What `fext analyze` writes and prints: CSV files, figures, the summary table, report.html.
 
 The HTML page is self-contained (figures as base64 PNG, thumbnails as base64 JPEG, inline
-CSS), built with the shared helpers of :mod:`fext.report`.
+CSS), built with the shared helpers of :mod:`fext.html_report`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from fext._io import atomic_open, save_figure
 from fext.analysis.flags import ISSUES, Issue
 from fext.analysis.stats import STAT_COLUMNS, ImageRecord
 from fext.data import count_notes, thumbnail
-from fext.report import Raw, escape, html_image, html_page, html_paragraph, html_table, png_file_to_data_uri
+from fext.html_report import Raw, escape, html_image, html_page, html_paragraph, html_table, png_file_to_data_uri
 
 GALLERY_CAP = 24
 """Thumbnails shown per issue in report.html (issues.csv lists every flagged image)."""

@@ -3,7 +3,7 @@
 ``discovery`` decides what in a folder is an image (``list_folder``, by content, for every
 command) and samples and splits them (``select_images``: a run's train/validation images);
 ``decode`` turns one file into RGB pixels; ``cache`` keeps decoded training images on disk (its
-folder's index: ``cache_index``); ``augment`` randomises training batches; ``loader`` yields
+folder's manifest: ``cache_manifest``); ``augment`` randomises training batches; ``loader`` yields
 batches from the cache or straight from files.
 """
 

@@ -3,7 +3,7 @@
 Layout, one folder per image size under the caller's ``cache_dir``::
 
     images_<S>px/
-      index.json          {"format", "img_size", "data_file", "count", "images", "failures"}
+      manifest.json       {"format", "img_size", "data_file", "count", "images", "failures"}
       pixels-<id>.u8      slots of S*S*3 bytes, memory-mapped as a (count, S, S, 3) uint8 array
       lock                held (flock) by the one process that builds
 
@@ -14,21 +14,21 @@ not retry a corrupt file (only reasons that depend on the content are remembered
 denied" or the decompression-bomb guard, whose limit a user may raise, are tried again).
 
 Crash safety: the data file is append-only. New pixels go to slots past ``count``, which no
-index on disk refers to; the pixels are flushed (msync) before the index that names them is
+manifest on disk refers to; the pixels are flushed (msync) before the manifest that names them is
 atomically replaced, so a killed build loses at most the images decoded since its last
 commit and never maps a key to wrong pixels. Disk space is allocated before pixels are
 written, so a full disk is an error message, not a crash.
 
 Stale slots (of changed or deleted files) are left in place; when they outnumber the live
 ones (and number over 1024) the live pixels are copied to a new data file, and the old one
-is deleted once the new index is written (readers that still map it keep working).
+is deleted once the new manifest is written (readers that still map it keep working).
 
-The index and its folder are handled by :mod:`fext.data.cache_index`; this module decodes into
+The manifest and its folder are handled by :mod:`fext.data.cache_manifest`; this module decodes into
 it and reads images back.
 
 Concurrency: builders take an exclusive lock, so two processes never write at once and the
 second one finds the first one's work done. Readers (:func:`open_readonly`, for DDP ranks
-other than 0) take no lock: they only read slots below the ``count`` of the index they
+other than 0) take no lock: they only read slots below the ``count`` of the manifest they
 loaded, which nobody rewrites.
 """
 
@@ -48,7 +48,7 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from fext.data import cache_index
+from fext.data import cache_manifest
 from fext.data.loader import decode_batches
 from fext.errors import FeXTError
 
@@ -81,7 +81,7 @@ class CachedImages:
         self.img_size = img_size
         self.data_file = data_file
         self._count = count
-        self._data = cache_index.map_pixels(data_file, "r", count, img_size)
+        self._data = cache_manifest.map_pixels(data_file, "r", count, img_size)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -142,21 +142,21 @@ def prepare_images(
             f"Cannot create the decoded-image cache folder {folder} ({exc.strerror or exc}): "
             "make it writable or choose another workspace."
         ) from exc
-    with cache_index.exclusive_lock(folder):
-        index = cache_index.load_index(folder, img_size)
-        changed = index is None
-        if index is None:
-            index = cache_index.new_index(folder, img_size)
-        keys = [cache_index.file_key(p) for p in paths]
-        changed |= cache_index.forget_changed(index, paths, keys) > 0
-        cache_index.compact_if_worth_it(folder, index)
-        missing = cache_index.missing_files(index, paths, keys)
+    with cache_manifest.exclusive_lock(folder):
+        manifest = cache_manifest.load_manifest(folder, img_size)
+        changed = manifest is None
+        if manifest is None:
+            manifest = cache_manifest.new_manifest(folder, img_size)
+        keys = [cache_manifest.file_key(p) for p in paths]
+        changed |= cache_manifest.forget_changed(manifest, paths, keys) > 0
+        cache_manifest.compact_if_worth_it(folder, manifest)
+        missing = cache_manifest.missing_files(manifest, paths, keys)
         if missing:
-            _decode_into(folder, index, missing, workers, progress, desc)
+            _decode_into(folder, manifest, missing, workers, progress, desc)
         elif changed:
-            cache_index.commit(folder, index)
-        cache_index.remove_orphans(folder, index)
-    return _assemble(folder, index, paths, keys, log_failures=True)
+            cache_manifest.commit(folder, manifest)
+        cache_manifest.remove_orphans(folder, manifest)
+    return _assemble(folder, manifest, paths, keys, log_failures=True)
 
 
 def open_readonly(
@@ -169,28 +169,28 @@ def open_readonly(
     """
     paths = [Path(p).absolute() for p in paths]
     folder = cache_folder(cache_dir, img_size)
-    keys = [cache_index.file_key(p) for p in paths]
+    keys = [cache_manifest.file_key(p) for p in paths]
     for attempt in range(3):
-        index = cache_index.load_index(folder, img_size)
-        if index is None:
+        manifest = cache_manifest.load_manifest(folder, img_size)
+        if manifest is None:
             raise FeXTError(f"No decoded-image cache in {folder}: build it first (prepare_images).")
-        missing = cache_index.missing_files(index, paths, keys)
+        missing = cache_manifest.missing_files(manifest, paths, keys)
         if missing:
             raise FeXTError(
                 f"{len(missing)} image(s) are not in the decoded-image cache {folder} "
                 f"(first: {missing[0][0]}): build it first (prepare_images)."
             )
         try:
-            return _assemble(folder, index, paths, keys, log_failures=log_failures)
+            return _assemble(folder, manifest, paths, keys, log_failures=log_failures)
         except FileNotFoundError:
-            # A builder compacted the cache between our index read and the mapping: read again.
+            # A builder compacted the cache between our manifest read and the mapping: read again.
             time.sleep(0.1 * (attempt + 1))
     raise FeXTError(f"The decoded-image cache in {folder} keeps changing; try again when no build runs.")
 
 
 def _decode_into(
     folder: Path,
-    index: dict[str, Any],
+    manifest: dict[str, Any],
     missing: list[tuple[Path, tuple[int, int]]],
     workers: int,
     progress: bool,
@@ -201,38 +201,38 @@ def _decode_into(
     Entries get the key read *before* decoding: a file rewritten meanwhile then no longer
     matches its entry and is decoded again next time, instead of keeping stale pixels.
     """
-    img_size = index["img_size"]
-    data_path = folder / index["data_file"]
-    capacity = index["count"] + len(missing)
+    img_size = manifest["img_size"]
+    data_path = folder / manifest["data_file"]
+    capacity = manifest["count"] + len(missing)
     slot_bytes = img_size * img_size * 3
-    cache_index.reserve(data_path, capacity * slot_bytes)
-    data = cache_index.map_pixels(data_path, "r+", capacity, img_size)
+    cache_manifest.reserve(data_path, capacity * slot_bytes)
+    data = cache_manifest.map_pixels(data_path, "r+", capacity, img_size)
     missing_paths = [path for path, _ in missing]
     show = progress and sys.stdout.isatty()
     last_commit = time.monotonic()
     with _maybe_redirect(show), tqdm(total=len(missing), desc=desc, unit="img", disable=not show) as bar:
         for batch in decode_batches(missing_paths, img_size, _DECODE_BATCH, workers, log_failures=False):
-            start = index["count"]
+            start = manifest["count"]
             data[start : start + len(batch.positions)] = batch.images.numpy()
             for slot, position in enumerate(batch.positions, start):
                 path, key = missing[position]
-                index["images"][str(path)] = [*key, slot]
-            index["count"] = start + len(batch.positions)
+                manifest["images"][str(path)] = [*key, slot]
+            manifest["count"] = start + len(batch.positions)
             for position, reason in batch.failures:
                 path, key = missing[position]
-                index["failures"][str(path)] = [*key, reason, reason.startswith(cache_index.PERMANENT_REASONS)]
+                manifest["failures"][str(path)] = [*key, reason, reason.startswith(cache_manifest.PERMANENT_REASONS)]
             bar.update(len(batch.positions) + len(batch.failures))
             if time.monotonic() - last_commit > _COMMIT_SECONDS:
                 data.flush()
-                cache_index.commit(folder, index)
+                cache_manifest.commit(folder, manifest)
                 last_commit = time.monotonic()
     data.flush()
     del data
-    cache_index.commit(folder, index)
+    cache_manifest.commit(folder, manifest)
 
 
 def _assemble(
-    folder: Path, index: dict[str, Any], paths: list[Path], keys: list[Any], log_failures: bool
+    folder: Path, manifest: dict[str, Any], paths: list[Path], keys: list[Any], log_failures: bool
 ) -> CachedImages:
     readable, slots, failures = [], [], []
     for path, key in zip(paths, keys):
@@ -240,7 +240,7 @@ def _assemble(
         if isinstance(key, str):
             failures.append((path, key))
             continue
-        found = cache_index.lookup(index, name, key)
+        found = cache_manifest.lookup(manifest, name, key)
         if found is None:
             failures.append((path, "not decoded"))
         elif found[0] == "images":
@@ -254,8 +254,8 @@ def _assemble(
     if not readable:
         raise FeXTError(_no_readable_message(paths, failures))
     slot_array = np.asarray(slots, dtype=np.int64)
-    data_file = folder / index["data_file"]
-    return CachedImages(readable, slot_array, failures, data_file, index["count"], index["img_size"])
+    data_file = folder / manifest["data_file"]
+    return CachedImages(readable, slot_array, failures, data_file, manifest["count"], manifest["img_size"])
 
 
 def _no_readable_message(paths: list[Path], failures: list[tuple[Path, str]]) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from fext.report import shorten
+from fext.html_report import shorten
 
 PAIRS_PER_ROW = 3
 """Original/reconstruction pairs per row of a reconstruction sheet."""

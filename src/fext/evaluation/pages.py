@@ -1,6 +1,6 @@
 """The evaluation's HTML pages: ``report.html`` per checkpoint and ``comparison.html`` across checkpoints.
 
-Both are self-contained (see :mod:`fext.report`): figures are read back from the PNG files the
+Both are self-contained (see :mod:`fext.html_report`): figures are read back from the PNG files the
 evaluation saved and embedded as data URIs.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from fext.evaluation import scorecard
 from fext.metrics import PSNR_CAP
-from fext.report import Raw, html_image, html_list, html_page, html_paragraph, html_table, png_file_to_data_uri
+from fext.html_report import Raw, html_image, html_list, html_page, html_paragraph, html_table, png_file_to_data_uri
 
 METRIC_LABELS = {"mae": "MAE", "psnr": "PSNR (dB)", "ssim": "SSIM", "cosine": "cosine"}
 HIGHER_IS_BETTER = {"mae": False, "psnr": True, "ssim": True, "cosine": True}

@@ -354,7 +354,7 @@ def score_checkpoint(
 
 def report_section(card: dict[str, Any]) -> tuple[str, list[Any]]:
     """The (title, content) of report.html's scorecard section."""
-    from fext.report import html_list, html_paragraph, html_table
+    from fext.html_report import html_list, html_paragraph, html_table
 
     retrieval = card["retrieval"]
     labels = {"features": f"FeXT feature vectors ({card['dim']} numbers)", "pca": f"PCA with {card['dim']} components",

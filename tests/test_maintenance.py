@@ -12,7 +12,7 @@ import pytest
 
 import fext
 from conftest import run_fext
-from fext import setup_commands
+from fext import maintenance
 from fext.cli import main
 from fext.errors import FeXTError
 from fext.workspace import Workspace
@@ -36,14 +36,14 @@ def fake_checkout(folder: Path) -> Path:
 
 
 def test_the_running_package_is_found_in_its_checkout():
-    checkout = setup_commands.find_checkout()
+    checkout = maintenance.find_checkout()
     assert (checkout / "pyproject.toml").is_file()
     assert Path(fext.__file__).resolve().is_relative_to(checkout)
 
 
 def test_install_uses_pip_of_the_running_interpreter(tmp_path):
     checkout = fake_checkout(tmp_path / "src")
-    assert setup_commands.install_command(checkout) == [sys.executable, "-m", "pip", "install", "-e", str(checkout)]
+    assert maintenance.install_command(checkout) == [sys.executable, "-m", "pip", "install", "-e", str(checkout)]
 
 
 def test_a_folder_without_fext_pyproject_is_not_a_checkout(tmp_path, ws):
@@ -51,15 +51,15 @@ def test_a_folder_without_fext_pyproject_is_not_a_checkout(tmp_path, ws):
     (tmp_path / "other" / "pyproject.toml").write_text('[project]\nname = "something-else"\n')
     for folder in (tmp_path / "other", tmp_path / "empty"):
         with pytest.raises(FeXTError, match="is not a FeXT source checkout"):
-            setup_commands.install_editable(ws, checkout=folder)
+            maintenance.install_editable(ws, checkout=folder)
         with pytest.raises(FeXTError, match="is not a FeXT source checkout"):
-            setup_commands.update_project(ws, checkout=folder)
+            maintenance.update_project(ws, checkout=folder)
 
 
 def test_update_outside_a_git_checkout_says_so(tmp_path, ws):
     checkout = fake_checkout(tmp_path / "plain")
     with pytest.raises(FeXTError, match="is not a git checkout"):
-        setup_commands.update_project(ws, checkout=checkout)
+        maintenance.update_project(ws, checkout=checkout)
 
 
 def test_update_pulls_new_commits(tmp_path, ws):
@@ -77,10 +77,10 @@ def test_update_pulls_new_commits(tmp_path, ws):
     git(author, "commit", "-m", "second")
     git(author, "push")
 
-    message = setup_commands.update_project(ws, checkout=tmp_path / "user")
+    message = maintenance.update_project(ws, checkout=tmp_path / "user")
     assert message.startswith(f"Updated {tmp_path / 'user'}")
     assert (tmp_path / "user" / "NEWS").read_text() == "new\n"
-    assert "Already up to date" in setup_commands.update_project(ws, checkout=tmp_path / "user")
+    assert "Already up to date" in maintenance.update_project(ws, checkout=tmp_path / "user")
 
 
 def test_a_failing_pull_reports_git_message(tmp_path, ws):
@@ -89,7 +89,7 @@ def test_a_failing_pull_reports_git_message(tmp_path, ws):
     git(checkout, "add", "pyproject.toml")
     git(checkout, "commit", "-m", "only commit, no remote")
     with pytest.raises(FeXTError, match=r"git pull in .* failed: .*(remote|tracking)"):
-        setup_commands.update_project(ws, checkout=checkout)
+        maintenance.update_project(ws, checkout=checkout)
 
 
 def test_cli_setup_outside_a_checkout_explains(tmp_path):
@@ -117,9 +117,9 @@ def make_logs(ws: Workspace) -> list[Path]:
 
 def test_clean_logs_removes_only_log_files(ws):
     keep = make_logs(ws)
-    assert setup_commands.clean_logs(ws) == f"Removed 4 log files from {ws.logs}"
+    assert maintenance.clean_logs(ws) == f"Removed 4 log files from {ws.logs}"
     assert sorted(p for p in ws.logs.rglob("*") if p.is_file()) == sorted(keep)
-    assert setup_commands.clean_logs(ws) == f"Removed 0 log files from {ws.logs}"
+    assert maintenance.clean_logs(ws) == f"Removed 0 log files from {ws.logs}"
 
 
 def test_clean_logs_command_keeps_logging_afterwards(ws, capsys):
@@ -128,4 +128,4 @@ def test_clean_logs_command_keeps_logging_afterwards(ws, capsys):
     # The four files above plus the log file this very run had opened.
     assert f"Removed 5 log files from {ws.logs}" in capsys.readouterr().out
     assert all(p.exists() for p in keep)
-    assert setup_commands.log_files(ws) == []
+    assert maintenance.log_files(ws) == []

@@ -1,6 +1,6 @@
-"""The decoded-image cache's folder: its index.json, data file and lock (see :mod:`fext.data.cache`).
+"""The decoded-image cache's folder: its manifest.json, data file and lock (see :mod:`fext.data.cache`).
 
-The index maps an image's absolute path to ``[size, mtime_ns, slot]`` (a decoded image) or to
+The manifest maps an image's absolute path to ``[size, mtime_ns, slot]`` (a decoded image) or to
 ``[size, mtime_ns, reason, permanent]`` (an unreadable file); ``count`` slots of the data file are
 in use. These functions read, change and commit it; :mod:`fext.data.cache` decodes into it.
 """
@@ -29,7 +29,8 @@ except ImportError:  # Windows: no advisory locks; one builder at a time is then
 log = logging.getLogger(__name__)
 
 FORMAT = 1
-INDEX = "index.json"
+MANIFEST = "manifest.json"
+_OLD_MANIFEST = "index.json"  # its name until the word "index" was kept for the faiss search index
 COMPACT_MIN_DEAD = 1024  # never compact for fewer stale slots than this (nor fewer than live ones)
 # Failures that depend only on the file's bytes: remembered, not retried until the file changes.
 PERMANENT_REASONS = (
@@ -56,8 +57,8 @@ def file_key(path: Path) -> tuple[int, int] | str:
     return stat.st_size, stat.st_mtime_ns
 
 
-def new_index(folder: Path, img_size: int) -> dict[str, Any]:
-    """An empty index with a new (empty) data file."""
+def new_manifest(folder: Path, img_size: int) -> dict[str, Any]:
+    """An empty manifest with a new (empty) data file."""
     data_file = f"pixels-{secrets.token_hex(4)}.u8"
     (folder / data_file).touch()
     return {
@@ -70,35 +71,35 @@ def new_index(folder: Path, img_size: int) -> dict[str, Any]:
     }
 
 
-def load_index(folder: Path, img_size: int) -> dict[str, Any] | None:
-    """The committed index, or None when absent, unreadable or not matching its data file."""
+def load_manifest(folder: Path, img_size: int) -> dict[str, Any] | None:
+    """The committed manifest, or None when absent, unreadable or not matching its data file."""
     try:
-        index = json.loads((folder / INDEX).read_text(encoding="utf-8"))
-        data_size = (folder / index["data_file"]).stat().st_size
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        data_size = (folder / manifest["data_file"]).stat().st_size
         valid = (
-            index["format"] == FORMAT
-            and index["img_size"] == img_size
-            and data_size >= index["count"] * img_size * img_size * 3
+            manifest["format"] == FORMAT
+            and manifest["img_size"] == img_size
+            and data_size >= manifest["count"] * img_size * img_size * 3
         )
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError):
-        log.info("Ignoring the unreadable decoded-image cache index in %s; it will be rebuilt.", folder)
+        log.info("Ignoring the unreadable decoded-image cache manifest in %s; it will be rebuilt.", folder)
         return None
-    return index if valid else None
+    return manifest if valid else None
 
 
-def commit(folder: Path, index: dict[str, Any]) -> None:
-    """Write ``index`` atomically: from now on it is what readers and later builds see."""
-    _io.write_json(folder / INDEX, index)
+def commit(folder: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest`` atomically: from now on it is what readers and later builds see."""
+    _io.write_json(folder / MANIFEST, manifest)
 
 
-def forget_changed(index: dict[str, Any], paths: list[Path], keys: list[Any]) -> int:
+def forget_changed(manifest: dict[str, Any], paths: list[Path], keys: list[Any]) -> int:
     """Drop entries whose file changed or vanished, and failures worth another try; count them."""
     current = {str(p): k for p, k in zip(paths, keys)}
     dropped = 0
     for table in ("images", "failures"):
-        entries = index[table]
+        entries = manifest[table]
         for name in list(entries):
             key = current[name] if name in current else file_key(Path(name))
             entry = entries[name]
@@ -109,16 +110,16 @@ def forget_changed(index: dict[str, Any], paths: list[Path], keys: list[Any]) ->
     return dropped
 
 
-def lookup(index: dict[str, Any], name: str, key: tuple[int, int]) -> tuple[str, list[Any]] | None:
+def lookup(manifest: dict[str, Any], name: str, key: tuple[int, int]) -> tuple[str, list[Any]] | None:
     """(table, entry) recorded for ``name`` with exactly ``key``: table "images" or "failures"."""
     for table in ("images", "failures"):
-        entry = index[table].get(name)
+        entry = manifest[table].get(name)
         if entry is not None and entry[0] == key[0] and entry[1] == key[1]:
             return table, entry
     return None
 
 
-def missing_files(index: dict[str, Any], paths: list[Path], keys: list[Any]) -> list[tuple[Path, tuple[int, int]]]:
+def missing_files(manifest: dict[str, Any], paths: list[Path], keys: list[Any]) -> list[tuple[Path, tuple[int, int]]]:
     """(path, key) of the files that can be looked at and have no entry for their current key."""
     missing, seen = [], set()
     for path, key in zip(paths, keys):
@@ -126,37 +127,37 @@ def missing_files(index: dict[str, Any], paths: list[Path], keys: list[Any]) -> 
         if isinstance(key, str) or name in seen:
             continue
         seen.add(name)
-        if lookup(index, name, key) is None:
+        if lookup(manifest, name, key) is None:
             missing.append((path, key))
     return missing
 
 
-def compact_if_worth_it(folder: Path, index: dict[str, Any]) -> None:
+def compact_if_worth_it(folder: Path, manifest: dict[str, Any]) -> None:
     """Copy the live slots to a new data file when dead slots outnumber them (and are many)."""
-    live = len(index["images"])
-    dead = index["count"] - live
+    live = len(manifest["images"])
+    dead = manifest["count"] - live
     if dead <= max(live, COMPACT_MIN_DEAD):
         return
-    img_size = index["img_size"]
-    old = map_pixels(folder / index["data_file"], "r", index["count"], img_size)
-    fresh = new_index(folder, img_size)
-    names = sorted(index["images"], key=lambda name: index["images"][name][2])
+    img_size = manifest["img_size"]
+    old = map_pixels(folder / manifest["data_file"], "r", manifest["count"], img_size)
+    fresh = new_manifest(folder, img_size)
+    names = sorted(manifest["images"], key=lambda name: manifest["images"][name][2])
     if names:
         reserve(folder / fresh["data_file"], len(names) * img_size * img_size * 3)
         new = map_pixels(folder / fresh["data_file"], "r+", len(names), img_size)
         for slot, name in enumerate(names):
-            size, mtime_ns, old_slot = index["images"][name]
+            size, mtime_ns, old_slot = manifest["images"][name]
             new[slot] = old[old_slot]
             fresh["images"][name] = [size, mtime_ns, slot]
         new.flush()
         del new
     fresh["count"] = len(names)
-    fresh["failures"] = index["failures"]
+    fresh["failures"] = manifest["failures"]
     del old
     commit(folder, fresh)
     log.info("Compacted the decoded-image cache in %s (%d stale images dropped).", folder, dead)
-    index.clear()
-    index.update(fresh)
+    manifest.clear()
+    manifest.update(fresh)
 
 
 def reserve(path: Path, size: int) -> None:
@@ -181,11 +182,13 @@ def reserve(path: Path, size: int) -> None:
         ) from exc
 
 
-def remove_orphans(folder: Path, index: dict[str, Any]) -> None:
-    """Delete data files no committed index names (left by compaction or a killed first build)."""
+def remove_orphans(folder: Path, manifest: dict[str, Any]) -> None:
+    """Delete data files no committed manifest names (left by compaction, a killed first build, or a cache
+    whose manifest had the old name, which is not read: that cache is decoded again), and that old manifest."""
     for path in folder.glob("pixels-*.u8"):
-        if path.name != index["data_file"]:
+        if path.name != manifest["data_file"]:
             path.unlink(missing_ok=True)
+    (folder / _OLD_MANIFEST).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""Setup and maintenance (menu 4, ``fext setup install|update|clean-logs``).
+"""Setup and maintenance: what ``fext setup install|update|clean-logs`` (menu 4) does.
 
 ``install_editable`` and ``update_project`` act on FeXT's own source checkout, found by walking
 up from the installed package to a ``pyproject.toml`` that names the project ``fext``; an install
