@@ -6,8 +6,10 @@ for the base preset at batch 25) every step, so every step faults in freshly zer
 that roughly triples the cost of the cheap per-pixel operations. Serving everything from the heap
 and never trimming it avoids that (the measurement is in benchmarks/README.md). The price: memory freed by the process is kept for reuse instead of being returned to the
 system, so the resident size stays at its peak (a few batches), which is what a long run reaches
-anyway. :func:`release_freed_memory` hands it back at the moment that matters: when a training run
-ends, so a process that goes on (the menu, the demo, a notebook) does not keep the training peak.
+anyway. :func:`release_freed_memory` hands it back where no step is running: after every epoch (so the
+holes that each epoch's validation and save leave do not add up over a long run: benchmarks/train_soak.py)
+and when a training run ends, so a process that goes on (the menu, the demo, a notebook) does not keep
+the training peak.
 ``training.ACTIVATION_CHECKPOINTING`` puts memory first and leaves glibc's default policy alone.
 """
 

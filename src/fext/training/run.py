@@ -191,6 +191,9 @@ def fit(run: Run, epochs: int, show_bar: bool = True) -> None:
                     p.history.append(entry)
                     p.epoch, p.batch, p.partial = p.epoch + 1, 0, {}
                     _save(run, tensorboard, entry)
+                    # Between epochs the heap's free pages go back (ms; the next steps fault in what they use):
+                    # without it, each epoch's new holes add to what the process holds for the rest of the run.
+                    release_freed_memory()
                     outputs.log_epoch(entry, None if budgeted else epochs)
                     if budgeted and distributed.all_true(budget_spent(p.history, cfg.training)):
                         log.info("Time budget of %g minutes reached after epoch %d (%.1f minutes).",
