@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
 import fext
-from fext import commands
+from fext import commands, environment
 from fext.cli_text import CHECKPOINT_HELP, EMBEDDINGS_HELP, HELP, MOVED_CHECKPOINT_HELP, epilog
 from fext.commands import CommandContext
 from fext.errors import FeXTError
 from fext.logs import setup_logging
-from fext.workspace import Workspace, load_env_file, require_workspace
+from fext.workspace import Workspace, read_env_file, require_workspace
 
 log = logging.getLogger("fext")
 
@@ -269,32 +268,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fext {args.command}: error: {conflict}", file=sys.stderr)
         return 2
     ws = Workspace.resolve(args.workspace)
-    load_env_file(ws.env_file)
-    if args.workspace is None and os.environ.get("FEXT_WORKSPACE"):
+    environment.set_missing(read_env_file(ws.env_file))  # for FeXT and for PyTorch (CUDA_VISIBLE_DEVICES, ...)
+    if args.workspace is None and environment.workspace():
         ws = Workspace.resolve(None)  # the .env file may name the workspace
-        load_env_file(ws.env_file)
+        environment.set_missing(read_env_file(ws.env_file))
     # Under torchrun (WORLD_SIZE > 1) no process may prompt: they would all ask at once.
-    interactive = sys.stdin.isatty() and sys.stdout.isatty() and os.environ.get("WORLD_SIZE", "1") == "1"
+    interactive = sys.stdin.isatty() and sys.stdout.isatty() and not environment.launched()
     if args.command is None:
         if not interactive:
             parser.print_help()
             return 0
         args.func = _cmd_menu
-    level = (args.log_level or os.environ.get("FEXT_LOG_LEVEL") or "INFO").strip().upper()
+    level = (args.log_level or environment.log_level() or "INFO").strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         print(f"error: log level {level!r} (--log-level or FEXT_LOG_LEVEL) is not one of DEBUG, INFO, WARNING, ERROR",
               file=sys.stderr)
         return 2
-    timeout = os.environ.get("FEXT_DIST_TIMEOUT", "").strip()
-    if timeout:  # how long a process of a torchrun launch waits for the others
-        try:
-            seconds = float(timeout)
-        except ValueError:
-            print(f"error: FEXT_DIST_TIMEOUT={timeout!r} is not a number of seconds; set it to e.g. 1800", file=sys.stderr)
-            return 2
+    try:
+        timeout = environment.dist_timeout()  # how long a process of a torchrun launch waits for the others
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if timeout is not None:
         from fext.distributed import set_timeout
 
-        set_timeout(seconds)
+        set_timeout(timeout)
     try:
         if _needs_workspace(args):
             require_workspace(ws)

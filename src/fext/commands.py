@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fext.config import Config, load_config, with_overrides
+from fext.environment import first_process
 from fext.errors import FeXTError
 from fext.workspace import Workspace, require_workspace
 
@@ -51,11 +52,6 @@ class CommandContext:
         return not self.quiet and sys.stdout.isatty()
 
 
-def first_process() -> bool:
-    """True except in the ranks other than 0 of a torchrun launch (which say things once, through rank 0)."""
-    return os.environ.get("RANK", "0") == "0"
-
-
 def name_the_device(ctx: CommandContext) -> None:
     """Say first which device the run's model uses (device.DEVICE "auto" picks one); later selections say nothing.
 
@@ -88,8 +84,10 @@ def cmd_config(ctx: CommandContext, args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(ctx: CommandContext, args: argparse.Namespace) -> int:
+    from fext._allocator import keep_freed_memory
     from fext.analysis import analyze
 
+    keep_freed_memory()  # full-resolution images are not re-mapped for every image; the (forked) workers inherit it
     analyze(ctx.config, ctx.workspace, dataset=args.dataset, progress=ctx.progress)
     return 0
 
@@ -324,9 +322,11 @@ def cmd_score(ctx: CommandContext, args: argparse.Namespace) -> int:
 
 
 def cmd_atlas(ctx: CommandContext, args: argparse.Namespace) -> int:
+    from fext._allocator import keep_freed_memory
     from fext.atlas import make_atlas
     from fext.training import TrainingInterrupted
 
+    keep_freed_memory()  # as `fext analyze` and CPU training do (the analysis workers inherit it)
     try:
         atlas = make_atlas(ctx.config, ctx.workspace, args.folder, minutes=args.minutes, progress=ctx.progress)
     except TrainingInterrupted as e:

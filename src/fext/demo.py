@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 import tempfile
 import time
@@ -145,9 +144,8 @@ def _step(number: int, title: str, command: str) -> None:
 
 
 class _EpochBar(logging.Filter):
-    """One progress bar for the whole training run, fed by the per-epoch log lines it keeps off the terminal."""
-
-    LINE = re.compile(r"Epoch (\d+)/(\d+): train loss ([\d.]+)(?:.*validation loss ([\d.]+))?")
+    """One progress bar for the whole training run, fed by the epochs' entries that the per-epoch log records
+    carry (:data:`fext.training.outputs.EPOCH_ENTRY`); it keeps those lines off the terminal."""
 
     def __init__(self, epochs: int, show: bool) -> None:
         super().__init__()
@@ -156,11 +154,15 @@ class _EpochBar(logging.Filter):
         self.bar = tqdm(total=epochs, desc="Training", unit="epoch", disable=not show, dynamic_ncols=True)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        match = self.LINE.match(record.getMessage()) if record.name == "fext.training.outputs" else None
-        if match is None:
+        from fext.training.outputs import EPOCH_ENTRY
+
+        entry = getattr(record, EPOCH_ENTRY, None)
+        if entry is None:
             return True
-        self.bar.update(int(match[1]) - self.bar.n)
-        losses = {"train loss": match[3]} | ({"validation loss": match[4]} if match[4] else {})
+        self.bar.update(entry["epoch"] - self.bar.n)
+        losses = {"train loss": f"{entry['train']['loss']:.4f}"}
+        if entry["validation"]:
+            losses["validation loss"] = f"{entry['validation']['loss']:.4f}"
         self.bar.set_postfix(losses)
         return False  # the log file still has it; the terminal shows the bar
 
@@ -302,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs < 1:
         parser.error("--epochs must be at least 1")
 
+    from fext._allocator import keep_freed_memory
     from fext.logs import setup_logging
 
     started = time.monotonic()
@@ -311,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     setup_logging(ws)
+    keep_freed_memory()  # as the fext commands it stands for do (analysis workers, CPU training and encoding)
     print(f"FeXT demo workspace: {ws.root} (kept afterwards)")
     try:
         outputs = run_demo(ws, args.epochs, args.img_size, progress=sys.stdout.isatty())

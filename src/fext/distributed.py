@@ -5,7 +5,7 @@ worker) and tells each who it is through environment variables: ``RANK`` (0 .. W
 over all machines), ``WORLD_SIZE``, ``LOCAL_RANK`` (its number on this machine, hence its GPU
 ``cuda:LOCAL_RANK``), ``MASTER_ADDR`` and ``MASTER_PORT`` (where rank 0 listens). These are the
 launcher's contract, not configuration: this module reads them, as ``torch.distributed`` does (the
-CLI only looks at RANK and WORLD_SIZE, to log and prompt once).
+CLI only looks at RANK and WORLD_SIZE, to log and prompt once, through :mod:`fext.environment`).
 
 
 - :func:`session` opens the process group of a command (nccl for training on GPUs, gloo on
@@ -44,19 +44,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from fext import environment
+from fext.environment import launched
 from fext.errors import ConfigError, FeXTError
 
 log = logging.getLogger(__name__)
 
-TIMEOUT_ENV = "FEXT_DIST_TIMEOUT"
+TIMEOUT_ENV = environment.DIST_TIMEOUT
 """The environment variable the CLI reads for :func:`set_timeout`."""
 DEFAULT_TIMEOUT_SECONDS = 1800.0
 _timeout_seconds = DEFAULT_TIMEOUT_SECONDS
-
-
-def launched() -> bool:
-    """Whether this process is one of several started by torchrun (WORLD_SIZE > 1)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def active() -> bool:

@@ -6,11 +6,11 @@ Set up once by the command line (and the demo) before a command runs; the librar
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 import warnings
 
+from fext.environment import launch_rank
 from fext.workspace import Workspace
 
 log = logging.getLogger("fext")
@@ -22,7 +22,7 @@ def setup_logging(ws: Workspace, level: str = "INFO", quiet: bool = False) -> No
     for h in list(root.handlers):
         root.removeHandler(h)
     root.setLevel(logging.DEBUG)
-    rank = os.environ.get("RANK", "0")  # set by torchrun: the other ranks only report errors
+    rank = launch_rank()  # set by torchrun: the other ranks only report errors
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.WARNING if quiet else getattr(logging, level.upper(), logging.INFO))
     console.setFormatter(logging.Formatter("%(message)s"))

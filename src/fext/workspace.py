@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from fext import environment
+
 log = logging.getLogger(__name__)
 
 ENV_TEMPLATE = """\
@@ -46,7 +48,7 @@ class Workspace:
     @classmethod
     def resolve(cls, root: str | os.PathLike | None = None) -> Workspace:
         """``root``, else ``$FEXT_WORKSPACE``, else the current directory."""
-        root = root or os.environ.get("FEXT_WORKSPACE") or os.getcwd()
+        root = root or environment.workspace() or os.getcwd()
         return cls(Path(root).expanduser().resolve())
 
     @property
@@ -158,10 +160,6 @@ def parse_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def load_env_file(path: Path) -> dict[str, str]:
-    """Load a .env file into ``os.environ`` without overriding variables already set."""
-    if not path.is_file():
-        return {}
-    loaded = {k: v for k, v in parse_env_file(path).items() if k not in os.environ}
-    os.environ.update(loaded)
-    return loaded
+def read_env_file(path: Path) -> dict[str, str]:
+    """The variables of a .env file ({} when there is none); the command line puts them in the environment."""
+    return parse_env_file(path) if path.is_file() else {}

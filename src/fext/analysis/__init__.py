@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from fext._allocator import keep_freed_memory
 from fext._io import write_json
 from fext.analysis import report
 from fext.analysis.flags import ISSUES, Issue, find_issues
@@ -46,9 +45,8 @@ log = logging.getLogger(__name__)
 
 
 def _init_worker() -> None:
-    """Worker set-up: Ctrl-C is left to the parent (which stops the pool); see :func:`fext._allocator.keep_freed_memory`."""
+    """Worker set-up: Ctrl-C is left to the parent (which stops the pool)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    keep_freed_memory()
 
 
 def measure_images(

@@ -119,13 +119,22 @@ def describe_position(p: RunPosition) -> str:
     return f"epoch {p.epoch}" + (f" + {batches} of epoch {p.epoch + 1}" if p.batch else "")
 
 
+EPOCH_ENTRY = "epoch_entry"
+"""The attribute of :func:`log_epoch`'s record that holds the epoch's history entry, for a progress display."""
+
+
 def log_epoch(entry: dict[str, Any], epochs: int | None) -> None:
-    """One log line per completed epoch: its metrics, learning rate and speed (``epochs`` None: a time budget)."""
+    """One log line per completed epoch: its metrics, learning rate and speed (``epochs`` None: a time budget).
+
+    The record carries the entry itself (``record.epoch_entry``), so a display (the demo's bar) reads the
+    numbers instead of the text.
+    """
     t, v = entry["train"], entry["validation"]
     text = f"Epoch {entry['epoch']}{'' if epochs is None else f'/{epochs}'}: train loss {t['loss']:.4f} cosine {t['cosine']:.4f} psnr {t['psnr']:.2f}"
     if v:
         text += f" | validation loss {v['loss']:.4f} cosine {v['cosine']:.4f} psnr {v['psnr']:.2f}"
-    log.info("%s | lr %.2e | %.1f s, %.1f img/s", text, entry["lr"], entry["seconds"], entry["images_per_second"])
+    log.info("%s | lr %.2e | %.1f s, %.1f img/s", text, entry["lr"], entry["seconds"], entry["images_per_second"],
+             extra={EPOCH_ENTRY: entry})
 
 
 class TensorBoardLog:
