@@ -8,10 +8,8 @@ import pytest
 import torch
 
 from conftest import fake_history, tiny_config
-from fext.checkpoints import (
-    CONFIG, CheckpointDescription, DatasetRecord, checkpoints_table, is_checkpoint, list_checkpoints,
-    read_checkpoint, resolve_checkpoint, save_checkpoint,
-)
+from fext.checkpoint_catalog import checkpoints_table, list_checkpoints, resolve_checkpoint
+from fext.checkpoints import CONFIG, CheckpointDescription, DatasetRecord, is_checkpoint, read_checkpoint, save_checkpoint
 from fext.cli import main
 from fext.errors import FeXTError
 from fext.model import FeXTAutoEncoder, load_checkpoint

@@ -1,4 +1,4 @@
-"""The checkpoint format: its file names, how a checkpoint is written, read and recognised, and listed.
+"""The checkpoint format: its file names, and how a checkpoint is written, read and recognised.
 
 A checkpoint is a folder, ``resources/checkpoints/FeXT_<YYYYmmddTHHMMSS>/`` by default, holding
 
@@ -13,7 +13,7 @@ A checkpoint is a folder, ``resources/checkpoints/FeXT_<YYYYmmddTHHMMSS>/`` by d
   ``epoch_NNN.safetensors`` per epoch.
 
 This module alone names these files and reads or writes ``config.json``, ``model.safetensors`` and
-``trainer_state.pt``: :func:`save_checkpoint`, :func:`read_checkpoint` (no weights),
+``trainer_state.pt`` (:mod:`fext.checkpoint_catalog` lists a workspace's checkpoints and chooses one): :func:`save_checkpoint`, :func:`read_checkpoint` (no weights),
 :func:`read_weights` and :func:`is_checkpoint`. Every file is written to a temporary name and renamed.
 It knows the model only by its :class:`~fext.architecture.ModelArchitecture` and state dict: the model
 (:mod:`fext.model`) builds itself from a checkpoint with :func:`fext.model.load_checkpoint`.
@@ -22,7 +22,6 @@ It knows the model only by its :class:`~fext.architecture.ModelArchitecture` and
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import time
@@ -40,8 +39,6 @@ from fext.architecture import ModelArchitecture
 from fext.config import Config, config_from_dict, config_to_dict
 from fext.errors import ConfigError, FeXTError
 from fext.workspace import Workspace
-
-log = logging.getLogger(__name__)
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -328,107 +325,3 @@ def new_checkpoint_dir(ws: Workspace) -> Path:
         n += 1
         path = ws.checkpoints / f"FeXT_{stamp}_{n}"
     return path
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """One folder under ``resources/checkpoints``: the checkpoint read, or why it could not be."""
-
-    path: Path
-    checkpoint: Checkpoint | None = None
-    error: str | None = None
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-def inspect_checkpoint(path: Path) -> CheckpointInfo:
-    """:func:`read_checkpoint` that never raises: a broken folder gets ``error`` set."""
-    try:
-        return CheckpointInfo(path, read_checkpoint(path))
-    except FeXTError as e:
-        missing = missing_file(path)
-        return CheckpointInfo(path, error=f"no {missing}" if missing else str(e))
-
-
-def list_checkpoints(ws: Workspace) -> list[CheckpointInfo]:
-    """Every folder under ``resources/checkpoints``, oldest first; broken ones have ``error`` set."""
-    if not ws.checkpoints.is_dir():
-        return []
-    dirs = sorted(p for p in ws.checkpoints.iterdir() if p.is_dir() and not p.name.startswith("."))
-    return [inspect_checkpoint(p) for p in dirs]
-
-
-def resolve_checkpoint(ws: Workspace, name_or_path: str | Path | None, interactive: bool = False) -> Path:
-    """The checkpoint folder named by ``name_or_path`` (a folder name under the workspace, or a path).
-
-    Omitted: the only checkpoint is used (said in a log line); with several, a numbered choice on a
-    terminal, else an error listing them.
-    """
-    if name_or_path:
-        for path in (Path(name_or_path), ws.checkpoints / str(name_or_path)):
-            if path.is_dir():
-                missing = missing_file(path)
-                if missing:
-                    raise FeXTError(f"{path} is not a FeXT checkpoint: {missing} is missing")
-                return path.resolve()
-        names = ", ".join(c.name for c in list_checkpoints(ws) if c.ok) or "none"
-        raise FeXTError(f"Checkpoint {name_or_path!s} not found (looked for a path and in {ws.checkpoints}); available: {names}")
-    usable = [c for c in list_checkpoints(ws) if c.ok]
-    if not usable:
-        raise FeXTError(f"No checkpoint in {ws.checkpoints}; train one with `fext train` or pass a checkpoint path")
-    if len(usable) == 1:
-        log.info("Using checkpoint %s (the only one)", usable[0].name)
-        return usable[0].path
-    if not interactive:
-        listing = "\n".join(f"  {c.name}" for c in usable)
-        raise FeXTError(f"Several checkpoints in {ws.checkpoints}; name one:\n{listing}")
-    return choose_checkpoint(usable).path
-
-
-def choose_checkpoint(usable: list[CheckpointInfo]) -> CheckpointInfo:
-    """The seed's numbered checkpoint choice on a terminal; asks again on an invalid answer."""
-    print("Select a checkpoint:")
-    for i, c in enumerate(usable, 1):
-        print(f"  {i}) {c.name}")
-    while True:
-        answer = input(f"Checkpoint number (1-{len(usable)}): ").strip()
-        if answer.isdigit() and 1 <= int(answer) <= len(usable):
-            return usable[int(answer) - 1]
-        print(f"Invalid choice {answer!r}: enter a number from 1 to {len(usable)}.")
-
-
-def format_table(headers: list[str], rows: list[list[Any]]) -> str:
-    """A plain aligned text table."""
-    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def checkpoints_table(ws: Workspace) -> str:
-    """The `fext checkpoints` table: name, preset, size, epochs, images, last losses, created."""
-    infos = list_checkpoints(ws)
-    if not infos:
-        return f"No checkpoint in {ws.checkpoints}; train one with `fext train`."
-
-    def fmt(v: float | None) -> str:
-        return "-" if v is None else f"{v:.4f}"
-
-    rows = []
-    for info in infos:
-        c = info.checkpoint
-        if c is None:
-            rows.append([info.name, f"unreadable: {info.error}", "", "", "", "", "", ""])
-            continue
-        d = c.description
-        images = d.dataset.train + d.dataset.validation if d.dataset else "-"
-        rows.append([c.name, d.architecture.preset, d.architecture.img_size, len(c.epochs), images,
-                     fmt(c.last("train")), fmt(c.last("validation")), d.created or "-"])
-    return format_table(["name", "preset", "size", "epochs", "images", "train loss", "val loss", "created"], rows)

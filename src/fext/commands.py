@@ -97,7 +97,7 @@ def cmd_train(ctx: CommandContext, args: argparse.Namespace) -> int:
         from fext.distributed import launch_torchrun
 
         return launch_torchrun(args.nproc, sys.argv[1:])
-    from fext.checkpoints import resolve_checkpoint
+    from fext.checkpoint_catalog import resolve_checkpoint
     from fext.training import TrainingInterrupted, train
 
     resume = None
@@ -117,7 +117,7 @@ def cmd_train(ctx: CommandContext, args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoints(ctx: CommandContext, args: argparse.Namespace) -> int:
-    from fext.checkpoints import checkpoints_table, list_checkpoints
+    from fext.checkpoint_catalog import checkpoints_table, list_checkpoints
 
     if args.json:
         print_json([checkpoint_record(info) for info in list_checkpoints(ctx.workspace)])
@@ -140,7 +140,7 @@ def checkpoint_record(info: Any) -> dict[str, Any]:
 
 
 def cmd_evaluate(ctx: CommandContext, args: argparse.Namespace) -> int:
-    from fext.checkpoints import list_checkpoints, resolve_checkpoint
+    from fext.checkpoint_catalog import list_checkpoints, resolve_checkpoint
     from fext.evaluation import evaluate_checkpoints
 
     name_the_device(ctx)
@@ -159,7 +159,7 @@ def cmd_evaluate(ctx: CommandContext, args: argparse.Namespace) -> int:
 
 
 def cmd_encode(ctx: CommandContext, args: argparse.Namespace) -> int:
-    from fext.checkpoints import resolve_checkpoint
+    from fext.checkpoint_catalog import resolve_checkpoint
     from fext.encoding import encode_folder
 
     name_the_device(ctx)
@@ -202,7 +202,7 @@ def embeddings_dir(ctx: CommandContext, name_or_path: str | os.PathLike | None) 
 
 def moved_checkpoint(ctx: CommandContext, name_or_path: str | None) -> Path | None:
     """``--checkpoint``: where the checkpoint that wrote some embeddings is now, by name or path; None: as recorded."""
-    from fext.checkpoints import resolve_checkpoint
+    from fext.checkpoint_catalog import resolve_checkpoint
 
     return resolve_checkpoint(ctx.workspace, name_or_path) if name_or_path else None
 
@@ -253,7 +253,7 @@ def cmd_index(ctx: CommandContext, args: argparse.Namespace) -> int:
 
 
 def cmd_export(ctx: CommandContext, args: argparse.Namespace) -> int:
-    from fext.checkpoints import resolve_checkpoint
+    from fext.checkpoint_catalog import resolve_checkpoint
     from fext.export import export_encoder
 
     ckpt = resolve_checkpoint(ctx.workspace, args.checkpoint, interactive=ctx.interactive)

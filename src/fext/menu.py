@@ -104,7 +104,7 @@ def run_action(ctx: MenuContext, label: str, argv: list[str], new_parser: NewPar
     Errors are shown and swallowed so the menu carries on; EOFError (input ended at a prompt
     inside the action, e.g. the checkpoint choice) propagates so the menu can leave.
     """
-    from fext.checkpoints import resolve_checkpoint
+    from fext.checkpoint_catalog import resolve_checkpoint
 
     # Re-read configurations.json at each action: the user may edit it while the menu is open.
     ctx.reload_config()

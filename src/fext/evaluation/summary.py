@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from fext._io import atomic_open, save_figure, write_text
-from fext.checkpoints import CheckpointInfo, count_parameters, inspect_checkpoint, list_checkpoints
+from fext.checkpoint_catalog import CheckpointInfo, inspect_checkpoint, list_checkpoints
+from fext.checkpoints import count_parameters
 from fext.evaluation import figures, pages
 from fext.workspace import Workspace
 
