@@ -45,15 +45,16 @@ def planted_vectors(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def write_folder(folder: Path, n: int) -> None:
     from fext.encoding import EMBEDDINGS
-    from fext.encoding.files import write_index, write_metadata
+    from fext.encoding.files import write_metadata, write_rows_csv
+    from fext.encoding.records import CheckpointRecord, EncodingMetadata
 
     vectors, labels = planted_vectors(n)
     folder.mkdir(parents=True)
     np.save(folder / EMBEDDINGS, vectors)
     np.save(folder / "planted_labels.npy", labels)
-    write_index(folder, [f"images/{i // 1000:03d}/img_{i:06d}.jpg" for i in range(n)], np.full((n, 2), 500))
-    write_metadata(folder, {"checkpoint": {"name": "none", "path": str(folder / "none"), "hash": "0"},
-                            "embedding_dim": D, "images": n, "input": str(folder / "no-images"), "img_size": 128})
+    write_rows_csv(folder, [f"images/{i // 1000:03d}/img_{i:06d}.jpg" for i in range(n)], np.full((n, 2), 500))
+    write_metadata(folder, EncodingMetadata(checkpoint=CheckpointRecord("none", str(folder / "none"), "0"),
+                                            embedding_dim=D, images=n, input=str(folder / "no-images"), img_size=128))
 
 
 def child(folder: Path) -> None:

@@ -52,7 +52,8 @@ def clustered(rng: np.random.Generator, centres: np.ndarray, count: int) -> np.n
 
 def write_folder(folder: Path, n: int) -> None:
     """An encoding folder of ``n`` clustered vectors, written a block at a time (flat memory)."""
-    from fext.encoding.files import EMBEDDINGS, write_failed, write_index, write_metadata
+    from fext.encoding.files import EMBEDDINGS, write_failed, write_metadata, write_rows_csv
+    from fext.encoding.records import CheckpointRecord, EncodingMetadata
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(CENTRES, D)).astype(np.float32)
@@ -62,10 +63,10 @@ def write_folder(folder: Path, n: int) -> None:
         np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (n, D)})
         for lo in range(0, n, 100_000):
             f.write(clustered(rng, centres, min(100_000, n - lo)).tobytes())
-    write_index(folder, [f"img{i:07d}.jpg" for i in range(n)], np.full((n, 2), 500))
+    write_rows_csv(folder, [f"img{i:07d}.jpg" for i in range(n)], np.full((n, 2), 500))
     write_failed(folder, [])
-    write_metadata(folder, {"checkpoint": {"name": "synthetic", "path": "-", "hash": "-"}, "embedding_dim": D,
-                            "images": n, "input": "-", "img_size": 128})
+    write_metadata(folder, EncodingMetadata(checkpoint=CheckpointRecord("synthetic", "-", "-"), embedding_dim=D,
+                                            images=n, input="-", img_size=128))
 
 
 def peak_rss_mb() -> float:

@@ -54,8 +54,8 @@ def selection_table(ckpt: Path, held_dir: Path, cfg: Config, out: Path) -> None:
     emb = encode_folder(ckpt, held_dir, out / "tiles", config=cfg, progress=False)
     from fext.encoding import load_embeddings
 
-    vectors, index = load_embeddings(emb)
-    photo = np.array([row["path"].split("/")[0] for row in index])
+    vectors, rows = load_embeddings(emb)
+    photo = np.array([row["path"].split("/")[0] for row in rows])
     count = len(set(photo))
     print(f"\nSelection: {len(photo)} tiles of {count} held-out photographs, --count {count}")
     print(f"{'strategy':<10} {'photographs covered':>20} {'coverage radius':>16}")

@@ -85,7 +85,7 @@ def test_atlas_runs_every_step_then_continues_and_encodes_only_the_new_images(ws
     assert "analyze ran, train done before, evaluate done before, encode ran" in out and "explore ran" in out
     assert [p.name for p in ws.checkpoints.iterdir()] == [checkpoint.name]
     encoding = open_encoding(embeddings)
-    rows = {row["path"]: i for i, row in enumerate(encoding.read_index())}
+    rows = {row["path"]: i for i, row in enumerate(encoding.read_rows_csv())}
     assert len(rows) == 15 and {f"added/img_0{i}.png" for i in range(3)} <= set(rows)
     old = [rows[f"img_{i:02d}.png"] for i in range(12)]
     assert np.array_equal(np.array(encoding.vectors)[old], first)  # the 12 earlier vectors were kept, not re-encoded

@@ -20,7 +20,7 @@ from PIL import Image, features
 from fext.data import SKIPPED, count_notes, find_images, list_folder
 from fext.data.decode import decode_image
 from fext.data.discovery import discover_split
-from fext.encoding import FAILED, INDEX, METADATA, encode_folder, encode_images
+from fext.encoding import FAILED, METADATA, ROWS_CSV, encode_folder, encode_images
 from fext.errors import FeXTError
 from fext.workspace import Workspace
 
@@ -181,7 +181,7 @@ def test_encode_uses_every_image_and_lists_the_rest_in_skipped_csv(
                     "--workspace", str(ws.root), "--set", "device.DEVICE=CPU", "--set", "device.NUM_PROCESSORS=0")
     assert done.returncode == 0, done.stderr
     out = tmp_path / "out"
-    assert [row[1] for row in _csv(out / INDEX)[1:]] == IMAGES
+    assert [row[1] for row in _csv(out / ROWS_CSV)[1:]] == IMAGES
     assert _csv(out / FAILED) == [["path", "reason"]]
     assert [row for row in _csv(out / SKIPPED)[1:]] == [
         [name, "empty file" if name == "empty.bin" else "not an image"] for name in NOT_IMAGES]
@@ -205,7 +205,7 @@ def test_incremental_encode_keeps_skipped_csv_true(tmp_path: Path, ckpt: Path) -
     _save(images / "c.txt", _solid(), format="JPEG")  # an image, whatever its name says
     encode_folder(ckpt, images, out, config=CPU, progress=False)
     assert [r[0] for r in _csv(out / SKIPPED)[1:]] == ["a.xmp", "b.json"]
-    assert [r[1] for r in _csv(out / INDEX)[1:]] == ["a.ppm", "b", "c.txt"]
+    assert [r[1] for r in _csv(out / ROWS_CSV)[1:]] == ["a.ppm", "b", "c.txt"]
     meta = json.loads((out / METADATA).read_text())
     assert meta["update"]["added"] == 1 and meta["not_images"] == 2
 
@@ -216,8 +216,8 @@ def test_search_queries_take_images_by_content(tmp_path: Path, ckpt: Path, caplo
     _save(queries / "q2", _solid(colour=SECOND), format="TGA")
     (queries / "q1.xmp").write_text("<xmp/>")
     with caplog.at_level("INFO", logger="fext"):
-        vectors, index = encode_images(ckpt, queries, config=CPU)
-    assert [row["path"] for row in index] == ["q1.pgm", "q2"] and vectors.shape == (2, 128)
+        vectors, rows = encode_images(ckpt, queries, config=CPU)
+    assert [row["path"] for row in rows] == ["q1.pgm", "q2"] and vectors.shape == (2, 128)
     assert f"{queries}: 1 file is not an image (e.g. q1.xmp)" in caplog.messages
 
 

@@ -24,7 +24,7 @@ from fext import distributed
 from fext.checkpoints import WEIGHTS, load_trainer_state, load_weights_file, read_checkpoint
 from fext.config import Config, with_overrides
 from fext.data import prepare_images, select_images
-from fext.encoding import EMBEDDINGS, FAILED, INDEX, METADATA, PARTS, STATE, encode_folder
+from fext.encoding import EMBEDDINGS, FAILED, METADATA, PARTS, ROWS_CSV, STATE, encode_folder
 from fext.model import FeXTAutoEncoder
 from fext.training import validate
 from fext.workspace import Workspace, init_workspace
@@ -196,7 +196,7 @@ def test_encoding_on_two_ranks_writes_the_files_of_one_process_and_resumes_per_s
     done = run(command)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("Embeddings: ") == 1
-    assert read_csv(out / INDEX) == read_csv(single / INDEX) and len(read_csv(out / INDEX)) == 14
+    assert read_csv(out / ROWS_CSV) == read_csv(single / ROWS_CSV) and len(read_csv(out / ROWS_CSV)) == 14
     assert read_csv(out / FAILED) == read_csv(single / FAILED) == [["path", "reason"], ["broken.jpg", "not an image"]]
     np.testing.assert_allclose(np.load(out / EMBEDDINGS), np.load(single / EMBEDDINGS), atol=1e-5)
     ours, theirs = json.loads((out / METADATA).read_text()), json.loads((single / METADATA).read_text())

@@ -17,7 +17,7 @@ from PIL import Image
 
 from fext.config import with_overrides
 from fext.data import SKIPPED
-from fext.encoding import EMBEDDINGS, FAILED, INDEX, METADATA, PARTIAL, STATE, encode_folder, encode_images, load_embeddings
+from fext.encoding import EMBEDDINGS, FAILED, METADATA, PARTIAL, ROWS_CSV, STATE, encode_folder, encode_images, load_embeddings
 from fext.encoding.files import SOURCES
 from fext.errors import FeXTError
 from fext.model import FeXTAutoEncoder
@@ -41,7 +41,7 @@ def test_encode_folder_writes_aligned_loadable_files(tmp_path, ckpt):
     matrix = np.load(out / EMBEDDINGS, allow_pickle=False)
     assert matrix.dtype == np.float32 and matrix.shape == (9, 128)
     assert np.isfinite(matrix).all()
-    lines = (out / INDEX).read_text().splitlines()
+    lines = (out / ROWS_CSV).read_text().splitlines()
     assert lines[0] == "row,path,width,height"
     rows = [line.split(",") for line in lines[1:]]
     assert [r[1] for r in rows] == names and [int(r[0]) for r in rows] == list(range(9))
@@ -51,8 +51,8 @@ def test_encode_folder_writes_aligned_loadable_files(tmp_path, ckpt):
     # Row i is image i: re-encode every image on its own (batch of one) and compare.
     model = FeXTAutoEncoder.from_pretrained(ckpt)
     for row, name in enumerate(names):
-        alone, index = encode_images(model, [images / name], batch_size=1, config=CPU)
-        assert index[0]["width"] == int(rows[row][2])
+        alone, alone_rows = encode_images(model, [images / name], batch_size=1, config=CPU)
+        assert alone_rows[0]["width"] == int(rows[row][2])
         np.testing.assert_allclose(alone[0], matrix[row], atol=1e-5)
         np.testing.assert_array_equal(np.load(out / "per_image" / f"{name}.npy", allow_pickle=False), matrix[row])
 
@@ -67,11 +67,11 @@ def test_api_round_trip_and_default_output_folder(tmp_path, ckpt, ws):
     names = make_image_tree(ws.extraction_images, 5, seed=1)
     out = encode_folder(ckpt, ws.extraction_images, config=CPU, workspace=ws, batch_size=2, progress=False)
     assert out == ws.extraction / ckpt.name
-    stored, index = load_embeddings(out)
+    stored, rows = load_embeddings(out)
     assert isinstance(stored, np.memmap)
-    fresh, fresh_index = encode_images(ckpt, ws.extraction_images, batch_size=2, config=CPU)
+    fresh, fresh_rows = encode_images(ckpt, ws.extraction_images, batch_size=2, config=CPU)
     np.testing.assert_array_equal(fresh, stored)
-    assert fresh_index == index and [r["path"] for r in index] == names
+    assert fresh_rows == rows and [r["path"] for r in rows] == names
 
 
 def test_mixed_precision_gives_float32_close_to_fp32(tmp_path, ckpt):
@@ -86,12 +86,12 @@ def test_mixed_precision_gives_float32_close_to_fp32(tmp_path, ckpt):
 def test_jit_compile_encodes_the_same_vectors(tmp_path, ckpt):
     """model.JIT_COMPILE compiles the encoder (inductor, frozen weights) and pads the short last batch."""
     names = make_image_tree(tmp_path / "in", 5, seed=3)
-    eager, eager_index = encode_images(ckpt, tmp_path / "in", batch_size=2, config=CPU)
+    eager, eager_rows = encode_images(ckpt, tmp_path / "in", batch_size=2, config=CPU)
     out = encode_folder(ckpt, tmp_path / "in", tmp_path / "out", config=with_overrides(CPU, {"model.JIT_COMPILE": True}),
                         batch_size=2, progress=False)
-    compiled, index = load_embeddings(out)
+    compiled, rows = load_embeddings(out)
     assert compiled.shape == eager.shape == (5, 128)
-    assert index == eager_index and [r["path"] for r in index] == names
+    assert rows == eager_rows and [r["path"] for r in rows] == names
     np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-5)
 
 
@@ -209,10 +209,10 @@ def test_resume_after_sigkill_and_ctrl_c_gives_the_files_of_one_run(tmp_path, ck
     log = final.communicate(timeout=120)[0]
     assert final.returncode == 0, log
     assert reference.wait(timeout=120) == 0, reference.communicate()[0]
-    for name in (EMBEDDINGS, INDEX, FAILED):
+    for name in (EMBEDDINGS, ROWS_CSV, FAILED):
         assert (out / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
     assert (out / FAILED).read_text().count("img000_corrupt.png") == 1
-    assert sorted(p.name for p in out.iterdir()) == sorted([EMBEDDINGS, INDEX, FAILED, SKIPPED, METADATA, SOURCES])
+    assert sorted(p.name for p in out.iterdir()) == sorted([EMBEDDINGS, ROWS_CSV, FAILED, SKIPPED, METADATA, SOURCES])
     meta, ref_meta = (json.loads((d / METADATA).read_text()) for d in (out, tmp_path / "reference"))
     timing = {"created", "elapsed_seconds", "images_per_second"}
     assert {k: v for k, v in meta.items() if k not in timing} == {k: v for k, v in ref_meta.items() if k not in timing}

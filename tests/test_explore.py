@@ -18,7 +18,8 @@ from conftest import tiny_config
 from sklearn.metrics import adjusted_rand_score
 
 from fext.encoding import EMBEDDINGS, METADATA
-from fext.encoding.files import SIMILARITY, write_index, write_metadata
+from fext.encoding.files import SIMILARITY, write_metadata, write_rows_csv
+from fext.encoding.records import CheckpointRecord, EncodingMetadata
 from fext.explore import choose_threshold, embedding_map, explore, find_clusters, find_duplicates, find_outliers
 from fext.explore.run import CSV_FILES
 
@@ -38,10 +39,10 @@ def vectors_folder(folder: Path, vectors: np.ndarray, input_dir: str = "/nonexis
     """An embeddings folder in the `fext encode` format for ``vectors``, with no checkpoint or images at hand."""
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / EMBEDDINGS, vectors)
-    write_index(folder, [f"img_{i:05d}.png" for i in range(len(vectors))], np.full((len(vectors), 2), 64))
-    write_metadata(folder, {"checkpoint": {"name": "gone", "path": "/nonexistent/ckpt", "hash": "0"},
-                            "embedding_dim": vectors.shape[1], "images": len(vectors), "input": input_dir, "img_size": 64,
-                            "similarity": SIMILARITY})
+    write_rows_csv(folder, [f"img_{i:05d}.png" for i in range(len(vectors))], np.full((len(vectors), 2), 64))
+    write_metadata(folder, EncodingMetadata(checkpoint=CheckpointRecord("gone", "/nonexistent/ckpt", "0"),
+                                            embedding_dim=vectors.shape[1], images=len(vectors), input=input_dir,
+                                            img_size=64, similarity=SIMILARITY))
     return folder
 
 
@@ -160,7 +161,7 @@ def test_paths_that_look_like_html_cannot_break_the_page(tmp_path):
     vectors, _ = planted(n_per=5, k=2)
     folder = vectors_folder(tmp_path / "emb", vectors)
     odd = "x</script><!--<script>alert(1)</script>.png"
-    write_index(folder, [odd] + [f"img_{i}.png" for i in range(1, len(vectors))], np.full((len(vectors), 2), 64))
+    write_rows_csv(folder, [odd] + [f"img_{i}.png" for i in range(1, len(vectors))], np.full((len(vectors), 2), 64))
     page = (explore(folder, config=CPU).output / "atlas.html").read_text(encoding="utf-8")
     assert page.count("</script>") == 2  # the data block's and the script's own
     assert json.loads(_page_data(page))["paths"][0] == odd

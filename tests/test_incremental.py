@@ -14,7 +14,7 @@ from conftest import blob_image, make_checkpoint, make_image_tree, tiny_config
 from PIL import Image
 
 from fext.data import SKIPPED
-from fext.encoding import EMBEDDINGS, FAILED, INDEX, METADATA, STATE, encode_folder
+from fext.encoding import EMBEDDINGS, FAILED, METADATA, ROWS_CSV, STATE, encode_folder
 from fext.encoding.files import SOURCES, TODO
 from fext.errors import FeXTError
 
@@ -28,7 +28,7 @@ def ckpt(tmp_path_factory) -> Path:
 
 def assert_same_as_fresh(out: Path, fresh: Path) -> None:
     """Same rows in the same order, same failures, vectors equal up to float rounding."""
-    for name in (INDEX, FAILED):
+    for name in (ROWS_CSV, FAILED):
         assert (out / name).read_text() == (fresh / name).read_text(), name
     np.testing.assert_allclose(np.load(out / EMBEDDINGS), np.load(fresh / EMBEDDINGS), rtol=1e-5, atol=1e-6)
     theirs, ours = (json.loads((d / METADATA).read_text()) for d in (fresh, out))
@@ -68,7 +68,7 @@ def test_add_change_remove_rename_equal_a_fresh_run_and_reuse_the_rest(tmp_path,
     # 9 images + 1 unreadable before; 7 kept (one changed), renamed one reused, broken file new but unreadable.
     assert counts == {"reused": 8, "added": 3, "changed": 1, "removed": 2, "renamed": 1}
     assert "8 reused (1 renamed), 3 added, 1 changed, 2 removed" in caplog.text
-    assert sorted(p.name for p in out.iterdir()) == sorted([EMBEDDINGS, INDEX, FAILED, SKIPPED, METADATA, SOURCES])
+    assert sorted(p.name for p in out.iterdir()) == sorted([EMBEDDINGS, ROWS_CSV, FAILED, SKIPPED, METADATA, SOURCES])
 
     monkeypatch.undo()
     fresh = encode_folder(ckpt, images, tmp_path / "fresh", config=CPU, batch_size=4, progress=False)

@@ -14,7 +14,8 @@ from PIL import Image
 
 from fext.cli import main
 from fext.encoding import encode_folder
-from fext.encoding.files import write_failed, write_index, write_metadata
+from fext.encoding.files import write_failed, write_metadata, write_rows_csv
+from fext.encoding.records import CheckpointRecord, EncodingMetadata
 from fext.errors import FeXTError
 from fext.index import INDEX_FILE, INDEX_JSON, build_index, open_index, plan_index
 from fext.search import search
@@ -31,10 +32,10 @@ def synthetic_folder(folder: Path, n: int, d: int, seed: int = 0) -> np.ndarray:
     x = (centres[rng.integers(0, len(centres), n)] + 0.3 * rng.normal(size=(n, d))).astype(np.float32)
     folder.mkdir(parents=True)
     np.save(folder / "embeddings.npy", x)
-    write_index(folder, [f"img{i:05d}.png" for i in range(n)], np.full((n, 2), 64))
+    write_rows_csv(folder, [f"img{i:05d}.png" for i in range(n)], np.full((n, 2), 64))
     write_failed(folder, [])
-    write_metadata(folder, {"checkpoint": {"name": "synthetic", "path": "-", "hash": "-"}, "embedding_dim": d,
-                            "images": n, "input": "-", "img_size": 64})
+    write_metadata(folder, EncodingMetadata(checkpoint=CheckpointRecord("synthetic", "-", "-"), embedding_dim=d,
+                                            images=n, input="-", img_size=64))
     return x
 
 

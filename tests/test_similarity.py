@@ -60,8 +60,8 @@ def test_an_untrained_model_or_an_older_checkpoint_has_no_centre(tmp_path):
 def test_one_query_gets_the_same_order_and_scores_everywhere(encoded, tmp_path):
     _, out = encoded
     encoding = open_encoding(out)
-    assert encoding.metadata["similarity"] == SIMILARITY
-    paths = [r["path"] for r in encoding.read_index()]
+    assert encoding.metadata.similarity == SIMILARITY
+    paths = [r["path"] for r in encoding.read_rows_csv()]
     vectors = np.asarray(encoding.vectors)
     query, k = 7, 6
     exact = search(out, paths[query], k=k, config=CPU, use_index=False)
@@ -107,7 +107,7 @@ def test_encode_records_bands_measured_on_edited_copies_and_search_prints_them(e
     bands = meta["bands"]
     assert meta["bands_sample"] == 40 and set(bands) == set(BANDS[:-1])
     assert bands["duplicate"] >= bands["near-duplicate"] >= bands["similar"]
-    first = open_encoding(out).read_index()[0]["path"]
+    first = open_encoding(out).read_rows_csv()[0]["path"]
     assert main(["--workspace", str(ws.root), "search", str(out), "--query", first, "-k", "40"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["rank", "score", "meaning", "path"]

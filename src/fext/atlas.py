@@ -207,13 +207,13 @@ def _encode(cfg: Config, ws: Workspace, folder: Path, checkpoint: Path, record: 
 
 def _index(embeddings: Path, record: Any, progress: bool) -> None:
     """5. A faiss index for large collections; `fext encode` keeps an existing one up to date."""
-    from fext.encoding import open_encoding
+    from fext.encoding.files import INDEX_JSON, open_encoding
 
     vectors = len(open_encoding(embeddings).vectors)
     if vectors < INDEX_FROM:
         _step(5, f"index: not needed for {vectors:,} vectors (exact search is fast below {INDEX_FROM:,})")
         return record("index", f"not needed ({vectors} vectors)")
-    if (embeddings / "index.json").is_file():
+    if (embeddings / INDEX_JSON).is_file():
         _step(5, "index: present (kept up to date by encode)")
         return record("index", "done before")
     from fext.index import build_index
@@ -225,7 +225,9 @@ def _index(embeddings: Path, record: Any, progress: bool) -> None:
 
 def _explore(cfg: Config, embeddings: Path, state: dict, record: Any, progress: bool) -> Path:
     """6. The atlas page and CSVs, again only when the vectors changed."""
-    vectors = embeddings / "embeddings.npy"
+    from fext.encoding.files import EMBEDDINGS
+
+    vectors = embeddings / EMBEDDINGS
     version = f"{vectors.stat().st_size}:{vectors.stat().st_mtime_ns}"
     page = embeddings / "explore" / "atlas.html"
     if state.get("explored") == version and page.is_file():

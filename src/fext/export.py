@@ -143,15 +143,17 @@ def export_embeddings(folder: str | os.PathLike, fmt: str = "parquet",
     output = Path(output) if output is not None else encoding.folder / "embeddings.parquet"
     schema = pa.schema(
         [("path", pa.string()), ("width", pa.int32()), ("height", pa.int32()), ("vector", pa.list_(pa.float32(), d))],
-        metadata={"fext": json.dumps({k: encoding.metadata.get(k) for k in ("checkpoint", "embedding_dim", "img_size")})},
+        metadata={"fext": json.dumps({"checkpoint": encoding.metadata.checkpoint.to_json(),
+                                      "embedding_dim": encoding.metadata.embedding_dim,
+                                      "img_size": encoding.metadata.img_size})},
     )
-    rows = encoding.rows
-    index = encoding.read_index()
-    if len(index) != n:
-        raise FeXTError(f"{encoding.folder}: the index has {len(index)} rows for {n} vectors; encode the images again")
+    vectors_file = encoding.rows
+    rows = encoding.read_rows_csv()
+    if len(rows) != n:
+        raise FeXTError(f"{encoding.folder}: the index has {len(rows)} rows for {n} vectors; encode the images again")
     with atomic_path(output) as tmp, pq.ParquetWriter(str(tmp), schema) as writer:
         for lo in range(0, n, PARQUET_ROWS):
-            part, vectors = index[lo:lo + PARQUET_ROWS], np.ascontiguousarray(rows[lo:lo + PARQUET_ROWS])
+            part, vectors = rows[lo:lo + PARQUET_ROWS], np.ascontiguousarray(vectors_file[lo:lo + PARQUET_ROWS])
             flat = pa.array(vectors.reshape(-1), type=pa.float32())
             writer.write_batch(pa.record_batch([
                 pa.array([r["path"] for r in part], pa.string()),

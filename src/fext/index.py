@@ -2,7 +2,8 @@
 
 Two files join an encoding folder: ``faiss.index`` (``faiss.write_index``) and ``index.json``
 (kind, faiss factory string, search parameters, the measured recall@10, and the version of the
-embeddings it was built from). The vectors are L2-normalised before indexing, so inner product
+embeddings it was built from: an :class:`~fext.encoding.records.IndexDescription`, read and
+written through :mod:`fext.encoding.files`). The vectors are L2-normalised before indexing, so inner product
 is cosine similarity and scores mean what ``fext search`` prints without an index.
 
 Kinds (``--kind``; ``auto`` picks):
@@ -24,30 +25,29 @@ refreshes it (:func:`refresh_index`).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fext._io import atomic_path, write_json
-from fext.encoding.files import EMBEDDINGS, METADATA, Encoding, open_encoding, read_json
+from fext._io import atomic_path
+from fext.encoding.files import (
+    EMBEDDINGS, INDEX_FILE, INDEX_JSON, Encoding, UnreadableFile, embeddings_version, ignore_unreadable, open_encoding,
+    read_index_description, write_index_description,
+)
 from fext.encoding.npy_rows import RowReader
+from fext.encoding.records import BUILT_KINDS, IndexDescription
 from fext.errors import FeXTError
 from fext.vectors import exact_top_k, normalized
 
 log = logging.getLogger(__name__)
 
-INDEX_FILE = "faiss.index"
-INDEX_JSON = "index.json"
-KINDS = ("auto", "flat", "ivf", "hnsw")
-BUILT_KINDS = KINDS[1:]
-"""The kinds an index.json can record ("auto" picks one of them)."""
+KINDS = ("auto", *BUILT_KINDS)
+"""What --kind takes: "auto" picks one of the kinds an index.json can record."""
 EXACT_MAX = 100_000
 """``auto`` builds an exact (flat) index up to this many vectors: exact search stays fast enough."""
 RECALL_TARGET = 0.95
@@ -68,11 +68,6 @@ def _faiss() -> Any:
     return faiss
 
 
-def embeddings_version(folder: Path) -> str:
-    """A hash of metadata.json: it changes whenever `fext encode` writes the folder again."""
-    return hashlib.blake2b((folder / METADATA).read_bytes(), digest_size=16).hexdigest()
-
-
 def default_memory_mb() -> int:
     """Half of this machine's RAM: the memory budget when ``--memory`` is not given."""
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**21)
@@ -83,22 +78,22 @@ class VectorIndex:
     """A loaded faiss index and how to query it: ``search(unit queries (Q, D), k) -> (rows, scores)``."""
 
     faiss_index: Any
-    info: dict[str, Any]
+    description: IndexDescription
     folder: Path
 
     def set_effort(self, effort: int) -> None:
         """nprobe (ivf) or efSearch (hnsw): more scans more and finds more of the true neighbours."""
-        if self.info["kind"] == "ivf":
+        if self.description.kind == "ivf":
             _faiss().extract_index_ivf(self.faiss_index).nprobe = effort
-        elif self.info["kind"] == "hnsw":
+        elif self.description.kind == "hnsw":
             self.faiss_index.hnsw.efSearch = max(effort, 16)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         n = self.faiss_index.ntotal
         k = min(k, n)
-        wanted = min(n, k * RERANK) if self.info.get("rerank") else k
+        wanted = min(n, k * RERANK) if self.description.rerank else k
         scores, rows = self.faiss_index.search(np.ascontiguousarray(queries, dtype=np.float32), wanted)
-        if self.info.get("rerank"):
+        if self.description.rerank:
             scores = _exact_scores(RowReader(self.folder / EMBEDDINGS), rows, queries)
         rows, scores = rows.astype(np.int64), np.where(rows >= 0, scores, -np.inf).astype(np.float32)
         order = np.lexsort((rows, -scores), axis=1)[:, :k]
@@ -158,17 +153,16 @@ def build_index(folder: str | os.PathLike, kind: str = "auto", memory_mb: int | 
     budget = memory_mb or default_memory_mb()
     if budget < 1:
         raise FeXTError(f"--memory must be a positive number of megabytes, got {memory_mb}")
-    info = plan_index(n, d, kind, budget)
+    plan = IndexDescription(**plan_index(n, d, kind, budget), memory_budget_mb=budget)
     started = time.perf_counter()
-    index = faiss.index_factory(d, info["factory"], faiss.METRIC_INNER_PRODUCT)
-    ivf = faiss.downcast_index(faiss.extract_index_ivf(index)) if info["kind"] == "ivf" else None
+    index = faiss.index_factory(d, plan.factory, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index)) if plan.kind == "ivf" else None
     if isinstance(ivf, faiss.IndexIVFPQ):
         ivf.do_polysemous_training = False  # on by default, many times the cost of the codebooks, unused here
     if not index.is_trained:
-        index.train(_training_sample(encoding.rows, info["nlist"]))
-    _add_all(index, encoding.rows, info["kind"], progress)
-    info.update(memory_budget_mb=budget)
-    return _finish(encoding, index, info, started)
+        index.train(_training_sample(encoding.rows, plan.nlist))
+    _add_all(index, encoding.rows, plan.kind, progress)
+    return _finish(encoding, index, plan, started)
 
 
 def refresh_index(folder: Path) -> dict[str, Any] | None:
@@ -179,22 +173,28 @@ def refresh_index(folder: Path) -> dict[str, Any] | None:
     """
     faiss = _faiss()
 
-    old = read_json(folder / INDEX_JSON)
+    try:
+        old = read_index_description(folder)
+    except UnreadableFile:
+        ignore_unreadable(folder / INDEX_JSON)
+        return None
+    except ValueError as e:  # JSON, but no index of a known kind: that one is built anew
+        old = e
     if old is None or not (folder / INDEX_FILE).is_file():
         return None
     encoding = open_encoding(folder)
     started = time.perf_counter()
     # the vectors changed since it was built, so its count is not checked here
-    index = _read_faiss_index(faiss, folder, {k: v for k, v in old.items() if k != "vectors"}) if isinstance(old, dict) else None
+    index = _read_faiss_index(faiss, folder, old, check_count=False)
     if index is None:  # damaged: built again from scratch, of the same kind where it is known
-        kind = old.get("kind") if isinstance(old, dict) and old.get("kind") in BUILT_KINDS else "auto"
-        return build_index(folder, kind)
-    if old["kind"] == "ivf":
+        return build_index(folder, old.kind if isinstance(old, IndexDescription) else "auto")
+    if old.kind == "ivf":
         index.reset()
         _add_all(index, encoding.rows, "ivf", progress=False)
-        info = {k: old[k] for k in ("kind", "factory", "nlist", "rerank", "memory_budget_mb") if k in old}
-        return _finish(encoding, index, {**info, "estimated_mb": old.get("estimated_mb")}, started)
-    return build_index(folder, old["kind"], old.get("memory_budget_mb"))
+        kept = IndexDescription(kind=old.kind, factory=old.factory, nlist=old.nlist, rerank=old.rerank,
+                                memory_budget_mb=old.memory_budget_mb, estimated_mb=old.estimated_mb)
+        return _finish(encoding, index, kept, started)
+    return build_index(folder, old.kind, old.memory_budget_mb)
 
 
 def _training_sample(vectors: RowReader, nlist: int, seed: int = 0) -> np.ndarray:
@@ -245,12 +245,12 @@ def _fill_ivf(faiss: Any, ivf: Any, vectors: RowReader, blocks: Any) -> None:
     ivf.ntotal = n
 
 
-def _finish(encoding: Encoding, index: Any, info: dict[str, Any], started: float) -> dict[str, Any]:
-    """Tune the search effort to the recall target, then write faiss.index and index.json (last)."""
+def _finish(encoding: Encoding, index: Any, plan: IndexDescription, started: float) -> dict[str, Any]:
+    """Tune the search effort to the recall target, then write faiss.index and index.json (last); return its content."""
     faiss = _faiss()
 
     n, _ = encoding.vectors.shape
-    built = VectorIndex(index, info, encoding.folder)
+    built = VectorIndex(index, plan, encoding.folder)
     rng = np.random.default_rng(1)
     sample = np.sort(rng.choice(n, min(n, SAMPLE_QUERIES), replace=False))
     queries = normalized(encoding.rows.take(sample))
@@ -258,9 +258,9 @@ def _finish(encoding: Encoding, index: Any, info: dict[str, Any], started: float
     # like new queries rather than flatter the recall.
     truth = _without_self(exact_top_k(encoding.rows, queries, 11)[0], sample)
     effort, recall = None, 1.0
-    if info["kind"] != "flat":
-        limit = info.get("nlist", 4096)
-        effort = 1 if info["kind"] == "ivf" else 16
+    if plan.kind != "flat":
+        limit = plan.nlist or 4096
+        effort = 1 if plan.kind == "ivf" else 16
         while True:
             built.set_effort(effort)
             recall = recall_at_k(_without_self(built.search(queries, 11)[0], sample), truth)
@@ -276,14 +276,14 @@ def _finish(encoding: Encoding, index: Any, info: dict[str, Any], started: float
     (encoding.folder / INDEX_JSON).unlink(missing_ok=True)  # a half-replaced index is never taken as current
     with atomic_path(encoding.folder / INDEX_FILE) as tmp:
         faiss.write_index(index, str(tmp))
-    info = {**info, "vectors": n, "dim": int(encoding.vectors.shape[1]), "effort": effort,
-            "recall_at_10": round(float(recall), 4), "recall_queries": len(sample),
-            "build_seconds": round(time.perf_counter() - started, 2),
-            "embeddings_version": embeddings_version(encoding.folder), "faiss_version": faiss.__version__}
-    write_json(encoding.folder / INDEX_JSON, info)
+    description = replace(plan, vectors=n, dim=int(encoding.vectors.shape[1]), effort=effort,
+                          recall_at_10=round(float(recall), 4), recall_queries=len(sample),
+                          build_seconds=round(time.perf_counter() - started, 2),
+                          embeddings_version=embeddings_version(encoding.folder), faiss_version=faiss.__version__)
+    write_index_description(encoding.folder, description)
     log.info("Indexed %d vectors (%s) in %.1f s: recall@10 %.3f against exact search on %d queries",
-             n, info["factory"], info["build_seconds"], info["recall_at_10"], len(sample))
-    return info
+             n, description.factory, description.build_seconds, description.recall_at_10, len(sample))
+    return description.to_json()
 
 
 def _without_self(rows: np.ndarray, sample: np.ndarray, k: int = 10) -> np.ndarray:
@@ -306,38 +306,42 @@ def open_index(folder: Path) -> VectorIndex | None:
         log.info("No index in %s: exact search (build one with `fext index %s`)", folder, folder)
         return None
     try:
-        info = json.loads((folder / INDEX_JSON).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        info = None
-    if info is None or len(present) < 2:
+        description = read_index_description(folder)
+    except UnreadableFile:
+        description = None
+    except ValueError as e:  # JSON, but no index of a known kind: said below, when the faiss index is read
+        description = e
+    if description is None or len(present) < 2:
         problem = next((f"{name} missing" for name in (INDEX_JSON, INDEX_FILE) if name not in present),
                        f"{INDEX_JSON} unreadable")
         log.warning("The index in %s is incomplete or unreadable (%s): exact search instead; run `fext index %s` "
                     "to rebuild it", folder, problem, folder)
         return None
-    if isinstance(info, dict) and info.get("embeddings_version") != embeddings_version(folder):
+    if isinstance(description, IndexDescription) and description.embeddings_version != embeddings_version(folder):
         log.warning("The index in %s is stale (the embeddings changed since it was built): exact search instead; "
                     "run `fext index %s` to rebuild it", folder, folder)
         return None
-    faiss_index = _read_faiss_index(faiss, folder, info)
+    faiss_index = _read_faiss_index(faiss, folder, description)
     if faiss_index is None:
         return None
-    index = VectorIndex(faiss_index, info, folder)
-    if info.get("effort"):
-        index.set_effort(info["effort"])
-    index.faiss_index = _on_gpus(faiss, index.faiss_index, info["kind"])
+    index = VectorIndex(faiss_index, description, folder)
+    if description.effort:
+        index.set_effort(description.effort)
+    index.faiss_index = _on_gpus(faiss, index.faiss_index, description.kind)
     return index
 
 
-def _read_faiss_index(faiss: Any, folder: Path, info: Any) -> Any:
+def _read_faiss_index(faiss: Any, folder: Path, description: IndexDescription | ValueError,
+                      check_count: bool = True) -> Any:
     """The faiss index of ``folder`` when it and ``index.json`` are sound; None, with a warning that says how
-    to rebuild it, when either is damaged (the caller then searches exactly: slower, never wrong)."""
+    to rebuild it, when either is damaged (the caller then searches exactly: slower, never wrong).
+    ``description`` is index.json's, or the ValueError that says why it describes no index."""
     try:
-        if not isinstance(info, dict) or info.get("kind") not in BUILT_KINDS:
-            raise ValueError(f"{INDEX_JSON} does not describe an index")
+        if isinstance(description, ValueError):
+            raise description
         index = faiss.read_index(str(folder / INDEX_FILE))
-        if "vectors" in info and index.ntotal != int(info["vectors"]):
-            raise ValueError(f"it holds {index.ntotal} vectors, {INDEX_JSON} says {info['vectors']}")
+        if check_count and description.vectors is not None and index.ntotal != int(description.vectors):
+            raise ValueError(f"it holds {index.ntotal} vectors, {INDEX_JSON} says {description.vectors}")
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         log.warning("The index in %s is unreadable (%s): exact search instead; run `fext index %s` to rebuild it",
                     folder, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, folder)

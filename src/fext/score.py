@@ -28,7 +28,7 @@ import numpy as np
 
 from fext._io import atomic_open, write_json
 from fext.config import Config
-from fext.encoding.files import Encoding, index_paths, is_finished, open_encoding
+from fext.encoding.files import Encoding, is_finished, open_encoding, row_paths
 from fext.errors import FeXTError
 from fext.explore.outliers import OUTLIER_NEIGHBOURS
 from fext.search import nearest, paths_of_rows
@@ -100,7 +100,7 @@ def score(
     if not 0 < false_alarm_rate < 1:
         raise FeXTError(f"--false-alarm-rate must be between 0 and 1 (e.g. 0.01), got {false_alarm_rate}")
     ref = open_encoding(reference)
-    ref_paths = index_paths(ref.folder)
+    ref_paths = row_paths(ref.folder)
     if len(ref_paths) < MIN_REFERENCE:
         raise FeXTError(f"The reference {ref.folder} holds {len(ref_paths)} images; scoring needs at least "
                         f"{MIN_REFERENCE} to calibrate on. Encode a larger reference collection")
@@ -114,22 +114,22 @@ def score(
     cal_rows, cal_sims = _leave_one_out(ref, held, k)
     new_rows, new_sims = nearest(ref, normalized(vectors), k)
     cal_err = new_err = None
-    ref_root = Path(ref.metadata.get("input", ""))
+    ref_root = Path(ref.metadata.input)
     if reconstruction and model is not None and _at_hand(ref_root, [ref_paths[i] for i in held[:50]]) \
             and _at_hand(new_root, paths[:50]):
-        size = int(ref.metadata["img_size"])
+        size = ref.metadata.img_size
         cal_err = _errors(model, [ref_root / ref_paths[i] for i in held], size, config, progress)
         new_err = _errors(model, [new_root / p for p in paths], size, config, progress)
     cal_score, new_score = combined([_distance(cal_sims), _distance(new_sims)], [cal_err, new_err])
     threshold, note = calibrated_threshold(cal_score, false_alarm_rate)
-    names = paths_of_rows(ref.index_file, new_rows[:, 0])
+    names = paths_of_rows(ref.rows_csv, new_rows[:, 0])
     calibration = {
         "threshold": threshold, "false_alarm_rate": false_alarm_rate, "images": len(held),
         "measured_false_alarm_rate": float((cal_score > threshold).mean()), "neighbours": k,
         "components": "mean of the robust z-scores of the kNN distance" + (
             " and the reconstruction error" if new_err is not None else " (no reconstruction error: "
             + ("--no-reconstruction" if not reconstruction else "checkpoint or images not at hand") + ")"),
-        "reference": str(ref.folder), "checkpoint": (ref.metadata.get("checkpoint") or {}).get("name"),
+        "reference": str(ref.folder), "checkpoint": ref.metadata.checkpoint.name,
         "nearest_from": "faiss index" if _has_index(ref) else "exact search", "note": note,
     }
     result = Scores(paths, new_score, [names[r] for r in new_rows[:, 0].tolist()], new_sims[:, 0], new_err,
@@ -194,16 +194,16 @@ def _reference_checkpoint(ref: Encoding, checkpoint: str | os.PathLike | None) -
     from fext.checkpoints import is_checkpoint
     from fext.encoding import checkpoint_identity
 
-    recorded = ref.metadata.get("checkpoint") or {}
-    path = Path(checkpoint).expanduser().resolve() if checkpoint is not None else Path(recorded.get("path", ""))
+    recorded = ref.metadata.checkpoint
+    path = Path(checkpoint).expanduser().resolve() if checkpoint is not None else Path(recorded.path or "")
     if checkpoint is None and not is_checkpoint(path):
         return None
-    if checkpoint_identity(path)["hash"] != recorded.get("hash"):
+    if checkpoint_identity(path).hash != recorded.hash:
         if checkpoint is None:
             return None
         raise FeXTError(f"{checkpoint} is not the checkpoint that wrote the reference {ref.folder} "
-                        f"({recorded.get('name', 'unknown')}): its vectors would not be comparable. "
-                        f"Pass the checkpoint {recorded.get('name', '')} with --checkpoint, or encode the reference again")
+                        f"({recorded.name or 'unknown'}): its vectors would not be comparable. "
+                        f"Pass the checkpoint {recorded.name or ''} with --checkpoint, or encode the reference again")
     return path
 
 
@@ -218,10 +218,10 @@ def _refuse_another_checkpoint(new: Path, ref: Encoding) -> None:
     """When ``new`` is a `fext encode` folder: one clear error unless the reference's checkpoint wrote it."""
     if not is_finished(new):
         return
-    mine, theirs = (open_encoding(new).metadata.get("checkpoint") or {}), (ref.metadata.get("checkpoint") or {})
-    if mine.get("hash") != theirs.get("hash"):
-        raise FeXTError(f"{new} was encoded with the checkpoint {mine.get('name', 'unknown')} and the reference "
-                        f"{ref.folder} with {theirs.get('name', 'unknown')}: vectors of two checkpoints are not "
+    mine, theirs = open_encoding(new).metadata.checkpoint, ref.metadata.checkpoint
+    if mine.hash != theirs.hash:
+        raise FeXTError(f"{new} was encoded with the checkpoint {mine.name or 'unknown'} and the reference "
+                        f"{ref.folder} with {theirs.name or 'unknown'}: vectors of two checkpoints are not "
                         "comparable. Score the images folder itself, or encode it with the reference's checkpoint")
 
 
@@ -231,17 +231,17 @@ def _new_vectors(new: Path, ref: Encoding, model: Any, config: Config, progress:
 
     if is_finished(new):
         enc = open_encoding(new)
-        return np.asarray(enc.vectors, np.float32), index_paths(enc.folder), Path(enc.metadata.get("input", ""))
+        return np.asarray(enc.vectors, np.float32), row_paths(enc.folder), Path(enc.metadata.input)
     if not new.is_dir():
         raise FeXTError(f"{new} is not a folder; pass a folder of new images (or a `fext encode` folder)")
     if model is None:
-        name = (ref.metadata.get("checkpoint") or {}).get("name", "unknown")
+        name = ref.metadata.checkpoint.name or "unknown"
         raise FeXTError(f"The checkpoint that wrote {ref.folder} ({name}) is not at hand, so new images cannot be "
                         "encoded comparably; pass where it is now with --checkpoint")
-    vectors, index = encode_images(model, new, config=config, progress=progress)
-    if not index:
+    vectors, rows = encode_images(model, new, config=config, progress=progress)
+    if not rows:
         raise FeXTError(f"No readable image in {new}; pass a folder of new images")
-    return vectors, [row["path"] for row in index], new
+    return vectors, [row["path"] for row in rows], new
 
 
 def _leave_one_out(ref: Encoding, held: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -276,11 +276,19 @@ def _at_hand(root: Path, paths: list[str]) -> bool:
 
 def _has_index(ref: Encoding) -> bool:
     """Whether :func:`fext.search.nearest` answered from an up-to-date faiss index of the reference."""
-    from fext.encoding.files import read_json
-    from fext.index import INDEX_FILE, INDEX_JSON, embeddings_version
+    from fext.encoding.files import (
+        INDEX_FILE, INDEX_JSON, UnreadableFile, embeddings_version, ignore_unreadable, read_index_description,
+    )
 
-    info = read_json(ref.folder / INDEX_JSON) or {}
-    return (ref.folder / INDEX_FILE).is_file() and info.get("embeddings_version") == embeddings_version(ref.folder)
+    try:
+        description = read_index_description(ref.folder)
+    except UnreadableFile:
+        ignore_unreadable(ref.folder / INDEX_JSON)
+        return False
+    except ValueError:  # JSON, but no index: nearest() searched exactly
+        return False
+    version = description.embeddings_version if description is not None else None
+    return (ref.folder / INDEX_FILE).is_file() and version == embeddings_version(ref.folder)
 
 
 def _write_sheet(path: Path, tiles: list[tuple[Path, str]]) -> None:

@@ -3,9 +3,9 @@
 With an up-to-date ``fext index`` in the folder the index answers (:mod:`fext.index`); without
 one, or with a stale one, search is exact, and says so: the stored vectors are scanned block by
 block from the memory-mapped ``embeddings.npy``, each block normalised as it is read, so memory
-stays flat for any number of images; the index CSV is streamed too, reading only the rows that
-are shown. A query is a path already in the index (its stored vector is used) or an image file,
-encoded with the checkpoint recorded in ``metadata.json``; ``--queries DIR`` runs every image of
+stays flat for any number of images; ``embeddings_index.csv`` is streamed too, reading only the
+rows that are shown. A query is a path already encoded (its stored vector is used) or an image
+file, encoded with the checkpoint recorded in ``metadata.json``; ``--queries DIR`` runs every image of
 a folder at once.
 """
 
@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from fext.config import Config
-from fext.encoding.files import INDEX, Encoding, damaged, open_encoding, stream_index_paths
+from fext.encoding.files import Encoding, damaged, open_encoding, stream_row_paths
 from fext.encoding.fingerprints import checkpoint_identity
+from fext.encoding.records import EncodingMetadata
 from fext.errors import FeXTError
 from fext.index import open_index
 from fext.similarity import BANDS, band_of
@@ -47,30 +48,30 @@ def search(
     image file (encoded on ``config``'s device with the checkpoint of ``metadata.json``, or with
     ``checkpoint`` when that one has moved). ``config`` is the resolved configuration (the CLI's;
     ``Config()`` for the documented defaults). ``sheet`` writes a PNG of the query and the results.
-    Paths in the results are relative to the encoded folder, as in the index. ``use_index``
+    Paths in the results are relative to the encoded folder, as in embeddings_index.csv. ``use_index``
     False searches exactly even where an index is present.
     """
     emb_dir = Path(emb_dir)
     _check_k(k)
     encoding = open_encoding(emb_dir)
     metadata = encoding.metadata
-    row = find_row(emb_dir / INDEX, str(query))
+    row = find_row(encoding.rows_csv, str(query))
     if row is not None:
         vector = np.array(encoding.vectors[row], dtype=np.float32)
-        query_image = Path(metadata["input"]) / str(query).removeprefix("./")
+        query_image = Path(metadata.input) / str(query).removeprefix("./")
     else:
         query_image = Path(query).expanduser()
         if not query_image.is_file():
             raise FeXTError(
-                f"Query {query} is neither an image file nor a path in {emb_dir / INDEX}; "
+                f"Query {query} is neither an image file nor a path in {encoding.rows_csv}; "
                 "pass an image file or a path as written in the index"
             )
         vector = _encode_query(query_image, metadata, emb_dir, config, checkpoint)
     rows, scores = nearest(encoding, normalized(vector[None]), k, use_index)
-    names = paths_of_rows(emb_dir / INDEX, rows[0])
+    names = paths_of_rows(encoding.rows_csv, rows[0])
     results = [(rank, float(score), names[r]) for rank, (r, score) in enumerate(zip(rows[0].tolist(), scores[0]), 1)]
     if sheet is not None:
-        write_contact_sheet(Path(sheet), query_image, results, Path(metadata["input"]))
+        write_contact_sheet(Path(sheet), query_image, results, Path(metadata.input))
     return results
 
 
@@ -97,13 +98,13 @@ def search_folder(
     if not queries_dir.is_dir():
         raise FeXTError(f"--queries {queries_dir} is not a folder; pass a folder of query images")
     model = _query_model(encoding.metadata, emb_dir, config, checkpoint)
-    vectors, index = encode_images(model, queries_dir, config=config)
-    if not index:
+    vectors, queries = encode_images(model, queries_dir, config=config)
+    if not queries:
         raise FeXTError(f"No readable image in {queries_dir}; pass a folder of query images")
     rows, scores = nearest(encoding, normalized(vectors), k, use_index)
-    names = paths_of_rows(emb_dir / INDEX, rows.ravel())
+    names = paths_of_rows(encoding.rows_csv, rows.ravel())
     return [(entry["path"], rank, float(score), names[r])
-            for entry, query_rows, query_scores in zip(index, rows.tolist(), scores)
+            for entry, query_rows, query_scores in zip(queries, rows.tolist(), scores)
             for rank, (r, score) in enumerate(zip(query_rows, query_scores), 1)]
 
 
@@ -139,49 +140,49 @@ def _check_k(k: int) -> None:
         raise FeXTError(f"-k must be at least 1, got {k}")
 
 
-def find_row(index_file: Path, name: str) -> int | None:
-    """The row of ``name`` (a relative path as in the index) in ``embeddings_index.csv``, or None."""
+def find_row(rows_csv: Path, name: str) -> int | None:
+    """The row of ``name`` (a relative path as written there) in ``embeddings_index.csv``, or None."""
     name = Path(name).as_posix().removeprefix("./")
-    return next((row for row, path in stream_index_paths(index_file) if path == name), None)
+    return next((row for row, path in stream_row_paths(rows_csv) if path == name), None)
 
 
-def paths_of_rows(index_file: Path, rows: np.ndarray) -> dict[int, str]:
-    """``{row: path}`` for the requested rows, streaming the index (it stops once all are found)."""
+def paths_of_rows(rows_csv: Path, rows: np.ndarray) -> dict[int, str]:
+    """``{row: path}`` for the requested rows, streaming ``embeddings_index.csv`` (it stops once all are found)."""
     wanted = set(int(r) for r in rows)
     found: dict[int, str] = {}
-    for row, path in stream_index_paths(index_file):
+    for row, path in stream_row_paths(rows_csv):
         if row in wanted:
             found[row] = path
             if len(found) == len(wanted):
                 break
     if len(found) < len(wanted):
-        raise damaged(index_file.parent, index_file.name, f"it has no row {min(wanted - found.keys())}")
+        raise damaged(rows_csv.parent, rows_csv.name, f"it has no row {min(wanted - found.keys())}")
     return found
 
 
-def _query_model(metadata: dict[str, Any], emb_dir: Path, cfg: Config, checkpoint: str | os.PathLike | None) -> Any:
+def _query_model(metadata: EncodingMetadata, emb_dir: Path, cfg: Config, checkpoint: str | os.PathLike | None) -> Any:
     """The model of the checkpoint that wrote the embeddings (or of ``checkpoint``, checked to be the same one)."""
     from fext.checkpoints import is_checkpoint
     from fext.device import select_device
     from fext.encoding.inference import load_model
 
-    recorded = metadata["checkpoint"]
-    ckpt = Path(checkpoint).expanduser().resolve() if checkpoint else Path(recorded["path"])
+    recorded = metadata.checkpoint
+    ckpt = Path(checkpoint).expanduser().resolve() if checkpoint else Path(recorded.path)
     if not is_checkpoint(ckpt):
         raise FeXTError(
-            f"The checkpoint that wrote {emb_dir}, {recorded['name']}, is not at {ckpt} any more. "
+            f"The checkpoint that wrote {emb_dir}, {recorded.name}, is not at {ckpt} any more. "
             "Move it back, pass its new location with --checkpoint, or query an image already in the index."
         )
-    if checkpoint_identity(ckpt)["hash"] != recorded["hash"]:
+    if checkpoint_identity(ckpt).hash != recorded.hash:
         raise FeXTError(
             f"{ckpt} is not the checkpoint that wrote {emb_dir} (its weights differ), so its vectors are not "
-            f"comparable. Pass the checkpoint {recorded['name']} with --checkpoint, or encode the images again."
+            f"comparable. Pass the checkpoint {recorded.name} with --checkpoint, or encode the images again."
         )
     return load_model(ckpt, select_device(cfg.device.DEVICE, cfg.device.DEVICE_ID))
 
 
 def _encode_query(
-    image: Path, metadata: dict[str, Any], emb_dir: Path, cfg: Config, checkpoint: str | os.PathLike | None
+    image: Path, metadata: EncodingMetadata, emb_dir: Path, cfg: Config, checkpoint: str | os.PathLike | None
 ) -> np.ndarray:
     """The query's (D,) vector, computed with the checkpoint that wrote the embeddings."""
     from fext.data import ImageDecodeError, load_image
@@ -189,7 +190,7 @@ def _encode_query(
 
     model = _query_model(metadata, emb_dir, cfg, checkpoint)
     try:
-        pixels = load_image(image, metadata["img_size"])  # (S, S, 3) uint8
+        pixels = load_image(image, metadata.img_size)  # (S, S, 3) uint8
     except ImageDecodeError as e:
         raise FeXTError(f"Cannot read the query image {image}: {e.reason}; pass an image file (JPEG, PNG, ...)") from e
     device = next(model.parameters()).device

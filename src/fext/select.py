@@ -121,7 +121,7 @@ def select(
     if skip_duplicates:
         note = f"Skipped {picker.skipped} image(s) of duplicate groups already picked from ({note})"
     picks_arr = np.asarray(picks, np.int64)
-    names = paths_of_rows(encoding.index_file, picks_arr)
+    names = paths_of_rows(encoding.rows_csv, picks_arr)
     paths = [names[r] for r in picks]
     random = np.random.default_rng(seed).choice(n, len(picks), replace=False)
     written = write_selection(output, paths, distances) if output is not None else None
@@ -275,7 +275,7 @@ def duplicate_groups(encoding: Encoding, threshold: float | None) -> tuple[np.nd
     At ``threshold``: found as ``fext explore`` finds them; without: read from the duplicates.csv
     of a ``fext explore`` run at least as recent as the embeddings.
     """
-    from fext.encoding.files import METADATA, index_paths
+    from fext.encoding.files import METADATA, row_paths
     from fext.explore import find_duplicates
     from fext.explore.run import OUTPUT
 
@@ -292,7 +292,7 @@ def duplicate_groups(encoding: Encoding, threshold: float | None) -> tuple[np.nd
             f"--skip-duplicates needs the near-duplicate groups of {encoding.folder}: run `fext explore "
             f"{encoding.folder}` first (it measures the threshold on edited copies of your images), "
             "or pass --duplicate-threshold SIM")
-    row_of = {p: i for i, p in enumerate(index_paths(encoding.folder))}
+    row_of = {p: i for i, p in enumerate(row_paths(encoding.folder))}
     with open(table, newline="", encoding="utf-8") as f:
         for record in csv.DictReader(f):
             if record["path"] in row_of:

@@ -6,6 +6,8 @@ What lives where:
   and the in-memory API :func:`encode_images`;
 - :mod:`~fext.encoding.files`: the embeddings folder format (file names, writers, readers,
   :func:`load_embeddings`, and the one "did the encoding finish?" check, ``is_finished``);
+- :mod:`~fext.encoding.records`: its JSON files as typed objects (``EncodingMetadata``,
+  ``EncodeState``, ``IndexDescription``);
 - :mod:`~fext.encoding.folder`: ``fext encode`` (:func:`encode_folder`);
 - :mod:`~fext.encoding.finish`: the steps that end every run (``finalize``, ``clear_output``, ``run_details``);
 - :mod:`~fext.encoding.resumable`: the resumable writer and its state;
@@ -20,8 +22,9 @@ import importlib
 from typing import TYPE_CHECKING
 
 _EXPORTS = {
-    **dict.fromkeys(["EMBEDDINGS", "FAILED", "INDEX", "METADATA", "PARTIAL", "PARTS", "PER_IMAGE", "STATE", "Encoding",
-                     "is_finished", "load_embeddings", "open_encoding", "read_index"], "fext.encoding.files"),
+    **dict.fromkeys(["EMBEDDINGS", "FAILED", "METADATA", "PARTIAL", "PARTS", "PER_IMAGE", "ROWS_CSV", "STATE", "Encoding",
+                     "is_finished", "load_embeddings", "open_encoding", "read_rows_csv"], "fext.encoding.files"),
+    **dict.fromkeys(["CheckpointRecord", "EncodingMetadata"], "fext.encoding.records"),
     "checkpoint_identity": "fext.encoding.fingerprints",
     "clear_output": "fext.encoding.finish",
     "encode_folder": "fext.encoding.folder",
@@ -31,9 +34,10 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from fext.encoding.files import (
-        EMBEDDINGS, FAILED, INDEX, METADATA, PARTIAL, PARTS, PER_IMAGE, STATE, Encoding, is_finished, load_embeddings,
-        open_encoding, read_index,
+        EMBEDDINGS, FAILED, METADATA, PARTIAL, PARTS, PER_IMAGE, ROWS_CSV, STATE, Encoding, is_finished, load_embeddings,
+        open_encoding, read_rows_csv,
     )
+    from fext.encoding.records import CheckpointRecord, EncodingMetadata
     from fext.encoding.fingerprints import checkpoint_identity
     from fext.encoding.finish import clear_output
     from fext.encoding.folder import encode_folder

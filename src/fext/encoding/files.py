@@ -1,8 +1,12 @@
 """The embeddings folder format: its file names, its writers and readers, and whether a folder is one.
 
+This module alone names the folder's files and opens them; the JSON files come back as the typed
+objects of :mod:`fext.encoding.records` (:class:`EncodingMetadata`, :class:`EncodeState`,
+:class:`IndexDescription`), so every other module reads fields, never keys.
+
 A finished ``fext encode`` folder holds
 
-- ``embeddings.npy``: float32 (N, D), row i is the image on row i of the index;
+- ``embeddings.npy``: float32 (N, D), row i is the image on row i of ``embeddings_index.csv``;
   ``np.load(path, allow_pickle=False, mmap_mode="r")`` reads it without loading it;
 - ``embeddings_index.csv``: ``row, path, width, height`` (path relative to the input folder,
   original width and height in pixels, EXIF orientation applied);
@@ -13,15 +17,17 @@ A finished ``fext encode`` folder holds
   an incremental run compares the folder with (:mod:`fext.encoding.incremental`);
 - ``metadata.json``: the checkpoint, the model, counts, date and speed. It is written last, so
   its presence is what "the encoding finished" means (:func:`is_finished`);
-- with ``per_image``, ``per_image/<relative path>.npy``: one (D,) vector per image.
+- with ``per_image``, ``per_image/<relative path>.npy``: one (D,) vector per image;
+- after ``fext index``, ``faiss.index`` and its description ``index.json`` (:mod:`fext.index`).
 
 While a run is under way the folder also holds its resumable state (``.encode_state.json``)
-and partial files; :mod:`fext.encoding.resumable` owns those.
+and partial files; :mod:`fext.encoding.resumable` writes those.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -33,12 +39,14 @@ from typing import Any
 import numpy as np
 
 from fext._io import atomic_open, atomic_path, write_json
+from fext.encoding.records import EncodeState, EncodingMetadata, Failure, IndexDescription
 from fext.errors import FeXTError
 
 log = logging.getLogger(__name__)
 
 EMBEDDINGS = "embeddings.npy"
-INDEX = "embeddings_index.csv"
+ROWS_CSV = "embeddings_index.csv"
+"""The image of each row (the file keeps the name it had when "index" meant it too)."""
 FAILED = "failed.csv"
 METADATA = "metadata.json"
 PER_IMAGE = "per_image"
@@ -48,6 +56,8 @@ SIZES_PARTIAL = "sizes.partial.npy"
 PARTS = ".encode_parts"
 SOURCES = "sources.csv"
 TODO = ".encode_todo.npy"
+INDEX_FILE = "faiss.index"
+INDEX_JSON = "index.json"
 
 
 @dataclass(frozen=True)
@@ -81,15 +91,15 @@ def write_sources(folder: Path, sources: Iterable[Source]) -> None:
 
 @dataclass(frozen=True)
 class Encoding:
-    """A finished encoding folder: its metadata and its memory-mapped vectors (the index is read on demand)."""
+    """A finished encoding folder: its metadata and its memory-mapped vectors (the rows CSV is read on demand)."""
 
     folder: Path
-    metadata: dict[str, Any]
+    metadata: EncodingMetadata
     vectors: np.ndarray  # (N, D) float32, read-only memory map
 
     @property
-    def index_file(self) -> Path:
-        return self.folder / INDEX
+    def rows_csv(self) -> Path:
+        return self.folder / ROWS_CSV
 
     @property
     def rows(self) -> Any:
@@ -98,12 +108,12 @@ class Encoding:
 
         return RowReader(self.folder / EMBEDDINGS)
 
-    def read_index(self) -> list[dict[str, Any]]:
-        """The index rows, as many as there are vectors (one clear error otherwise)."""
-        index = read_index(self.index_file)
-        if len(index) != len(self.vectors):
-            raise damaged(self.folder, INDEX, f"{len(index)} rows for the {len(self.vectors)} vectors of {EMBEDDINGS}")
-        return index
+    def read_rows_csv(self) -> list[dict[str, Any]]:
+        """The rows of embeddings_index.csv, as many as there are vectors (one clear error otherwise)."""
+        rows = read_rows_csv(self.rows_csv)
+        if len(rows) != len(self.vectors):
+            raise damaged(self.folder, ROWS_CSV, f"{len(rows)} rows for the {len(self.vectors)} vectors of {EMBEDDINGS}")
+        return rows
 
 
 def is_finished(folder: str | os.PathLike) -> bool:
@@ -133,18 +143,14 @@ UNCENTRED = "cosine of uncentred latents (a checkpoint without a feature centre)
 _said_uncentred: set[Path] = set()
 
 
-def _say_what_similarity_means(folder: Path, metadata: dict[str, Any]) -> None:
+def _say_what_similarity_means(folder: Path, metadata: EncodingMetadata) -> None:
     """One log line per folder whose scores are uncentred cosines: they run high for any pair of images."""
-    if metadata.get("similarity") == SIMILARITY or folder in _said_uncentred:
+    if metadata.similarity == SIMILARITY or folder in _said_uncentred:
         return
     _said_uncentred.add(folder)
     log.info("%s holds uncentred latents (%s): similarities between any two images run high; "
              "train with this FeXT and encode again for scores that tell images apart",
-             folder, "written before feature centring" if "similarity" not in metadata else "its checkpoint has no centre")
-
-
-REQUIRED_METADATA = {"checkpoint": dict, "embedding_dim": int, "images": int, "img_size": int, "input": str}
-"""The keys of metadata.json that readers rely on, with their types."""
+             folder, "written before feature centring" if metadata.similarity is None else "its checkpoint has no centre")
 
 
 def open_encoding(folder: str | os.PathLike) -> Encoding:
@@ -155,35 +161,39 @@ def open_encoding(folder: str | os.PathLike) -> Encoding:
     """
     folder = Path(folder)
     require_finished(folder)
-    metadata = _read_metadata(folder)
+    metadata = read_metadata(folder)
     vectors = _read_vectors(folder, metadata)
     _say_what_similarity_means(folder, metadata)
-    if _line_count(folder / INDEX) < len(vectors) + 1:
-        raise damaged(folder, INDEX, f"fewer rows than the {len(vectors)} vectors of {EMBEDDINGS}")
+    if _line_count(folder / ROWS_CSV) < len(vectors) + 1:
+        raise damaged(folder, ROWS_CSV, f"fewer rows than the {len(vectors)} vectors of {EMBEDDINGS}")
     return Encoding(folder, metadata, vectors)
 
 
-def _read_metadata(folder: Path) -> dict[str, Any]:
+def read_metadata(folder: Path) -> EncodingMetadata:
+    """``folder``'s metadata.json, checked (its keys and types); one clear error naming the file otherwise."""
     try:
-        metadata = json.loads((folder / METADATA).read_text(encoding="utf-8"))
+        data = json.loads((folder / METADATA).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise damaged(folder, METADATA, f"not readable JSON: {e}") from e
-    if not isinstance(metadata, dict):
-        raise damaged(folder, METADATA, "not a JSON object")
-    for key, kind in REQUIRED_METADATA.items():
-        if not isinstance(metadata.get(key), kind):
-            raise damaged(folder, METADATA, f"no {kind.__name__} {key!r}")
-    return metadata
+    try:
+        return EncodingMetadata.from_json(data)
+    except ValueError as e:
+        raise damaged(folder, METADATA, str(e)) from None
 
 
-def _read_vectors(folder: Path, metadata: dict[str, Any]) -> np.ndarray:
+def embeddings_version(folder: Path) -> str:
+    """A hash of metadata.json: it changes whenever `fext encode` writes the folder again."""
+    return hashlib.blake2b((folder / METADATA).read_bytes(), digest_size=16).hexdigest()
+
+
+def _read_vectors(folder: Path, metadata: EncodingMetadata) -> np.ndarray:
     from fext.encoding.npy_rows import first_non_finite_row
 
     try:
         matrix = np.load(folder / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise damaged(folder, EMBEDDINGS, str(e) or type(e).__name__) from e
-    expected = (metadata["images"], metadata["embedding_dim"])
+    expected = (metadata.images, metadata.embedding_dim)
     if matrix.dtype != np.float32 or matrix.shape != expected:
         raise damaged(folder, EMBEDDINGS, f"{matrix.dtype} of shape {matrix.shape}, "
                                           f"where {METADATA} says float32 of shape {expected}")
@@ -208,12 +218,12 @@ def _line_count(path: Path) -> int:
 
 
 def load_embeddings(folder: str | os.PathLike) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """The vectors (a read-only memory map, (N, D) float32) and index rows of a `fext encode` folder."""
+    """The vectors (a read-only memory map, (N, D) float32) and the rows of embeddings_index.csv of a `fext encode` folder."""
     encoding = open_encoding(folder)
-    return encoding.vectors, encoding.read_index()
+    return encoding.vectors, encoding.read_rows_csv()
 
 
-def read_index(path: Path) -> list[dict[str, Any]]:
+def read_rows_csv(path: Path) -> list[dict[str, Any]]:
     """The rows of an ``embeddings_index.csv`` as ``{"row", "path", "width", "height"}`` dicts, numbered 0, 1, ...
 
     A row that does not parse or is out of order is one clear error naming the file.
@@ -231,8 +241,8 @@ def read_index(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def stream_index_paths(path: Path) -> Iterator[tuple[int, str]]:
-    """``(row, path)`` of an ``embeddings_index.csv`` in order, read as it goes (for indexes too large to hold);
+def stream_row_paths(path: Path) -> Iterator[tuple[int, str]]:
+    """``(row, path)`` of an ``embeddings_index.csv`` in order, read as it goes (for files too large to hold);
     a row out of order is one clear error naming the file."""
     with open(path, newline="", encoding="utf-8") as f:
         for number, record in enumerate(csv.DictReader(f)):
@@ -241,9 +251,9 @@ def stream_index_paths(path: Path) -> Iterator[tuple[int, str]]:
             yield number, record["path"]
 
 
-def index_paths(folder: Path) -> list[str]:
-    """The relative paths of the index, in row order."""
-    return [row["path"] for row in read_index(folder / INDEX)]
+def row_paths(folder: Path) -> list[str]:
+    """The relative paths of embeddings_index.csv, in row order."""
+    return [row["path"] for row in read_rows_csv(folder / ROWS_CSV)]
 
 
 def read_failed(folder: Path) -> dict[str, str]:
@@ -255,35 +265,74 @@ def read_failed(folder: Path) -> dict[str, str]:
         return {}
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON file of the folder, or None when it is missing (or unreadable, with a warning)."""
+class UnreadableFile(ValueError):
+    """A JSON file of the folder that is there but does not parse."""
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file of the folder, or None when it is missing; :class:`UnreadableFile` when it does not parse."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):
-        log.warning("Ignoring unreadable %s", path)
+    except (OSError, ValueError) as e:
+        raise UnreadableFile(f"{path.name} unreadable") from e
+
+
+def ignore_unreadable(path: Path) -> None:
+    """The warning for a JSON file of the folder that is skipped because it does not parse."""
+    log.warning("Ignoring unreadable %s", path)
+
+
+def read_state(folder: Path) -> EncodeState | None:
+    """The resumable state of an unfinished run in ``folder``, or None when there is none.
+
+    ValueError when the file is there but damaged or of another version (unreadable JSON also says so in a warning).
+    """
+    try:
+        data = _read_json(folder / STATE)
+    except UnreadableFile:
+        ignore_unreadable(folder / STATE)
+        data = None
+    if data is None and not (folder / STATE).exists():
         return None
+    return EncodeState.from_json(data)
 
 
-def write_failed(folder: Path, failures: Iterable[dict[str, Any]]) -> None:
+def write_state(folder: Path, state: EncodeState) -> None:
+    """Record ``state`` in ``folder``'s .encode_state.json, atomically."""
+    write_json(folder / STATE, state.to_json())
+
+
+def read_index_description(folder: Path) -> IndexDescription | None:
+    """index.json of ``folder``, or None when there is none; :class:`UnreadableFile` when it does not parse,
+    ValueError when it describes no index."""
+    data = _read_json(folder / INDEX_JSON)
+    return None if data is None else IndexDescription.from_json(data)
+
+
+def write_index_description(folder: Path, description: IndexDescription) -> None:
+    write_json(folder / INDEX_JSON, description.to_json())
+
+
+def write_failed(folder: Path, failures: Iterable[Failure]) -> None:
     with atomic_open(folder / FAILED, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "reason"])
-        writer.writerows([fail["path"], fail["reason"]] for fail in failures)
+        writer.writerows([fail.path, fail.reason] for fail in failures)
 
 
-def write_index(folder: Path, paths: Sequence[str], sizes: np.ndarray) -> None:
+def write_rows_csv(folder: Path, paths: Sequence[str], sizes: np.ndarray) -> None:
     """``embeddings_index.csv`` for ``paths`` (row order) and their (width, height) ``sizes`` (N, 2)."""
-    with atomic_open(folder / INDEX, "w", newline="", encoding="utf-8") as f:
+    with atomic_open(folder / ROWS_CSV, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["row", "path", "width", "height"])
         writer.writerows([row, path, int(w), int(h)] for row, (path, (w, h)) in enumerate(zip(paths, sizes)))
 
 
-def write_metadata(folder: Path, metadata: dict[str, Any]) -> None:
+def write_metadata(folder: Path, metadata: EncodingMetadata) -> None:
     """Write metadata.json: the last file of a run, which marks the folder finished."""
-    write_json(folder / METADATA, metadata)
+    write_json(folder / METADATA, metadata.to_json())
 
 
 def write_per_image(folder: Path, names: list[str]) -> None:

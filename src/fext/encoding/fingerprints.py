@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from fext.encoding.records import CheckpointRecord
 from fext.errors import FeXTError
 
 
-def checkpoint_identity(ckpt: Path) -> dict[str, str]:
+def checkpoint_identity(ckpt: Path) -> CheckpointRecord:
     """Name, absolute path and a content hash (weights + architecture) of a checkpoint folder."""
     from fext.checkpoints import WEIGHTS, read_description
 
@@ -24,7 +25,7 @@ def checkpoint_identity(ckpt: Path) -> dict[str, str]:
                 digest.update(block)
     except OSError as e:
         raise FeXTError(f"{ckpt} is not a usable FeXT checkpoint ({e}); pass a folder written by `fext train`") from e
-    return {"name": ckpt.name, "path": str(ckpt), "hash": digest.hexdigest()}
+    return CheckpointRecord(ckpt.name, str(ckpt), digest.hexdigest())
 
 
 def listing_fingerprint(paths: Sequence[Path], names: Sequence[str]) -> str:

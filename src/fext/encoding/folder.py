@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from fext import distributed
-from fext._io import atomic_path, write_json
+from fext._io import atomic_path
 from fext.architecture import ModelArchitecture
 from fext.checkpoints import read_checkpoint
 from fext.config import Config
@@ -25,6 +25,7 @@ from fext.data import Listing, list_folder
 from fext.encoding import calibration, files, incremental, inference, npy_rows, resumable
 from fext.encoding.finish import clear_output, finalize, run_details
 from fext.encoding.fingerprints import checkpoint_identity, listing_fingerprint
+from fext.encoding.records import EncodeRun, EncodeState, Failure
 from fext.encoding.sharding import encode_sharded
 from fext.errors import FeXTError
 from fext.index import refresh_index
@@ -42,10 +43,10 @@ class _Job:
     output: Path
     listing: Listing
     names: list[str]
-    """The listing's paths relative to ``input_dir``, as the index writes them."""
+    """The listing's paths relative to ``input_dir``, as embeddings_index.csv writes them."""
     stats: list[incremental.Stat]
     arch: ModelArchitecture
-    run: dict[str, Any]
+    run: EncodeRun
 
     @property
     def paths(self) -> list[Path]:
@@ -112,17 +113,12 @@ def _describe_job(ckpt: str | os.PathLike, input_dir: str | os.PathLike, output_
     names = [p.relative_to(input_dir).as_posix() for p in paths]
     stats = incremental.stat_files(paths)
     arch = read_checkpoint(ckpt).description.architecture
-    run = {
-        "checkpoint": checkpoint_identity(ckpt),
-        "input": str(input_dir),
-        "listing": listing_fingerprint(paths, names),
-        "images": len(paths),
-        "embedding_dim": arch.feature_dim,
-    }
+    run = EncodeRun(checkpoint_identity(ckpt), str(input_dir), listing_fingerprint(paths, names), len(paths),
+                    arch.feature_dim)
     return _Job(ckpt, input_dir, output, listing, names, stats, arch, run)
 
 
-def _open_state(job: _Job, overwrite: bool) -> dict[str, Any] | None:
+def _open_state(job: _Job, overwrite: bool) -> EncodeState | None:
     """The state to go on from (fresh, resumed or incremental), or None when the output already holds this run."""
     if overwrite:
         clear_output(job.output)
@@ -138,10 +134,10 @@ def _leave_as_it_is(job: _Job, per_image: bool) -> None:
     log.info("%s already holds the embeddings of these %d images (pass --overwrite to encode them again)%s",
              job.output, len(job.paths), "".join(f"; {note}" for note in job.listing.notes()))
     if per_image:
-        files.write_per_image(job.output, files.index_paths(job.output))
+        files.write_per_image(job.output, files.row_paths(job.output))
 
 
-def _encode_what_is_missing(job: _Job, state: dict[str, Any], batch_size: int, config: Config, device: Any,
+def _encode_what_is_missing(job: _Job, state: EncodeState, batch_size: int, config: Config, device: Any,
                             progress: bool) -> None:
     """Encode the images the state has not done yet (an incremental run: only the new and changed ones)."""
     arch = job.arch
@@ -150,29 +146,27 @@ def _encode_what_is_missing(job: _Job, state: dict[str, Any], batch_size: int, c
         len(job.paths), job.input_dir, job.ckpt.name, arch.preset, arch.img_size, arch.feature_dim, device,
         " with mixed precision" if config.device.MIXED_PRECISION else "", job.output,
     )
-    state.setdefault("todo", len(job.paths))  # a state written before incremental runs existed
-    todo = _plan_update(job.output, state, job.paths, job.names, job.stats) if state.get("incremental") else None
-    if state["done"] < state["todo"]:
-        if state["done"]:
-            log.info("Resuming: %d of %d images were already done", state["done"], state["todo"])
+    todo = _plan_update(job.output, state, job.paths, job.names, job.stats) if state.incremental else None
+    if state.done < state.todo:
+        if state.done:
+            log.info("Resuming: %d of %d images were already done", state.done, state.todo)
         resumable.encode_missing(job.output, state, job.ckpt, job.paths, job.names, arch.img_size, batch_size, config,
                                  device, progress, todo)
 
 
-def _finish(job: _Job, state: dict[str, Any], batch_size: int, config: Config, device: Any, per_image: bool) -> None:
+def _finish(job: _Job, state: EncodeState, batch_size: int, config: Config, device: Any, per_image: bool) -> None:
     """The final files and metadata.json, the similarity bands, and (after an update) a refreshed faiss index."""
-    files_note = {"not_images": len(job.listing.not_images), "multi_frame": len(job.listing.multi_frame)}
     finalize(job.output, state, job.paths, job.names, job.stats, per_image,
-             extra={**run_details(job.arch, batch_size, device, config, job.ckpt), **files_note})
+             run_details(job.arch, batch_size, device, config, job.ckpt, job.listing))
     calibration.record_bands(job.output, job.ckpt, config, config.SEED)
-    if state.get("incremental"):
+    if state.incremental:
         refresh_index(job.output)
 
 
-def _plan_update(output: Path, state: dict[str, Any], paths: list[Path], names: list[str],
+def _plan_update(output: Path, state: EncodeState, paths: list[Path], names: list[str],
                  stats: list[incremental.Stat]) -> np.ndarray:
     """An incremental run's to-do list; planned once (reused rows copied into the partial files), then reloaded."""
-    if state["planned"]:
+    if state.planned:
         return np.load(output / files.TODO, allow_pickle=False)
     plan = incremental.plan(output, paths, names, stats)
     with atomic_path(output / files.TODO) as tmp, open(tmp, "wb") as f:
@@ -180,12 +174,12 @@ def _plan_update(output: Path, state: dict[str, Any], paths: list[Path], names: 
     if plan.reuse_rows:
         new, old = (np.asarray(column, dtype=np.int64) for column in zip(*plan.reuse_rows))
         npy_rows.copy_rows_into(output / files.EMBEDDINGS, output / files.PARTIAL, old, new)
-        old_sizes = np.asarray([(r["width"], r["height"]) for r in files.read_index(output / files.INDEX)], np.int32)
+        old_sizes = np.asarray([(r["width"], r["height"]) for r in files.read_rows_csv(output / files.ROWS_CSV)], np.int32)
         with open(output / files.SIZES_PARTIAL, "r+b") as f:
             order = np.argsort(new)
             npy_rows.write_rows(f, npy_rows.offset(output / files.SIZES_PARTIAL), 8, new[order], old_sizes[old[order]])
-    state.update(failures=[{"position": p, "path": names[p], "reason": r} for p, r in plan.reuse_failures],
-                 todo=len(plan.todo), counts=plan.counts, planned=True)
-    write_json(output / files.STATE, state)
+    state.failures = [Failure(p, names[p], r) for p, r in plan.reuse_failures]
+    state.todo, state.counts, state.planned = len(plan.todo), plan.counts, True
+    files.write_state(output, state)
     log.info("Updating %s: %s; %d images to encode", output, incremental.summary(plan.counts), len(plan.todo))
     return plan.todo

@@ -90,13 +90,13 @@ class Plan:
 def plan(output: Path, paths: Sequence[Path], names: Sequence[str], stats: Sequence[Stat]) -> Plan:
     """Compare the listing with the finished encoding in ``output`` (see the module docstring)."""
     old_sources = files.read_sources(output)
-    old_names = set(files.index_paths(output)) | set(files.read_failed(output))
+    old_names = set(files.row_paths(output)) | set(files.read_failed(output))
     if old_sources is None:
         log.warning("%s has no %s (encoded by an earlier FeXT): encoding every image again, once", output, files.SOURCES)
         removed = len(old_names - set(names))
         return Plan(np.arange(len(paths), dtype=np.int64),
                     counts={"reused": 0, "added": len(paths), "changed": 0, "removed": removed, "renamed": 0})
-    old_rows = {name: row for row, name in enumerate(files.index_paths(output))}
+    old_rows = {name: row for row, name in enumerate(files.row_paths(output))}
     old_failed = files.read_failed(output)
     by_hash = {s.hash: s.path for s in old_sources.values() if s.hash}
     current = set(names)

@@ -115,15 +115,14 @@ def encode_images(
     config: Config,
     progress: bool = False,
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Encode images in memory; return ``(vectors (N, D) float32, index rows)``.
+    """Encode images in memory; return ``(vectors (N, D) float32, rows)``.
 
     ``config`` is the resolved configuration (``load_config(...)``, or ``Config()`` for the
     documented defaults): its device, precision, workers and compile settings are used. ``ckpt``
     is a checkpoint folder (run on ``config``'s device) or an already loaded FeXTAutoEncoder
     (run where it is, in eval mode). ``paths_or_folder`` is a folder (every image under it, paths
-    in the index relative to it; files that are not images are counted in one log line) or a
-    list of image files (paths in the index as given). Index rows are ``{"row", "path", "width",
-    "height"}``. Files that cannot be read are left out with a warning. Meant for sets that fit
+    relative to it; files that are not images are counted in one log line) or a list of image
+    files (paths as given). Rows are ``{"row", "path", "width", "height"}``, as in embeddings_index.csv. Files that cannot be read are left out with a warning. Meant for sets that fit
     in memory; use :func:`~fext.encoding.encode_folder` for
     large folders.
     """
@@ -151,7 +150,7 @@ def encode_images(
         device, was_training, was_fast = device_of(config), False, True
         model = load_model(ckpt, device, compile_backend(config))
     padding = 0 if isinstance(ckpt, torch.nn.Module) else pad_to(config, batch_size)
-    vectors, index = [], []
+    vectors, rows = [], []
     try:
         batches = decode_batches(paths, model.arch.img_size, batch_size, workers(config, len(paths), batch_size),
                                  log_failures=False)
@@ -161,8 +160,8 @@ def encode_images(
             if len(batch.positions):
                 vectors.append(embed(model, batch.images, device, config.device.MIXED_PRECISION, padding))
             for position, (width, height) in zip(batch.positions, batch.sizes):
-                index.append({"row": len(index), "path": names[position], "width": int(width), "height": int(height)})
+                rows.append({"row": len(rows), "path": names[position], "width": int(width), "height": int(height)})
     finally:
         model.train(was_training).enable_fast_inference(was_fast)
     matrix = np.concatenate(vectors) if vectors else np.empty((0, model.arch.feature_dim), np.float32)
-    return matrix, index
+    return matrix, rows

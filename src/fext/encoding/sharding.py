@@ -12,26 +12,27 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from fext import distributed
-from fext._io import write_json
 from fext.config import Config
 from fext.data import Listing
 from fext.encoding import calibration, files, inference, npy_rows, resumable
 from fext.encoding.fingerprints import listing_fingerprint
 from fext.encoding.finish import clear_output, finalize, run_details
+from fext.encoding.records import EncodeRun, EncodeState
 from fext.errors import FeXTError
 
 log = logging.getLogger(__name__)
 
 def encode_sharded(
-    output: Path, run: dict[str, Any], ckpt: Path, listing: Listing, names: list[str], stats: list[tuple[int, int]],
+    output: Path, run: EncodeRun, ckpt: Path, listing: Listing, names: list[str], stats: list[tuple[int, int]],
     arch: Any, batch_size: int, cfg: Config, per_image: bool, overwrite: bool, progress: bool,
 ) -> Path:
     """:func:`~fext.encoding.encode_folder` in one of several processes: encode this rank's block, then rank 0 joins the parts."""
-    rank, world, n = distributed.rank(), distributed.world_size(), run["images"]
+    rank, world, n = distributed.rank(), distributed.world_size(), run.images
     paths = listing.images
     # 1. Rank 0 looks at the output folder; every rank gets its verdict, or its error.
     verdict, state = ("error", ""), None
@@ -41,7 +42,7 @@ def encode_sharded(
                 clear_output(output)
             state = resumable.prepare(output, run, incremental=False)
             listing.write_skipped(output)
-            verdict = ("complete", "") if state is None else ("merged", "") if state["done"] == n else ("encode", "")
+            verdict = ("complete", "") if state is None else ("merged", "") if state.done == n else ("encode", "")
             for stale in (output / files.PARTS).glob("*"):  # parts of a run with another number of processes
                 if not stale.name.endswith(f"-of-{world:05d}"):
                     shutil.rmtree(stale, ignore_errors=True)
@@ -55,7 +56,7 @@ def encode_sharded(
             log.info("%s already holds the embeddings of these %d images (pass --overwrite to encode them again)",
                      output, n)
             if per_image:
-                files.write_per_image(output, files.index_paths(output))
+                files.write_per_image(output, files.row_paths(output))
         distributed.barrier()
         return output
 
@@ -64,13 +65,13 @@ def encode_sharded(
     if kind == "encode":
         start, stop = distributed.contiguous_shard(n)
         log.info("Encoding %d images of %s with %s in %d processes (this one: images %d to %d on %s) into %s",
-                 n, run["input"], ckpt.name, world, start + 1, stop, device, output)
+                 n, run.input, ckpt.name, world, start + 1, stop, device, output)
         if stop > start:
             part = output / files.PARTS / f"{rank:05d}-of-{world:05d}"
             fingerprint = listing_fingerprint(paths[start:stop], names[start:stop])
-            part_run = {**run, "listing": fingerprint, "images": stop - start}
+            part_run = replace(run, listing=fingerprint, images=stop - start)
             part_state = resumable.prepare(part, part_run)
-            if part_state is not None and part_state["done"] < stop - start:
+            if part_state is not None and part_state.done < stop - start:
                 resumable.encode_missing(part, part_state, ckpt, paths[start:stop], names[start:stop], arch.img_size,
                                          batch_size, cfg, device, progress and rank == 0)
         distributed.barrier()
@@ -79,20 +80,19 @@ def encode_sharded(
 
     # 3. Rank 0 writes the final files exactly as one process would (and removes the parts).
     if rank == 0:
-        details = {**run_details(arch, batch_size, device, cfg, ckpt), "processes": world,
-                   "not_images": len(listing.not_images), "multi_frame": len(listing.multi_frame)}
-        finalize(output, state, paths, names, stats, per_image, extra=details)
+        details = run_details(arch, batch_size, device, cfg, ckpt, listing, processes=world)
+        finalize(output, state, paths, names, stats, per_image, details)
         calibration.record_bands(output, ckpt, cfg, cfg.SEED)
     distributed.barrier()
     return output
 
-def join_parts(output: Path, run: dict[str, Any], world: int) -> dict[str, Any]:
+def join_parts(output: Path, run: EncodeRun, world: int) -> EncodeState:
     """Copy the rows of every rank's part into the output's partial files; return the state of the whole run.
 
     The output's state says "nothing done" while the rows are copied, so a kill here leaves a
     run that joins the (complete) parts again.
     """
-    n, d = run["images"], run["embedding_dim"]
+    n, d = run.images, run.embedding_dim
     state = resumable.new_state(output, run)
     failures, seconds = [], 0.0
     for r in range(world):
@@ -100,13 +100,21 @@ def join_parts(output: Path, run: dict[str, Any], world: int) -> dict[str, Any]:
         if stop == start:
             continue
         part = output / files.PARTS / f"{r:05d}-of-{world:05d}"
-        part_state = files.read_json(part / files.STATE)
-        if part_state is None or part_state.get("done") != stop - start:
+        part_state = _part_state(part)
+        if part_state is None or part_state.done != stop - start:
             raise FeXTError(f"The part of rank {r} in {part} is incomplete; run the same command again to finish it")
         for name, row_bytes in ((files.PARTIAL, d * 4), (files.SIZES_PARTIAL, 8)):
             npy_rows.copy_block(part / name, output / name, start, row_bytes)
-        failures += [{**f, "position": f["position"] + start} for f in part_state["failures"]]
-        seconds = max(seconds, part_state["elapsed_seconds"])  # the ranks ran side by side
-    state.update(done=n, failures=failures, elapsed_seconds=seconds)
-    write_json(output / files.STATE, state)
+        failures += [replace(f, position=f.position + start) for f in part_state.failures]
+        seconds = max(seconds, part_state.elapsed_seconds)  # the ranks ran side by side
+    state.done, state.failures, state.elapsed_seconds = n, failures, seconds
+    files.write_state(output, state)
     return state
+
+
+def _part_state(part: Path) -> EncodeState | None:
+    """The state of one rank's part; None when it is missing or damaged (the part is then encoded again)."""
+    try:
+        return files.read_state(part)
+    except ValueError:
+        return None

@@ -13,25 +13,27 @@ from typing import Any
 
 import numpy as np
 
+from fext.encoding.records import EncodingMetadata
+
 log = logging.getLogger(__name__)
 
 BATCH = 32
 
 
-def recorded_checkpoint(metadata: dict[str, Any], override: str | Path | None = None) -> Path | None:
+def recorded_checkpoint(metadata: EncodingMetadata, override: str | Path | None = None) -> Path | None:
     """The checkpoint that wrote the embeddings, if it is at hand (``override``: where it is now); else None, logged."""
     from fext.encoding import checkpoint_identity
     from fext.errors import FeXTError
 
-    recorded = metadata.get("checkpoint") or {}
-    path = Path(override).expanduser().resolve() if override else Path(recorded.get("path", ""))
+    recorded = metadata.checkpoint
+    path = Path(override).expanduser().resolve() if override else Path(recorded.path or "")
     try:
-        same = bool(recorded.get("hash")) and checkpoint_identity(path)["hash"] == recorded["hash"]
+        same = bool(recorded.hash) and checkpoint_identity(path).hash == recorded.hash
     except (FeXTError, OSError, ValueError, KeyError):
         same = False
     if not same:
         log.info("The checkpoint that wrote the embeddings (%s) is not at hand: no reconstruction errors, "
-                 "and the duplicate threshold is not measured on edited copies", recorded.get("name", "unknown"))
+                 "and the duplicate threshold is not measured on edited copies", recorded.name or "unknown")
         return None
     return path
 

@@ -23,6 +23,7 @@ import numpy as np
 from fext._io import atomic_open
 from fext.config import Config
 from fext.encoding.files import Encoding, open_encoding
+from fext.encoding.records import EncodingMetadata
 from fext.errors import FeXTError
 from fext.explore import measure
 from fext.explore.clusters import CANDIDATE_KS, SILHOUETTE_SAMPLE, Clusters, find_clusters
@@ -146,15 +147,15 @@ def explore(
 
 
 def _open(embeddings: str | os.PathLike) -> tuple[Encoding, list[str], np.ndarray]:
-    """(the encoding, its images' paths as the index writes them, its unit vectors (N, D) float32)."""
+    """(the encoding, its images' paths as embeddings_index.csv writes them, its unit vectors (N, D) float32)."""
     encoding = open_encoding(embeddings)
-    paths = [row["path"] for row in encoding.read_index()]
+    paths = [row["path"] for row in encoding.read_rows_csv()]
     return encoding, paths, _checked_vectors(encoding.vectors, paths, encoding.folder)
 
 
-def _images_of(metadata: dict[str, Any], paths: list[str]) -> tuple[Path, list[Path], bool]:
+def _images_of(metadata: EncodingMetadata, paths: list[str]) -> tuple[Path, list[Path], bool]:
     """(the encoded folder, each image's file, whether the images are still there to be read)."""
-    input_dir = Path(metadata.get("input", ""))
+    input_dir = Path(metadata.input)
     files = [input_dir / p for p in paths]
     return input_dir, files, input_dir.is_dir() and any(f.is_file() for f in files[:50])
 
@@ -231,7 +232,7 @@ def _checked_vectors(vectors: np.ndarray, paths: list[str], folder: Path) -> np.
 
 
 def _model_measurements(
-    ckpt: Path | None, files: list[Path], unit: np.ndarray, metadata: dict[str, Any], cfg: Config,
+    ckpt: Path | None, files: list[Path], unit: np.ndarray, metadata: EncodingMetadata, cfg: Config,
     reconstruction: bool, progress: bool,
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
     """(reconstruction errors or None, edited copies' similarities or None, the sampled rows)."""
@@ -244,7 +245,7 @@ def _model_measurements(
 
     device = select_device(cfg.device.DEVICE, cfg.device.DEVICE_ID)
     model = load_model(ckpt, device)
-    size = int(metadata["img_size"])
+    size = metadata.img_size
     copies = copy_similarities(lambda images: embed(model, images, device), [files[i] for i in sample],
                                unit[sample], size)
     readable = ~np.isnan(copies).any(axis=1)
@@ -291,10 +292,10 @@ def _image_base(input_dir: Path, out: Path) -> str:
 
 
 def _notes(
-    folder: Path, metadata: dict[str, Any], n: int, groups: Clusters, asked_k: int | None, outliers: Outliers,
+    folder: Path, metadata: EncodingMetadata, n: int, groups: Clusters, asked_k: int | None, outliers: Outliers,
     threshold: Threshold, duplicates: Duplicates, have_images: bool, input_dir: Path,
 ) -> PageNotes:
-    recorded = (metadata.get("checkpoint") or {}).get("name", "unknown checkpoint")
+    recorded = metadata.checkpoint.name or "unknown checkpoint"
     if asked_k is not None:
         k_rule = f"K = {groups.k} as asked (--clusters)."
     elif groups.silhouette is None:
@@ -306,7 +307,7 @@ def _notes(
     kinds = {kind: sum(k == kind for k in duplicates.kinds) for kind in KINDS}
     return PageNotes(
         title=f"FeXT atlas — {folder.name}",
-        summary=f"{n:,} images from {input_dir}, encoded with {recorded} (D = {metadata.get('embedding_dim', '?')}).",
+        summary=f"{n:,} images from {input_dir}, encoded with {recorded} (D = {metadata.embedding_dim}).",
         clusters=f"k-means on the unit vectors. {k_rule} Spread: mean cosine distance to the centre; "
                  "medoid: the image nearest the centre.",
         outliers=f"Score: the largest robust z-score (0 = typical) of an image's signals: {measured} "
