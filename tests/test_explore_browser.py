@@ -19,7 +19,9 @@ import pytest
 from conftest import tiny_config
 from PIL import Image
 
+from fext.encoding.calibration import read_bands
 from fext.explore import explore
+from fext.similarity import band_of
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 NEIGHBOURS = 5
@@ -78,7 +80,7 @@ def test_the_canvas_is_drawn(page):
     assert drawn >= len(result.paths) * 4  # every point is at least a 3x3 dot, some overlap
 
 
-def test_hover_shows_the_thumbnail_and_click_shows_the_neighbours(page):
+def test_hover_shows_the_thumbnail_and_click_shows_the_neighbours(page, encoded_scenes):
     from selenium.webdriver.common.action_chains import ActionChains
 
     browser, result, _ = page

@@ -271,6 +271,7 @@
       const j = NB[i * K + k]; if (j < 0) continue;
       const li = document.createElement("li"); li.dataset.row = j;
       li.append(thumb(j, 48), Object.assign(document.createElement("span"), { className: "sim", textContent: NS[i * K + k].toFixed(3) }),
+        ...(D.bands ? [Object.assign(document.createElement("span"), { className: "band", textContent: bandOf(NS[i * K + k]) })] : []),
         Object.assign(document.createElement("span"), { className: "path", textContent: PATHS[j] }));
       li.onclick = () => focus(j);
       list.append(li);
@@ -281,6 +282,10 @@
       Object.assign(document.createElement("h3"), { textContent: PATHS[i] }), info,
       Object.assign(document.createElement("h4"), { textContent: `${K} nearest neighbours (cosine similarity)` }), list);
   }
+
+  // What a score means in this collection: the bands fext encode measured on edited copies of its images
+  // (fext.similarity.band_of: the first band whose lower edge the score reaches; the last has none).
+  const bandOf = (score) => D.bands.find(([, edge]) => edge === null || score >= edge)[0];
 
   document.getElementById("colour").addEventListener("change", (e) => { colour = e.target.value; render(); });
   document.getElementById("highlight").addEventListener("change", (e) => { highlight = e.target.checked; render(); });

@@ -24,6 +24,7 @@ from fext.explore.duplicates import Duplicates
 from fext.explore.neighbours import Neighbours
 from fext.explore.outliers import Outliers
 from fext.explore.thumbnails import Sprites, iter_sheet_uris
+from fext.similarity import BANDS
 
 TOP_OUTLIERS = 48
 MAX_GROUPS = 300
@@ -55,9 +56,11 @@ def write_page(
     image_base: str | None,
     notes: PageNotes,
     selection: list[int] | None = None,
+    bands: dict[str, float] | None = None,
 ) -> None:
     """Write atlas.html to ``path``; ``image_base``: URL prefix (relative to the page) of the original images;
-    ``selection``: rows marked as selected when the page opens (``fext explore --selection``)."""
+    ``selection``: rows marked as selected when the page opens (``fext explore --selection``); ``bands``: the
+    encoding's similarity bands (:mod:`fext.similarity`), whose words the page shows beside neighbours' scores."""
     n = len(paths)
     present = sprites.present if sprites else np.zeros(n, dtype=bool)
     data = {
@@ -73,6 +76,7 @@ def write_page(
         "outliers": outliers.ranking()[:TOP_OUTLIERS].tolist(),
         "why": [outliers.why(r) for r in outliers.ranking()[:TOP_OUTLIERS].tolist()],
         "selection": [int(r) for r in selection or []],
+        "bands": [[name, bands.get(name)] for name in BANDS] if bands else None,  # the last band: no lower edge
         "duplicates": [
             {"rows": group, "kind": kind, "min": float(np.nanmin(duplicates.similarity[group][1:]))}
             for group, kind in zip(duplicates.groups[:MAX_GROUPS], duplicates.kinds)

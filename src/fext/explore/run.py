@@ -140,7 +140,7 @@ def explore(
     notes = _notes(folder, metadata, len(paths), groups, clusters, outliers, threshold, duplicates, have_images, input_dir)
     notes = replace(notes, selection=_selection_note(selection, marked))
     write_page(out / "atlas.html", paths, xy, groups, outliers, duplicates, page_nb, sprites,
-               _image_base(input_dir, out) if have_images else None, notes, marked)
+               _image_base(input_dir, out) if have_images else None, notes, marked, metadata.bands)
     clock.lap("files")
     log.info("Explore steps: %s", ", ".join(f"{k} {v:.1f} s" for k, v in clock.seconds.items()))
     return Exploration(out, paths, xy, groups, outliers, duplicates, threshold, page_nb, sprites is not None, clock.seconds)
