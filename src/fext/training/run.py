@@ -24,7 +24,7 @@ from fext.device import explain_compile_failure
 from fext.errors import FeXTError
 from fext.model import FeXTAutoEncoder
 from fext.training import outputs
-from fext.training.loop import GracefulStop, NonFiniteLoss, Run, train_one_epoch, validate
+from fext.training.loop import EpochResult, GracefulStop, NonFiniteLoss, Run, train_one_epoch, validate
 from fext.training.schedule import BUDGET_DECAY_SHARE, budget_spent, trained_seconds
 from fext.training.start import (
     model_and_projector, new_folder, optimizer_and_position, starting_point, training_images, wrapped_for_training,
@@ -183,11 +183,7 @@ def fit(run: Run, epochs: int, show_bar: bool = True) -> None:
                 complete = not result.interrupted and (validation is not None or len(run.val_rows) == 0)
                 # 3. A completed epoch joins the history and is saved (a kill now loses nothing).
                 if complete:
-                    entry = {
-                        "epoch": p.epoch + 1, "train": result.metrics, "validation": validation, "lr": result.lr,
-                        "seconds": round(result.seconds + time.perf_counter() - validation_started, 3),
-                        "images_per_second": round(result.images / max(result.seconds, 1e-9), 2), "steps": p.step,
-                    }
+                    entry = _history_entry(p, result, validation, time.perf_counter() - validation_started)
                     p.history.append(entry)
                     p.epoch, p.batch, p.partial = p.epoch + 1, 0, {}
                     _save(run, tensorboard, entry)
@@ -219,6 +215,16 @@ def fit(run: Run, epochs: int, show_bar: bool = True) -> None:
         ) from None
     finally:
         tensorboard.close()
+
+
+def _history_entry(p: RunPosition, result: EpochResult, validation: dict[str, float] | None,
+                   validation_seconds: float) -> dict[str, Any]:
+    """The history.json entry of the epoch that ``result`` completed (``p`` not yet moved past it)."""
+    return {
+        "epoch": p.epoch + 1, "train": result.metrics, "validation": validation, "lr": result.lr,
+        "seconds": round(result.seconds + validation_seconds, 3),
+        "images_per_second": round(result.images / max(result.seconds, 1e-9), 2), "steps": p.step,
+    }
 
 
 def _save(run: Run, tensorboard: outputs.TensorBoardLog, entry: dict[str, Any] | None) -> None:
