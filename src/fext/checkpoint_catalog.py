@@ -14,6 +14,7 @@ from typing import Any
 
 from fext.checkpoints import Checkpoint, missing_file, read_checkpoint
 from fext.errors import FeXTError
+from fext.prompts import choose
 from fext.workspace import Workspace
 
 log = logging.getLogger("fext.checkpoints")
@@ -83,13 +84,7 @@ def resolve_checkpoint(ws: Workspace, name_or_path: str | Path | None, interacti
 def choose_checkpoint(usable: list[CheckpointInfo]) -> CheckpointInfo:
     """The seed's numbered checkpoint choice on a terminal; asks again on an invalid answer."""
     print("Select a checkpoint:")
-    for i, c in enumerate(usable, 1):
-        print(f"  {i}) {c.name}")
-    while True:
-        answer = input(f"Checkpoint number (1-{len(usable)}): ").strip()
-        if answer.isdigit() and 1 <= int(answer) <= len(usable):
-            return usable[int(answer) - 1]
-        print(f"Invalid choice {answer!r}: enter a number from 1 to {len(usable)}.")
+    return usable[choose([c.name for c in usable], "Checkpoint number")]
 
 
 def format_table(headers: list[str], rows: list[list[Any]]) -> str:

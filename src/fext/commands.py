@@ -271,9 +271,9 @@ def cmd_export_embeddings(ctx: CommandContext, args: argparse.Namespace) -> int:
 
 
 def cmd_explore(ctx: CommandContext, args: argparse.Namespace) -> int:
-    from fext.explore.run import explore, resolve_embeddings
+    from fext.explore.run import explore
 
-    folder = resolve_embeddings(ctx.workspace.extraction, args.embeddings, ctx.interactive)
+    folder = embeddings_dir(ctx, args.embeddings)
     result = explore(folder, args.output, clusters=args.clusters, neighbours=args.neighbours, config=ctx.config,
                      checkpoint=moved_checkpoint(ctx, args.checkpoint), duplicate_threshold=args.duplicate_threshold,
                      reconstruction=not args.no_reconstruction, progress=ctx.progress, selection=args.selection)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import fext
 from fext._io import atomic_path
 from fext.errors import FeXTError
 
@@ -59,7 +60,7 @@ def export_encoder(
     arch = model.arch
     output = Path(output) if output is not None else checkpoint.path / FORMATS[fmt]
     metadata = {
-        "producer": "fext", "fext_version": _version(), "checkpoint": checkpoint.name, "preset": arch.preset,
+        "producer": "fext", "fext_version": fext.__version__, "checkpoint": checkpoint.name, "preset": arch.preset,
         "img_size": arch.img_size, "embedding_dim": arch.feature_dim,
         "input": f"float32 (N, 3, {arch.img_size}, {arch.img_size}) RGB in [0, 1]" + ("" if dynamic_batch else ", N = 1"),
         "output": f"float32 (N, {arch.feature_dim}) feature vectors, as `fext encode` writes them",
@@ -163,9 +164,3 @@ def export_embeddings(folder: str | os.PathLike, fmt: str = "parquet",
             ], schema=schema))
     log.info("Wrote %d rows (path, width, height, vector of %d float32) to %s", n, d, output)
     return output, n
-
-
-def _version() -> str:
-    from fext import __version__
-
-    return __version__

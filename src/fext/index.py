@@ -42,7 +42,7 @@ from fext.encoding.files import (
 from fext.encoding.npy_rows import RowReader
 from fext.encoding.records import BUILT_KINDS, IndexDescription
 from fext.errors import FeXTError
-from fext.vectors import exact_top_k, normalized
+from fext.vectors import exact_top_k, normalized, seeded_rows
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +200,7 @@ def refresh_index(folder: Path) -> dict[str, Any] | None:
 def _training_sample(vectors: RowReader, nlist: int, seed: int = 0) -> np.ndarray:
     """40 vectors per cell (faiss's k-means wants 39 or more; PQ codebooks want 10,000 or more)."""
     n = len(vectors)
-    take = min(n, max(40 * nlist, 10_000))
-    rows = np.sort(np.random.default_rng(seed).choice(n, take, replace=False))
+    rows = seeded_rows(n, max(40 * nlist, 10_000), seed)
     return normalized(vectors.take(rows))
 
 
@@ -251,8 +250,7 @@ def _finish(encoding: Encoding, index: Any, plan: IndexDescription, started: flo
 
     n, _ = encoding.vectors.shape
     built = VectorIndex(index, plan, encoding.folder)
-    rng = np.random.default_rng(1)
-    sample = np.sort(rng.choice(n, min(n, SAMPLE_QUERIES), replace=False))
+    sample = seeded_rows(n, SAMPLE_QUERIES, 1)
     queries = normalized(encoding.rows.take(sample))
     # Each query finds itself first, in its own cell: leaving that match out makes the sample behave
     # like new queries rather than flatter the recall.

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Protocol, Union
 
 from fext.errors import FeXTError
+from fext.prompts import ask_number, ask_yes_no
 from fext.workspace import Workspace
 
 
@@ -72,26 +73,6 @@ MAIN_MENU: Menu = (TITLE, [
 # A command whose error message suggests one of its flags: the menu offers to run it again with it,
 # since a menu user cannot type flags (e.g. encode refuses to mix checkpoints without --overwrite).
 OFFERED_FLAGS = {"encode": ("--overwrite", "Encode all the images again, replacing the earlier results?")}
-
-
-def ask_yes_no(question: str) -> bool:
-    """Ask a yes/no question (default no); EOFError/KeyboardInterrupt propagate."""
-    while True:
-        answer = input(f"{question} [y/N]: ").strip().lower()
-        if answer in ("", "n", "no"):
-            return False
-        if answer in ("y", "yes"):
-            return True
-        print(f"Invalid answer {answer!r}: enter y or n.")
-
-
-def ask_choice(n: int) -> int:
-    """Ask for a number in 1..n until one is given; EOFError/KeyboardInterrupt propagate."""
-    while True:
-        answer = input(f"Select an option (1-{n}): ").strip()
-        if answer.isdigit() and 1 <= int(answer) <= n:
-            return int(answer)
-        print(f"Invalid choice {answer!r}: enter a number from 1 to {n}.")
 
 
 def _format_seconds(seconds: float) -> str:
@@ -158,7 +139,7 @@ def _run_menu(ctx: MenuContext, menu: Menu, top: bool, new_parser: NewParser) ->
     entries = menu[1]
     while True:
         _show(menu, str(ctx.workspace.root) if top else None)
-        label, action = entries[ask_choice(len(entries)) - 1]
+        label, action = entries[ask_number("Select an option", len(entries)) - 1]
         if action is None:
             return
         if isinstance(action, tuple):

@@ -32,7 +32,7 @@ from fext.encoding.files import Encoding, is_finished, open_encoding, row_paths
 from fext.errors import FeXTError
 from fext.explore.outliers import OUTLIER_NEIGHBOURS
 from fext.search import nearest, paths_of_rows
-from fext.vectors import normalized
+from fext.vectors import normalized, seeded_rows
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,7 @@ def score(
     ckpt = _reference_checkpoint(ref, checkpoint)
     model = _load(ckpt, config) if ckpt is not None else None
     vectors, paths, new_root = _new_vectors(Path(new), ref, model, config, progress)
-    held = np.sort(np.random.default_rng(config.SEED).choice(len(ref_paths), min(CALIBRATION, len(ref_paths)),
-                                                              replace=False))
+    held = seeded_rows(len(ref_paths), CALIBRATION, config.SEED)
     k = min(NEIGHBOURS, len(ref_paths) - 1)  # a small reference: every other image
     cal_rows, cal_sims = _leave_one_out(ref, held, k)
     new_rows, new_sims = nearest(ref, normalized(vectors), k)
@@ -192,13 +191,13 @@ def write_scores(scores: Scores, out: Path, root: Path) -> None:
 def _reference_checkpoint(ref: Encoding, checkpoint: str | os.PathLike | None) -> Path | None:
     """The checkpoint that wrote the reference, if at hand; ``checkpoint`` must be that one."""
     from fext.checkpoints import is_checkpoint
-    from fext.encoding import checkpoint_identity
+    from fext.encoding.fingerprints import wrote_vectors
 
     recorded = ref.metadata.checkpoint
-    path = Path(checkpoint).expanduser().resolve() if checkpoint is not None else Path(recorded.path or "")
+    path = recorded.location(checkpoint)
     if checkpoint is None and not is_checkpoint(path):
         return None
-    if checkpoint_identity(path).hash != recorded.hash:
+    if not wrote_vectors(path, recorded):
         if checkpoint is None:
             return None
         raise FeXTError(f"{checkpoint} is not the checkpoint that wrote the reference {ref.folder} "
@@ -219,7 +218,7 @@ def _refuse_another_checkpoint(new: Path, ref: Encoding) -> None:
     if not is_finished(new):
         return
     mine, theirs = open_encoding(new).metadata.checkpoint, ref.metadata.checkpoint
-    if mine.hash != theirs.hash:
+    if not mine.comparable(theirs):
         raise FeXTError(f"{new} was encoded with the checkpoint {mine.name or 'unknown'} and the reference "
                         f"{ref.folder} with {theirs.name or 'unknown'}: vectors of two checkpoints are not "
                         "comparable. Score the images folder itself, or encode it with the reference's checkpoint")

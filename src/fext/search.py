@@ -23,7 +23,7 @@ import numpy as np
 
 from fext.config import Config
 from fext.encoding.files import Encoding, damaged, open_encoding, stream_row_paths
-from fext.encoding.fingerprints import checkpoint_identity
+from fext.encoding.fingerprints import wrote_vectors
 from fext.encoding.records import EncodingMetadata
 from fext.errors import FeXTError
 from fext.index import open_index
@@ -167,13 +167,13 @@ def _query_model(metadata: EncodingMetadata, emb_dir: Path, cfg: Config, checkpo
     from fext.encoding.inference import load_model
 
     recorded = metadata.checkpoint
-    ckpt = Path(checkpoint).expanduser().resolve() if checkpoint else Path(recorded.path)
+    ckpt = recorded.location(checkpoint)
     if not is_checkpoint(ckpt):
         raise FeXTError(
             f"The checkpoint that wrote {emb_dir}, {recorded.name}, is not at {ckpt} any more. "
             "Move it back, pass its new location with --checkpoint, or query an image already in the index."
         )
-    if checkpoint_identity(ckpt).hash != recorded.hash:
+    if not wrote_vectors(ckpt, recorded):
         raise FeXTError(
             f"{ckpt} is not the checkpoint that wrote {emb_dir} (its weights differ), so its vectors are not "
             f"comparable. Pass the checkpoint {recorded.name} with --checkpoint, or encode the images again."

@@ -1,4 +1,4 @@
-"""Vector maths shared by every command that compares feature vectors: unit length and exact cosine top-k.
+"""Vector maths shared by every command that compares feature vectors: unit length, exact cosine top-k, seeded rows.
 
 A leaf module (NumPy only). Two feature vectors are compared by their cosine similarity, the inner
 product of the vectors :func:`normalized` makes; search, the index, explore, select, score, the
@@ -20,6 +20,11 @@ def normalized(block: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     x /= np.where(norms > 0, norms, 1.0)
     return x
+
+
+def seeded_rows(n: int, cap: int, seed: int) -> np.ndarray:
+    """At most ``cap`` of the row numbers 0..n-1, drawn without replacement with ``seed``, in increasing order."""
+    return np.sort(np.random.default_rng(seed).choice(n, min(cap, n), replace=False))
 
 
 def centred_normalized(vectors: np.ndarray) -> np.ndarray:

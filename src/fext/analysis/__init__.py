@@ -85,7 +85,7 @@ def analyze(cfg: Config, ws: Workspace, *, dataset: Path | None = None, progress
     listing.require_images("Put images there, or pass another folder with --dataset DIR.")
     train, validation = select_images(cfg, root, listing)  # the split `fext train` will use
     measured = _measure(listing.images, root, cfg, progress)
-    rel = functools.partial(_relative, root=root)
+    rel = listing.relative  # relative to root, in posix form
     issues = find_issues(measured.records, cfg.analysis, train={rel(p) for p in train},
                          validation={rel(p) for p in validation})
     summary = _summary(cfg, root, listing, len(train), len(validation), measured, issues)
@@ -181,10 +181,3 @@ def _format_counts(records: Sequence[ImageRecord]) -> dict[str, int]:
     """``{format: readable images}``, most frequent first (the formats Pillow found, not the suffixes)."""
     counts = Counter(r.format for r in records if r.ok)
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return Path(path).relative_to(root).as_posix()
-    except ValueError:
-        return Path(path).as_posix()

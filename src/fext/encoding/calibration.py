@@ -17,7 +17,7 @@ from fext.encoding import files
 from fext.encoding.inference import device_of, embed, load_model
 from fext.errors import FeXTError
 from fext.similarity import bands_from, copy_similarities
-from fext.vectors import normalized
+from fext.vectors import normalized, seeded_rows
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def record_bands(output: Path, ckpt: Path, config: Config, seed: int = 0) -> dic
     if len(paths) < 2:
         log.info("%s: too few images to measure what similarity scores mean", output)
         return None
-    rows = np.sort(np.random.default_rng(seed).choice(len(paths), min(SAMPLE, len(paths)), replace=False))
+    rows = seeded_rows(len(paths), SAMPLE, seed)
     device = device_of(config)
     model = load_model(ckpt, device)
     vectors = np.asarray(encoding.vectors[rows], dtype=np.float32)

@@ -28,6 +28,14 @@ def checkpoint_identity(ckpt: Path) -> CheckpointRecord:
     return CheckpointRecord(ckpt.name, str(ckpt), digest.hexdigest())
 
 
+def wrote_vectors(ckpt: Path, recorded: CheckpointRecord) -> bool:
+    """Whether the checkpoint folder ``ckpt`` is the one ``recorded`` (same content hash): its vectors are comparable.
+
+    Raises FeXTError when ``ckpt`` is not a readable checkpoint.
+    """
+    return checkpoint_identity(ckpt).comparable(recorded)
+
+
 def listing_fingerprint(paths: Sequence[Path], names: Sequence[str]) -> str:
     """A hash of the input listing: relative paths, sizes and modification times."""
     digest = hashlib.blake2b(digest_size=16)

@@ -8,7 +8,9 @@ of FeXT, so every reader of an embeddings folder can use it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 STATE_VERSION = 1
@@ -32,6 +34,14 @@ class CheckpointRecord:
     """Its absolute path when the vectors were written."""
     hash: str | None = None
     """BLAKE2b of its weights and architecture: equal hashes, comparable vectors."""
+
+    def comparable(self, other: CheckpointRecord) -> bool:
+        """Whether the two wrote comparable vectors: the same weights and architecture (equal hashes)."""
+        return self.hash == other.hash
+
+    def location(self, moved_to: str | os.PathLike | None = None) -> Path:
+        """Where the checkpoint is: ``moved_to`` (where it is now, when it moved), else the recorded path."""
+        return Path(moved_to).expanduser().resolve() if moved_to else Path(self.path or "")
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in (("name", self.name), ("path", self.path), ("hash", self.hash)) if v is not None}

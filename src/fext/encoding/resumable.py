@@ -38,7 +38,7 @@ FLUSH_SECONDS = 2.0
 
 def check_same_checkpoint(output: Path, theirs: CheckpointRecord, ours: CheckpointRecord) -> None:
     """Refuse to mix the results of another checkpoint into ``output``."""
-    if theirs.hash != ours.hash:
+    if not theirs.comparable(ours):
         origin = (
             f"an earlier version of checkpoint {ours.name} (its weights changed since)"
             if (theirs.name, theirs.path) == (ours.name, ours.path)

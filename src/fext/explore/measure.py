@@ -22,13 +22,13 @@ BATCH = 32
 
 def recorded_checkpoint(metadata: EncodingMetadata, override: str | Path | None = None) -> Path | None:
     """The checkpoint that wrote the embeddings, if it is at hand (``override``: where it is now); else None, logged."""
-    from fext.encoding import checkpoint_identity
+    from fext.encoding.fingerprints import wrote_vectors
     from fext.errors import FeXTError
 
     recorded = metadata.checkpoint
-    path = Path(override).expanduser().resolve() if override else Path(recorded.path or "")
+    path = recorded.location(override)
     try:
-        same = bool(recorded.hash) and checkpoint_identity(path).hash == recorded.hash
+        same = wrote_vectors(path, recorded)
     except (FeXTError, OSError, ValueError, KeyError):
         same = False
     if not same:

@@ -39,8 +39,9 @@ from fext.explore.selection import read_selection
 from fext.explore.signals import BATCH as SIGNAL_BATCH
 from fext.explore.signals import ImageSignals, image_signals, mirror_candidates, outlier_signals, thumbnail_unit
 from fext.explore.thumbnails import make_sprites
+from fext.prompts import choose
 from fext.similarity import copy_similarities
-from fext.vectors import normalized
+from fext.vectors import normalized, seeded_rows
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +237,7 @@ def _model_measurements(
     reconstruction: bool, progress: bool,
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
     """(reconstruction errors or None, edited copies' similarities or None, the sampled rows)."""
-    rng = np.random.default_rng(cfg.SEED)
-    sample = np.sort(rng.choice(len(files), min(COPY_SAMPLE, len(files)), replace=False))
+    sample = seeded_rows(len(files), COPY_SAMPLE, cfg.SEED)
     if ckpt is None:
         return None, None, sample
     from fext.device import select_device
@@ -338,8 +338,4 @@ def resolve_embeddings(extraction: Path, name_or_path: str | os.PathLike | None,
         return found[0]
     if not interactive:
         raise FeXTError(f"Several encoded folders in {extraction}; name one:\n" + "\n".join(f"  {p.name}" for p in found))
-    for i, p in enumerate(found, 1):
-        print(f"  {i}) {p.name}")
-    while not ((answer := input(f"Folder number (1-{len(found)}): ").strip()).isdigit() and 1 <= int(answer) <= len(found)):
-        print(f"Invalid choice {answer!r}: enter a number from 1 to {len(found)}.")
-    return found[int(answer) - 1]
+    return found[choose([p.name for p in found], "Folder number")]
