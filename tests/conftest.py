@@ -113,6 +113,18 @@ def make_images(folder: Path, n: int = 12, seed: int = 0, modes: tuple[str, ...]
     return paths
 
 
+def photos(n: int = 12, size: int = 48, seed: int = 0) -> np.ndarray:
+    """``n`` distinct uint8 (size, size, 3) images: smooth gradients of random colours plus texture."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = []
+    for _ in range(n):
+        base = np.stack([xx, yy, xx * yy], -1) * rng.uniform(0.2, 1.0, 3) + rng.uniform(0, 0.3, 3)
+        blobs = np.sin(xx * rng.uniform(3, 12) + rng.uniform(0, 6)) * np.cos(yy * rng.uniform(3, 12))
+        out.append(np.clip((base + 0.3 * blobs[..., None]) * 255, 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
 def blob_image(rng: np.random.Generator, height: int = 64, width: int = 64) -> np.ndarray:
     """A smooth uint8 (H, W, 3) picture: a flat colour with three soft coloured blobs.
 
