@@ -229,13 +229,49 @@ def _upsample(x: torch.Tensor, flat: tuple, dtype: torch.dtype) -> torch.Tensor:
 def _backward_images(ctx: Any, x: torch.Tensor, ys: list, flat: tuple, grad: torch.Tensor) -> list:
     """The units' input's and every unit parameter's gradient from these images' saved tensors and output
     gradient (``x`` the units' input: upsampled, if the node upsamples; ``flat`` the units' parameters)."""
-    (spec, pool, up), dtypes, n = ctx.layout, ctx.dtypes, len(ctx.layout[0])
+    spec, pool, up = ctx.layout
     input_needed = bool(up) or ctx.needs_input_grad[1]  # the upsampling's gradients come from this one
     per_unit = _split(spec, flat)
     h, w = x.shape[2:]
+    # 1. Rebuild every unit's padded input and norm output, then go back through the pooling, if any.
+    padded, norms, last = _rebuild_inputs(ctx, x, ys, per_unit)
+    owned = False  # whether ``grad`` is this function's own tensor, free to update in place
+    if pool:
+        grad, owned = _pool_backward(grad, *last), True
+    del last
+    # 2. Backward unit by unit, last first, through the kernels autograd's own nodes call.
+    grads: list[Any] = [None] * len(flat)
+    offset = len(flat)
+    for i in reversed(range(len(spec))):
+        params = per_unit[i]
+        offset -= len(params)
+        need_x = i > 0 or input_needed
+        xp = padded.pop()
+        gp, grads[offset : offset + 3] = _branch_backward(ctx, i, params, up + offset, norms, ys[i], xp, grad, need_x)
+        xi, x_dtype = xp[:, :, :h, :w], xp.dtype
+        if len(params) > 3:
+            gsx, grads[offset + 3 : offset + 5] = _shortcut_backward(ctx, i, params, up + offset, xi, grad, need_x)
+            owned = True
+        else:
+            gsx = grad
+        del xp, xi, grad
+        grad = None
+        if need_x:  # the shortcut's gradient plus the padded conv input's, in place when it is ours
+            gx = gp[:, :, :-1, :-1]
+            grad = gsx.add_(gx) if owned and gsx.dtype == x_dtype else gx.to(x_dtype) + gsx.to(x_dtype)
+            owned = True
+        del gp, gsx
+    return [grad if input_needed else None, *grads]
+
+
+def _rebuild_inputs(ctx: Any, x: torch.Tensor, ys: list, per_unit: list[tuple]) -> tuple[list, list, tuple]:
+    """Every unit's padded input, rebuilt by re-adding the residual branches in forward order, and its
+    (ReLU(LN(y)) (B, H, W, C), mean, rstd) for ReLU's mask (a chunk's worth); the last unit's
+    (ReLU(LN(y)), shortcut) too, from which the stage output is made again if pooled. Fills in the
+    ``ys`` that forward did not keep."""
+    (spec, pool, _), dtypes, n = ctx.layout, ctx.dtypes, len(ctx.layout[0])
+    h, w = x.shape[2:]
     first = padded_copy(x)
-    # 1. Rebuild every unit's padded input by re-adding the residual branches in forward order
-    #    (and the stage output, if pooled); keep the norm outputs for ReLU's masks (a chunk's worth).
     padded, norms = [first], []
     for i, ((_, eps), params) in enumerate(zip(spec, per_unit)):
         y_dtype, z_dtype, s_dtype = dtypes[i]
@@ -249,53 +285,47 @@ def _backward_images(ctx: Any, x: torch.Tensor, ys: list, flat: tuple, grad: tor
             torch.add(z.permute(0, 3, 1, 2), s, out=nxt[:, :, :h, :w])
             padded.append(nxt)
             del nxt
-    owned = False  # whether ``grad`` is this function's own tensor, free to update in place
-    if pool:  # the stage output again, then the pooling's indices
-        out = z.permute(0, 3, 1, 2) + s
-        indices = aten.max_pool2d_with_indices(out, *_POOL)[1]
-        grad, owned = aten.max_pool2d_with_indices_backward(grad, out, *_POOL, indices), True
-        del out, indices
-    del z, s
-    # 2. Backward unit by unit, last first, through the kernels autograd's own nodes call.
-    grads: list[Any] = [None] * len(flat)
-    offset = len(flat)
-    for i in reversed(range(n)):
-        params = per_unit[i]
-        offset -= len(params)
-        y_dtype, z_dtype, s_dtype = dtypes[i]
-        z, mean, rstd = norms.pop()
-        y = _norm_input(ys[i], z_dtype)
-        g = aten.threshold_backward.grad_input(grad.to(z_dtype).permute(0, 2, 3, 1), z, 0, grad_input=z)  # (B, H, W, C)
-        del z
-        gy, gnw, gnb = aten.native_layer_norm_backward(
-            g, y, [y.shape[-1]], mean, rstd, params[1], params[2],
-            [True, *_needs(ctx, up + offset + 1, up + offset + 2)])
-        del g, y
-        gy = gy.permute(0, 3, 1, 2).to(y_dtype)  # (B, C, H, W)
-        need_x = i > 0 or input_needed
-        xp = padded.pop()
-        gp, gw, _ = aten.convolution_backward(
-            gy, xp.to(y_dtype), params[0].to(y_dtype), None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-            [need_x, *_needs(ctx, up + offset), False])
-        del gy
-        grads[offset : offset + 3] = [_to(gw, params[0]), _to(gnw, params[1]), _to(gnb, params[2])]
-        xi, x_dtype = xp[:, :, :h, :w], xp.dtype
-        if len(params) > 3:
-            gsx, gsw, gsb = aten.convolution_backward(
-                grad.to(s_dtype), xi.to(s_dtype), params[3].to(s_dtype), [params[4].shape[0]], [1, 1], [0, 0],
-                [1, 1], False, [0, 0], 1, [need_x, *_needs(ctx, up + offset + 3, up + offset + 4)])
-            grads[offset + 3 : offset + 5] = [_to(gsw, params[3]), _to(gsb, params[4])]
-            owned = True
-        else:
-            gsx = grad
-        del xp, xi, grad
-        grad = None
-        if need_x:  # the shortcut's gradient plus the padded conv input's, in place when it is ours
-            gx = gp[:, :, :-1, :-1]
-            grad = gsx.add_(gx) if owned and gsx.dtype == x_dtype else gx.to(x_dtype) + gsx.to(x_dtype)
-            owned = True
-        del gp, gsx
-    return [grad if input_needed else None, *grads]
+    return padded, norms, (z, s)
+
+
+def _pool_backward(grad: torch.Tensor, z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """The gradient through the 2×2 max pooling: the stage output again (z (B, H, W, C) + shortcut), then its indices."""
+    out = z.permute(0, 3, 1, 2) + s
+    indices = aten.max_pool2d_with_indices(out, *_POOL)[1]
+    return aten.max_pool2d_with_indices_backward(grad, out, *_POOL, indices)
+
+
+def _branch_backward(
+    ctx: Any, i: int, params: tuple, at: int, norms: list, y: torch.Tensor, xp: torch.Tensor, grad: torch.Tensor,
+    need_x: bool,
+) -> tuple[torch.Tensor | None, list]:
+    """Unit ``i``'s branch, ReLU(LN(conv(xp))), backward: the padded input's gradient (None unless ``need_x``)
+    and [conv weight's, norm weight's, norm bias's]; ``at``: the conv weight's position among the node's
+    parameters. Takes the unit's norm output off ``norms``, and frees it as soon as it is used."""
+    y_dtype, z_dtype, _ = ctx.dtypes[i]
+    z, mean, rstd = norms.pop()
+    y = _norm_input(y, z_dtype)
+    g = aten.threshold_backward.grad_input(grad.to(z_dtype).permute(0, 2, 3, 1), z, 0, grad_input=z)  # (B, H, W, C)
+    del z
+    gy, gnw, gnb = aten.native_layer_norm_backward(
+        g, y, [y.shape[-1]], mean, rstd, params[1], params[2], [True, *_needs(ctx, at + 1, at + 2)])
+    del g, y
+    gy = gy.permute(0, 3, 1, 2).to(y_dtype)  # (B, C, H, W)
+    gp, gw, _ = aten.convolution_backward(
+        gy, xp.to(y_dtype), params[0].to(y_dtype), None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+        [need_x, *_needs(ctx, at), False])
+    return gp, [_to(gw, params[0]), _to(gnw, params[1]), _to(gnb, params[2])]
+
+
+def _shortcut_backward(
+    ctx: Any, i: int, params: tuple, at: int, xi: torch.Tensor, grad: torch.Tensor, need_x: bool
+) -> tuple[torch.Tensor | None, list]:
+    """Unit ``i``'s 1×1 shortcut convolution backward: its input's gradient and [weight's, bias's]."""
+    s_dtype = ctx.dtypes[i][2]
+    gsx, gsw, gsb = aten.convolution_backward(
+        grad.to(s_dtype), xi.to(s_dtype), params[3].to(s_dtype), [params[4].shape[0]], [1, 1], [0, 0],
+        [1, 1], False, [0, 0], 1, [need_x, *_needs(ctx, at + 3, at + 4)])
+    return gsx, [_to(gsw, params[3]), _to(gsb, params[4])]
 
 
 def _norm_input(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

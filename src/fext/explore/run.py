@@ -114,12 +114,7 @@ def explore(
     out = Path(output) if output else folder / OUTPUT
     clock = _Clock()
     # 1. neighbours, map, clusters
-    nb = nearest_neighbours(unit, max(neighbours, MAP_NEIGHBOURS - 1, OUTLIER_NEIGHBOURS), config.SEED)
-    clock.lap("neighbours")
-    xy = embedding_map(unit, config.SEED, nb)
-    clock.lap("map")
-    groups = find_clusters(unit, clusters, config.SEED)
-    clock.lap("clusters")
+    nb, xy, groups = _layout(unit, clusters, neighbours, config.SEED, clock)
     # 2. what the images say whatever the model learned, then what needs the model
     input_dir, files, have_images = _images_of(metadata, paths)
     signals, thumb_nbs = _image_signals(files, config, progress, config.SEED) if have_images else (None, [])
@@ -145,6 +140,19 @@ def explore(
     clock.lap("files")
     log.info("Explore steps: %s", ", ".join(f"{k} {v:.1f} s" for k, v in clock.seconds.items()))
     return Exploration(out, paths, xy, groups, outliers, duplicates, threshold, page_nb, sprites is not None, clock.seconds)
+
+
+def _layout(unit: np.ndarray, clusters: int | None, neighbours: int, seed: int, clock: _Clock,
+            ) -> tuple[Neighbours, np.ndarray, Clusters]:
+    """Each vector's neighbours (as many as the page, the map and the outliers need), the 2-D map and the
+    clusters of the unit vectors (N, D), each step timed on ``clock``."""
+    nb = nearest_neighbours(unit, max(neighbours, MAP_NEIGHBOURS - 1, OUTLIER_NEIGHBOURS), seed)
+    clock.lap("neighbours")
+    xy = embedding_map(unit, seed, nb)
+    clock.lap("map")
+    groups = find_clusters(unit, clusters, seed)
+    clock.lap("clusters")
+    return nb, xy, groups
 
 
 def _open(embeddings: str | os.PathLike) -> tuple[Encoding, list[str], np.ndarray]:
