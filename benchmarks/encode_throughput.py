@@ -36,6 +36,7 @@ from _machine import machine_header, peak_rss_mb
 from PIL import Image
 
 from fext import checkpoints
+from fext._allocator import keep_freed_memory
 from fext.config import Config, with_overrides
 from fext.encoding import embed, encode_folder, load_model
 from fext.model import FeXTAutoEncoder
@@ -172,6 +173,7 @@ def main() -> None:
     parser.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile figures (20-30 s to compile)")
     parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    keep_freed_memory()  # as the fext commands that run the model switch it on
     if args.memory_child:
         memory_child(*args.memory_child)
         return

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fext._allocator import keep_freed_memory
 from fext.config import Config, load_config, with_overrides
 from fext.environment import first_process
 from fext.errors import FeXTError
@@ -84,7 +85,6 @@ def cmd_config(ctx: CommandContext, args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(ctx: CommandContext, args: argparse.Namespace) -> int:
-    from fext._allocator import keep_freed_memory
     from fext.analysis import analyze
 
     keep_freed_memory()  # full-resolution images are not re-mapped for every image; the (forked) workers inherit it
@@ -143,6 +143,7 @@ def cmd_evaluate(ctx: CommandContext, args: argparse.Namespace) -> int:
     from fext.checkpoint_catalog import list_checkpoints, resolve_checkpoint
     from fext.evaluation import evaluate_checkpoints
 
+    keep_freed_memory()  # the model's batch activations are not re-mapped for every batch (fext._allocator)
     name_the_device(ctx)
     if args.all:
         ckpts = [c.path for c in list_checkpoints(ctx.workspace) if c.ok]
@@ -162,6 +163,7 @@ def cmd_encode(ctx: CommandContext, args: argparse.Namespace) -> int:
     from fext.checkpoint_catalog import resolve_checkpoint
     from fext.encoding import encode_folder
 
+    keep_freed_memory()  # the model's batch activations are not re-mapped for every batch (fext._allocator)
     name_the_device(ctx)
     ckpt = resolve_checkpoint(ctx.workspace, args.checkpoint, interactive=ctx.interactive)
     out = encode_folder(
@@ -212,6 +214,7 @@ def cmd_search(ctx: CommandContext, args: argparse.Namespace) -> int:
     from fext.search import print_results, search, search_folder, write_results_csv
     from fext.similarity import band_of
 
+    keep_freed_memory()  # the model's batch activations are not re-mapped for every batch (fext._allocator)
     embeddings = embeddings_dir(ctx, args.embeddings)
     checkpoint = moved_checkpoint(ctx, args.checkpoint)
     bands = read_bands(embeddings)
@@ -273,6 +276,7 @@ def cmd_export_embeddings(ctx: CommandContext, args: argparse.Namespace) -> int:
 def cmd_explore(ctx: CommandContext, args: argparse.Namespace) -> int:
     from fext.explore.run import explore
 
+    keep_freed_memory()  # the model's batch activations are not re-mapped for every batch (fext._allocator)
     folder = embeddings_dir(ctx, args.embeddings)
     result = explore(folder, args.output, clusters=args.clusters, neighbours=args.neighbours, config=ctx.config,
                      checkpoint=moved_checkpoint(ctx, args.checkpoint), duplicate_threshold=args.duplicate_threshold,
@@ -314,6 +318,7 @@ def cmd_select(ctx: CommandContext, args: argparse.Namespace) -> int:
 def cmd_score(ctx: CommandContext, args: argparse.Namespace) -> int:
     from fext.score import NOVEL_EXIT, score
 
+    keep_freed_memory()  # the model's batch activations are not re-mapped for every batch (fext._allocator)
     result = score(args.new, embeddings_dir(ctx, args.reference), args.output, config=ctx.config,
                    checkpoint=moved_checkpoint(ctx, args.checkpoint), false_alarm_rate=args.false_alarm_rate,
                    reconstruction=not args.no_reconstruction, progress=ctx.progress)
@@ -322,7 +327,6 @@ def cmd_score(ctx: CommandContext, args: argparse.Namespace) -> int:
 
 
 def cmd_atlas(ctx: CommandContext, args: argparse.Namespace) -> int:
-    from fext._allocator import keep_freed_memory
     from fext.atlas import make_atlas
     from fext.training import TrainingInterrupted
 

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from fext import distributed
-from fext._allocator import keep_freed_memory
 from fext.config import Config
 from fext.errors import FeXTError
 from fext.machine import data_workers
@@ -28,8 +27,6 @@ def load_model(ckpt: str | os.PathLike, device: torch.device, compile_backend: s
     """The checkpoint's FeXTAutoEncoder in eval mode (dropout off), fast inference on, on ``device``; see :func:`compile_encoder`."""
     from fext.model import FeXTAutoEncoder
 
-    if device.type == "cpu":
-        keep_freed_memory()  # batch activations are not re-mapped for every batch
     model = FeXTAutoEncoder.from_pretrained(ckpt).eval().to(device).enable_fast_inference()
     if compile_backend:
         compile_encoder(model, compile_backend)
