@@ -39,7 +39,7 @@ from fext._allocator import keep_freed_memory
 from fext.config import Config, with_overrides
 from fext.device import needs_grad_scaler, select_device
 from fext.model import FeXTAutoEncoder, model_complexity
-from fext.training.loop import compute_gradients
+from fext.training.loop import Step, compute_gradients
 from fext.training.objectives import recipe_projector, training_inputs
 
 DEFAULT = ("views", True)
@@ -69,10 +69,12 @@ def train_images_per_second(
     generator = torch.Generator().manual_seed(0)
     model.train()
 
+    parts = Step(model, model, cfg, device, scaler, projector)
+
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)  # before the forward, as in fext.training.loop
         inputs, target = training_inputs(x, cfg, generator)
-        compute_gradients(model, model, inputs, target, cfg, device, scaler, projector)
+        compute_gradients(parts, inputs, target)
         scaler.step(optimizer)
         scaler.update()
 

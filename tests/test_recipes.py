@@ -158,7 +158,7 @@ def _gradients(
     """(loss, terms, every parameter's gradient) of one views step of a fresh small model (and projector),
     the model in ``dtype``."""
     from fext.architecture import preset_architecture
-    from fext.training.loop import compute_gradients
+    from fext.training.loop import Step, compute_gradients
 
     torch.manual_seed(0)
     arch = dataclasses.replace(preset_architecture("small", images.shape[-1]), dropout=dropout)
@@ -169,8 +169,8 @@ def _gradients(
     inputs, target = (t.to(dtype) for t in objectives.training_inputs(images, cfg, torch.Generator().manual_seed(0)))
     model.to(dtype)  # the projector stays float32, as the loss is computed in float32
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    loss, terms, reconstruction = compute_gradients(model, model, inputs, target, cfg, torch.device("cpu"), scaler,
-                                                    projector)
+    loss, terms, reconstruction = compute_gradients(Step(model, model, cfg, torch.device("cpu"), scaler, projector),
+                                                    inputs, target)
     assert reconstruction.shape == target.shape and not reconstruction.requires_grad
     named = dict(model.named_parameters())
     if projector is not None:

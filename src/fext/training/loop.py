@@ -76,6 +76,20 @@ class GracefulStop:
         log.warning("Stopping after the running batch to save a resumable checkpoint (Ctrl-C again to abort without saving).")
 
 
+@dataclass(frozen=True)
+class Step:
+    """What a training step runs a batch through (:func:`compute_gradients`): ``forward``, the model as the
+    step calls it (compiled or DDP-wrapped, or the bare ``model``), the bare ``model``, ``cfg``, ``device``,
+    the gradient ``scaler`` and the recipe's ``projector`` as the loss calls it (or None)."""
+
+    forward: Forward
+    model: torch.nn.Module
+    cfg: Config
+    device: torch.device
+    scaler: torch.amp.GradScaler
+    projector: torch.nn.Module | None = None
+
+
 @dataclass
 class Run:
     """What :func:`train_one_epoch` and :func:`fext.training.run.fit` work with: the model and its optimizer,
@@ -104,6 +118,10 @@ class Run:
     """The recipe's projector, trained with the model and saved only in the trainer state; None without one."""
     train_projector: Any = None
     """``projector`` as the loss calls it (under DDP its wrapper, which averages its gradients)."""
+
+    def step(self) -> Step:
+        """What :func:`compute_gradients` runs this run's batches through."""
+        return Step(self.forward, self.model, self.cfg, self.device, self.scaler, self.train_projector)
 
 
 @dataclass
@@ -189,8 +207,7 @@ def _update(run: Run, x: torch.Tensor, epoch: int, b: int
     # 4. Forward and backward (the last batch's gradients dropped first, so they do not take
     #    memory through it).
     run.optimizer.zero_grad(set_to_none=True)
-    loss_value, terms, reconstruction = compute_gradients(run.forward, run.model, inputs, target, cfg, run.device,
-                                                          run.scaler, run.train_projector)
+    loss_value, terms, reconstruction = compute_gradients(run.step(), inputs, target)
     # 5. Refuse a non-finite loss before it reaches the weights.
     if not distributed.all_true(math.isfinite(loss_value)):  # every rank stops at the same batch
         raise NonFiniteLoss(loss_value, epoch, b + 1, run.position.step + 1)
@@ -236,43 +253,29 @@ def _seconds_trained(seconds: float, cfg: Config) -> float:
 
 
 def compute_gradients(
-    forward: Forward,
-    model: torch.nn.Module,
-    inputs: torch.Tensor,
-    target: torch.Tensor,
-    cfg: Config,
-    device: torch.device,
-    scaler: torch.amp.GradScaler,
-    projector: torch.nn.Module | None = None,
+    step: Step, inputs: torch.Tensor, target: torch.Tensor
 ) -> tuple[float, dict[str, torch.Tensor], torch.Tensor]:
     """Forward and backward of one batch: the gradients of the recipe's loss are added to ``.grad``.
 
-    ``inputs`` and ``target`` come from :func:`~fext.training.objectives.training_inputs`;
-    ``forward`` and ``projector`` are as in :func:`train_one_epoch`, ``model`` the bare model.
-    The forward runs under autocast and the loss is computed in float32, scaled by ``scaler``
+    ``inputs`` and ``target`` come from :func:`~fext.training.objectives.training_inputs`.
+    The forward runs under autocast and the loss is computed in float32, scaled by ``step.scaler``
     for backward. Returns the loss's value, its terms (detached; empty for "reconstruction") and the
     reconstruction (detached). The "views" recipe takes its two views one at a time
     (:func:`_views_one_at_a_time`) when ``training.VIEWS.ONE_VIEW_AT_A_TIME`` and not
     ``model.JIT_COMPILE``; otherwise the batch takes one forward and one backward pass.
     """
+    cfg = step.cfg
     if cfg.training.RECIPE == "views" and cfg.training.VIEWS.ONE_VIEW_AT_A_TIME and not cfg.model.JIT_COMPILE:
-        return _views_one_at_a_time(forward, model, inputs, target, cfg, device, scaler, projector)
-    with autocast(device, cfg.device.MIXED_PRECISION):
-        out = forward(inputs)
-    loss, terms = training_loss(out, target, cfg, projector)
-    scaler.scale(loss).backward()
+        return _views_one_at_a_time(step, inputs, target)
+    with autocast(step.device, cfg.device.MIXED_PRECISION):
+        out = step.forward(inputs)
+    loss, terms = training_loss(out, target, cfg, step.projector)
+    step.scaler.scale(loss).backward()
     return loss.item(), terms, out["reconstruction"].detach()
 
 
 def _views_one_at_a_time(
-    forward: Forward,
-    model: torch.nn.Module,
-    inputs: torch.Tensor,
-    target: torch.Tensor,
-    cfg: Config,
-    device: torch.device,
-    scaler: torch.amp.GradScaler,
-    projector: torch.nn.Module | None,
+    step: Step, inputs: torch.Tensor, target: torch.Tensor
 ) -> tuple[float, dict[str, torch.Tensor], torch.Tensor]:
     """:func:`compute_gradients` of the "views" recipe with the activations of one view (B rows) in
     memory at a time instead of both (2B rows): about half the memory, the same gradients.
@@ -284,18 +287,19 @@ def _views_one_at_a_time(
     the same dropout draws (so the same latent), and backward with its reconstruction and that
     gradient. The two backward passes add up to the gradient of the one-pass loss (to float rounding).
     """
-    views, mixed = cfg.training.VIEWS, cfg.device.MIXED_PRECISION
+    views, mixed = step.cfg.training.VIEWS, step.cfg.device.MIXED_PRECISION
+    device, forward, scaler = step.device, step.forward, step.scaler
     (input_a, input_b), (target_a, target_b) = inputs.chunk(2), target.chunk(2)
     # 1. View B's latent without a graph; the dropout generator's state is kept to replay its draws in 3.
     state_b = rng_state(device)
     with torch.no_grad(), autocast(device, mixed):
-        latent_b = model.encode(input_b)
+        latent_b = step.model.encode(input_b)
     latent_b.requires_grad_()  # a leaf: the gradient of the latent terms with respect to it lands in .grad
     # 2. View A forward and backward: the latent terms of both views and A's reconstruction.
     with autocast(device, mixed):
         out_a = forward(input_a)
     loss_a, terms = views_loss(out_a["reconstruction"], target_a, views, torch.cat([out_a["latent"], latent_b]),
-                               projector, share=1 / 2)
+                               step.projector, share=1 / 2)
     scaler.scale(loss_a).backward()
     # 3. View B forward again with its graph, and backward: its reconstruction, and through its latent the
     #    gradient of the latent terms found in 2 (already scaled).
