@@ -202,12 +202,14 @@ def photo_crop_set(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def parse_recipe(text: str) -> tuple[str, dict[str, object]]:
-    """"views:MASK_RATIO=0.25,SHARED_FLIP=false" -> ("views", {"training.VIEWS.MASK_RATIO": 0.25, ...})."""
+    """"views:MASK_RATIO=0.25,SHARED_FLIP=false" -> ("views", {"training.VIEWS.MASK_RATIO": 0.25, ...}); a key
+    with a dot is a whole configuration key: "views:training.LR_SCHEDULER.CONSTANT_STEPS=240"."""
     recipe, _, rest = text.partition(":")
     overrides = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        overrides[f"training.VIEWS.{key.strip()}"] = json.loads(value)  # 0.25, 0, false
+        key = key.strip()
+        overrides[key if "." in key else f"training.VIEWS.{key}"] = json.loads(value)  # 0.25, 0, false
     return recipe, overrides
 
 
