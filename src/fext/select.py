@@ -37,7 +37,7 @@ import numpy as np
 from fext.encoding.files import Encoding, open_encoding
 from fext.errors import FeXTError
 from fext.search import paths_of_rows
-from fext.vectors import exact_top_k, normalized
+from fext.vectors import exact_top_k, normalized, seeded_rows
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def select(
     picks_arr = np.asarray(picks, np.int64)
     names = paths_of_rows(encoding.rows_csv, picks_arr)
     paths = [names[r] for r in picks]
-    random = np.random.default_rng(seed).choice(n, len(picks), replace=False)
+    random = seeded_rows(n, len(picks), seed)
     written = write_selection(output, paths, distances) if output is not None else None
     return Selection(strategy, picks_arr, paths, np.asarray(distances, np.float32), float(nearest.max()),
                      float(distance_to_picks(rows, random).max()), count, n, note, written)
@@ -208,7 +208,7 @@ def local_density(rows: np.ndarray, k: int = DENSITY_NEIGHBOURS, seed: int = 42)
         return np.zeros(n, np.float32)
     if n <= DENSITY_SAMPLE:
         return nearest_neighbours(normalized(rows[0:n]), k, seed).similarities.mean(axis=1).astype(np.float32)
-    sample = np.sort(np.random.default_rng(seed).choice(n, DENSITY_SAMPLE, replace=False))
+    sample = seeded_rows(n, DENSITY_SAMPLE, seed)
     reference = normalized(_take(rows, sample))
     density = np.empty(n, np.float32)
     for lo in range(0, n, QUERY_BLOCK):
