@@ -31,7 +31,7 @@ test-fast: venv
 # held to SSE4.1, which picks other convolution kernels per batch size as AMD Zen does. A test that compares floats
 # exactly where the kernels may differ fails here on any machine, not only on the CPU where it differs.
 ISA_TESTS ?= tests/test_lean_units.py tests/test_model.py tests/test_metrics.py tests/test_memory.py \
-	tests/test_scorecard.py tests/test_encoding.py tests/test_incremental.py tests/test_search.py
+	tests/test_scorecard.py tests/test_recipes.py tests/test_encoding.py tests/test_incremental.py tests/test_search.py
 test-isa: venv
 	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 $(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider $(ISA_TESTS)
 
