@@ -21,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from fext.encoding.records import BAND_NAMES
 from fext.vectors import normalized
 
 EDITS = ("centre crop to 90% of each side", "JPEG re-encode at quality 50", "half size")
 """The edits of :func:`edited_copies`, in order."""
-BANDS = ("duplicate", "near-duplicate", "similar", "unrelated")
+BANDS = (*BAND_NAMES, "unrelated")
 COPY_QUANTILE = 0.05
 """A copy band starts where this share of the copies falls below it."""
 PAIR_QUANTILE = 0.95
