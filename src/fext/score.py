@@ -33,6 +33,7 @@ from fext.config import Config
 from fext.encoding.files import Encoding, is_finished, open_encoding, row_paths
 from fext.errors import FeXTError
 from fext.explore.outliers import OUTLIER_NEIGHBOURS
+from fext.index import VectorIndex, open_index
 from fext.search import nearest, paths_of_rows
 from fext.vectors import normalized, seeded_rows
 
@@ -112,8 +113,9 @@ def score(
     vectors, paths, new_root = _new_vectors(Path(new), ref, model, config, progress)
     held = seeded_rows(len(ref_paths), CALIBRATION, config.SEED)
     k = min(NEIGHBOURS, len(ref_paths) - 1)  # a small reference: every other image
-    cal_rows, cal_sims = _leave_one_out(ref, held, k)
-    new_rows, new_sims = nearest(ref, normalized(vectors), k)
+    index = open_index(ref.folder)  # once, for both searches
+    cal_rows, cal_sims = _leave_one_out(ref, index, held, k)
+    new_rows, new_sims = nearest(ref, normalized(vectors), k, index)
     cal_err = new_err = None
     ref_root = Path(ref.metadata.input)
     if reconstruction and model is not None and _at_hand(ref_root, [ref_paths[i] for i in held[:50]]) \
@@ -131,7 +133,7 @@ def score(
             " and the reconstruction error" if new_err is not None else " (no reconstruction error: "
             + ("--no-reconstruction" if not reconstruction else "checkpoint or images not at hand") + ")"),
         "reference": str(ref.folder), "checkpoint": ref.metadata.checkpoint.name,
-        "nearest_from": "faiss index" if _has_index(ref) else "exact search", "note": note,
+        "nearest_from": "faiss index" if index is not None else "exact search", "note": note,
     }
     result = Scores(paths, new_score, [names[r] for r in new_rows[:, 0].tolist()], new_sims[:, 0], new_err,
                     new_score > threshold, threshold, calibration, None)
@@ -246,9 +248,9 @@ def _new_vectors(new: Path, ref: Encoding, model: Any, config: Config, progress:
     return vectors, [row["path"] for row in rows], new
 
 
-def _leave_one_out(ref: Encoding, held: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _leave_one_out(ref: Encoding, index: VectorIndex | None, held: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Nearest rows and similarities (H, k) of each held-out reference row among the others."""
-    rows, sims = nearest(ref, normalized(ref.rows.take(held)), k + 1)
+    rows, sims = nearest(ref, normalized(ref.rows.take(held)), k + 1, index)
     own = rows == held[:, None]
     keep = np.argsort(own, axis=1, kind="stable")[:, :k]  # its own row last, the others in order
     return np.take_along_axis(rows, keep, 1), np.take_along_axis(sims, keep, 1)
@@ -274,23 +276,6 @@ def _errors(model: Any, files: list[Path], size: int, config: Config, progress: 
 
 def _at_hand(root: Path, paths: list[str]) -> bool:
     return root.is_dir() and any((root / p).is_file() for p in paths)
-
-
-def _has_index(ref: Encoding) -> bool:
-    """Whether :func:`fext.search.nearest` answered from an up-to-date faiss index of the reference."""
-    from fext.encoding.files import (
-        INDEX_FILE, INDEX_JSON, UnreadableFile, embeddings_version, ignore_unreadable, read_index_description,
-    )
-
-    try:
-        description = read_index_description(ref.folder)
-    except UnreadableFile:
-        ignore_unreadable(ref.folder / INDEX_JSON)
-        return False
-    except ValueError:  # JSON, but no index: nearest() searched exactly
-        return False
-    version = description.embeddings_version if description is not None else None
-    return (ref.folder / INDEX_FILE).is_file() and version == embeddings_version(ref.folder)
 
 
 def _write_sheet(path: Path, tiles: list[tuple[Path, str]]) -> None:

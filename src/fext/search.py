@@ -26,7 +26,7 @@ from fext.encoding.files import Encoding, damaged, open_encoding, stream_row_pat
 from fext.encoding.fingerprints import wrote_vectors
 from fext.encoding.records import EncodingMetadata
 from fext.errors import FeXTError
-from fext.index import open_index
+from fext.index import VectorIndex, open_index
 from fext.similarity import BANDS, band_of
 from fext.vectors import exact_top_k, normalized
 
@@ -67,7 +67,7 @@ def search(
                 "pass an image file or a path as written in the index"
             )
         vector = _encode_query(query_image, metadata, emb_dir, config, checkpoint)
-    rows, scores = nearest(encoding, normalized(vector[None]), k, use_index)
+    rows, scores = nearest(encoding, normalized(vector[None]), k, open_index(emb_dir) if use_index else None)
     names = paths_of_rows(encoding.rows_csv, rows[0])
     results = [(rank, float(score), names[r]) for rank, (r, score) in enumerate(zip(rows[0].tolist(), scores[0]), 1)]
     if sheet is not None:
@@ -101,7 +101,7 @@ def search_folder(
     vectors, queries = encode_images(model, queries_dir, config=config)
     if not queries:
         raise FeXTError(f"No readable image in {queries_dir}; pass a folder of query images")
-    rows, scores = nearest(encoding, normalized(vectors), k, use_index)
+    rows, scores = nearest(encoding, normalized(vectors), k, open_index(emb_dir) if use_index else None)
     names = paths_of_rows(encoding.rows_csv, rows.ravel())
     return [(entry["path"], rank, float(score), names[r])
             for entry, query_rows, query_scores in zip(queries, rows.tolist(), scores)
@@ -126,12 +126,11 @@ def write_results_csv(results: list[tuple[str, int, float, str]], output: str | 
         write(f)
 
 
-def nearest(encoding: Encoding, queries: np.ndarray, k: int, use_index: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Rows (Q, k) and cosine similarities of the stored vectors nearest to unit ``queries`` (Q, D)."""
-    if use_index:
-        index = open_index(encoding.folder)
-        if index is not None:
-            return index.search(queries, k)
+def nearest(encoding: Encoding, queries: np.ndarray, k: int, index: VectorIndex | None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (Q, k) and cosine similarities of the stored vectors nearest to unit ``queries`` (Q, D): from
+    ``index`` (the folder's :func:`~fext.index.open_index`, opened once by the caller) or, without one, exactly."""
+    if index is not None:
+        return index.search(queries, k)
     return exact_top_k(encoding.rows, queries, k)
 
 
