@@ -16,6 +16,7 @@ the training peak.
 from __future__ import annotations
 
 import ctypes
+import gc
 import sys
 
 _M_TRIM_THRESHOLD = -1
@@ -38,7 +39,15 @@ def keep_freed_memory() -> None:
 
 
 def release_freed_memory() -> None:
-    """Return the heap's free pages to the system (glibc ``malloc_trim``; elsewhere a no-op)."""
+    """Free Python's cyclic garbage, then return the heap's free pages to the system (glibc ``malloc_trim``).
+
+    The collection comes first because some garbage holds megabytes outside Python's own allocator
+    until the cycle collector reaches it: a matplotlib figure (every epoch's training curves) is a
+    cycle of objects that keeps its renderer's pixel buffer, 3-6 MB. Left to the collector's own
+    schedule those add up over several epochs before a full collection frees them (the sawtooth of
+    benchmarks/train_soak.py). Elsewhere than glibc only the collection runs.
+    """
+    gc.collect()
     if not sys.platform.startswith("linux"):
         return
     try:

@@ -78,7 +78,11 @@ class LRSchedulerConfig:
     CONSTANT_STEPS: int = _key(40000, "an integer >= 0", lambda v: v >= 0)
     """Batches at INITIAL_LR before the decay starts."""
     DECAY_STEPS: int = _key(2000, "an integer >= 1", lambda v: v >= 1)
-    """Batches of linear decay down to the floor of 1e-8."""
+    """Batches of decay down to the floor of 1e-8."""
+    DECAY: str = _key("linear", 'one of "linear", "cosine"', lambda v: v in ("linear", "cosine"))
+    """Shape of the decay (and of a time budget's): a straight line, or a half cosine."""
+    WARMUP_STEPS: int = _key(0, "an integer >= 0", lambda v: v >= 0)
+    """The first batches (of the constant phase, or of a time budget) climb linearly to INITIAL_LR from INITIAL_LR / WARMUP_STEPS; 0: no warm-up."""
 
 
 @dataclass(frozen=True)
