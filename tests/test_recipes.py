@@ -159,7 +159,6 @@ def _gradients(
     the model in ``dtype``."""
     from fext.architecture import preset_architecture
     from fext.training.loop import Step, compute_gradients
-    from fext.training.start import recipe_teacher
 
     torch.manual_seed(0)
     arch = dataclasses.replace(preset_architecture("small", images.shape[-1]), dropout=dropout)
@@ -169,10 +168,9 @@ def _gradients(
         next(m for m in model.compress.modules() if isinstance(m, torch.nn.Dropout)).register_forward_hook(hook)
     inputs, target = (t.to(dtype) for t in objectives.training_inputs(images, cfg, torch.Generator().manual_seed(0)))
     model.to(dtype)  # the projector stays float32, as the loss is computed in float32
-    teacher = recipe_teacher(cfg, model, projector, None)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    step = Step(model, model, cfg, torch.device("cpu"), scaler, projector, teacher)
-    loss, terms, reconstruction = compute_gradients(step, inputs, target)
+    loss, terms, reconstruction = compute_gradients(Step(model, model, cfg, torch.device("cpu"), scaler, projector),
+                                                    inputs, target)
     assert reconstruction.shape == target.shape and not reconstruction.requires_grad
     named = dict(model.named_parameters())
     if projector is not None:
@@ -180,18 +178,14 @@ def _gradients(
     return loss, terms, {k: v.grad for k, v in named.items()}
 
 
-@pytest.mark.parametrize("extra", [{}, {"TEACHER_MOMENTUM": 0.9}, {"LOCAL_VIEWS": 2}],
-                         ids=["views", "EMA teacher", "multi-crop"])
-def test_one_view_at_a_time_gives_the_gradients_of_both_views_in_one_pass(extra):
+def test_one_view_at_a_time_gives_the_gradients_of_both_views_in_one_pass():
     """The memory-saving views step (two backward passes, view B's latent found first without a graph) adds up
-    to the gradient of the one-pass loss: every parameter's, the projector's too, and the same loss and terms;
-    with an EMA teacher and with multi-crop's small views too.
+    to the gradient of the one-pass loss: every parameter's, the projector's too, and the same loss and terms.
     The model runs in float64 so the comparison is exact but for float64 rounding."""
     torch.set_num_threads(1)
     images = torch.from_numpy(photos(6, 64)).permute(0, 3, 1, 2).float() / 255
-    extra = {f"training.VIEWS.{k}": v for k, v in extra.items()}
     split, joint = (with_overrides(Config(), {"training.VIEWS.ONE_VIEW_AT_A_TIME": flag,
-                                              "training.VIEWS.PROJECTOR_DIM": 64, **extra}) for flag in (True, False))
+                                              "training.VIEWS.PROJECTOR_DIM": 64}) for flag in (True, False))
     loss_s, terms_s, grads_s = _gradients(split, images, dropout=0.0, dtype=torch.float64)
     loss_j, terms_j, grads_j = _gradients(joint, images, dropout=0.0, dtype=torch.float64)
     assert loss_s == pytest.approx(loss_j, rel=1e-6)
@@ -212,54 +206,3 @@ def test_one_view_at_a_time_replays_the_dropout_of_view_b():
     assert 0.4 < (first_b & live).sum() / live.sum() < 0.6  # dropout is at work
     assert torch.equal(first_b, second_b)
     assert not torch.equal(first_b, a)  # A's pass drew masks of its own
-
-
-def test_multi_crop_adds_small_views_that_pull_towards_the_two_views():
-    """LOCAL_VIEWS small crops of every image follow the two views in the inputs (no target of their own), and
-    their loss, with the terms it logs, is zero only for small views whose latents are the two views' own."""
-    cfg = with_overrides(Config(), {"training.VIEWS.LOCAL_VIEWS": 3})
-    images = torch.from_numpy(photos(4, 64)).permute(0, 3, 1, 2).float() / 255
-    inputs, target = objectives.training_inputs(images, cfg, torch.Generator().manual_seed(0))
-    assert inputs.shape == (5 * 4, 3, 64, 64) and target.shape == (2 * 4, 3, 64, 64)
-    assert torch.equal(inputs[:8], target)  # MASK_RATIO 0: the two views unmasked, then the small views
-    # Small crops magnify: less change from pixel to pixel than the full-size views of the same images.
-    assert (inputs[8:].diff(dim=3).abs().mean() < target.diff(dim=3).abs().mean()).item()
-    views = dataclasses.replace(cfg.training.VIEWS, VARIANCE_WEIGHT=0.0, COVARIANCE_WEIGHT=0.0)
-    z = 3 * torch.randn(4, 16)
-    same, _ = objectives.local_views_loss(torch.cat([z, z]), (torch.cat([z, z]), None), views)
-    apart, terms = objectives.local_views_loss(torch.cat([z, -z]), (torch.cat([z, z]), None), views)
-    assert same.item() == 0.0 and apart.item() > 0
-    assert set(terms) == {"local_invariance", "local_variance", "local_covariance"}
-
-
-def test_the_ema_teacher_follows_the_weights_and_is_kept_in_the_trainer_state(tmp_path):
-    """After every update teacher = m x teacher + (1 - m) x weights; the teacher's weights are saved with the
-    trainer state only, and a resumed run starts from them."""
-    from conftest import make_images, tiny_config
-    from fext.checkpoints import load_trainer_state
-    from fext.training import train
-    from fext.training.start import recipe_teacher
-    from fext.workspace import Workspace
-
-    model = FeXTAutoEncoder.from_preset("small", 64)
-    teacher = objectives.Teacher(model, None, momentum=0.75)
-    before = [p.detach().clone() for p in teacher.modules[0].parameters()]
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(1.0)
-    teacher.follow(model, None)
-    for old, new, now in zip(before, teacher.modules[0].parameters(), model.parameters()):
-        assert torch.allclose(new, 0.75 * old + 0.25 * now, atol=1e-6) and not new.requires_grad
-
-    ws = Workspace(tmp_path / "ws").ensure()
-    make_images(ws.dataset, n=8)
-    cfg = tiny_config(**{"training.EPOCHS": 1, "training.VIEWS.PROJECTOR_DIM": 16,
-                         "training.VIEWS.TEACHER_MOMENTUM": 0.5})
-    ckpt = train(cfg, ws, progress=False)
-    saved = load_trainer_state(ckpt)["teacher"]
-    trained = FeXTAutoEncoder.from_pretrained(ckpt)
-    dim = trained.arch.feature_dim
-    assert set(saved) == {"0", "1"} and saved["1"]["0.weight"].shape == (16, dim)
-    assert not torch.equal(saved["0"]["head.weight"], trained.state_dict()["head.weight"])  # it lags behind
-    resumed = recipe_teacher(cfg, trained, objectives.recipe_projector(cfg, dim), {"teacher": saved})
-    assert torch.equal(resumed.modules[1].state_dict()["0.weight"], saved["1"]["0.weight"])

@@ -25,12 +25,11 @@ from fext.checkpoints import (
     load_trainer_state, load_weights_file, read_checkpoint,
 )
 from fext.cli import main
-from fext.config import LRSchedulerConfig, TrainingConfig
+from fext.config import LRSchedulerConfig
 from fext.data import select_images
 from fext.errors import FeXTError
 from fext.model import FeXTAutoEncoder
 from fext.training import lr_at, train
-from fext.training.schedule import learning_rate
 from fext.workspace import Workspace, init_workspace
 
 @pytest.fixture(scope="module", autouse=True)
@@ -89,18 +88,6 @@ def test_schedule_is_constant_then_linear_to_the_floor():
     assert lr_at(0, LRSchedulerConfig(INITIAL_LR=1e-3, CONSTANT_STEPS=0, DECAY_STEPS=2)) == 1e-3
     assert lr_at(1, LRSchedulerConfig(INITIAL_LR=1e-3, CONSTANT_STEPS=0, DECAY_STEPS=2)) == pytest.approx(5e-4 + 5e-9)
 
-
-
-def test_schedule_warms_up_then_decays_along_a_half_cosine():
-    s = LRSchedulerConfig(INITIAL_LR=1e-3, CONSTANT_STEPS=4, DECAY_STEPS=4, DECAY="cosine", WARMUP_STEPS=4)
-    assert [lr_at(step, s) for step in range(4)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
-    assert lr_at(4, s) == 1e-3
-    assert lr_at(6, s) == pytest.approx((1e-3 + 1e-8) / 2)  # half-way down, as the straight line
-    assert lr_at(5, s) == pytest.approx(1e-8 + (1e-3 - 1e-8) * (1 + 2**-0.5) / 2)  # above the line early on
-    assert lr_at(8, s) == lr_at(100, s) == pytest.approx(1e-8)
-    budget = TrainingConfig(TIME_BUDGET_MINUTES=10, LR_SCHEDULER=s)
-    assert learning_rate(0, 0.0, budget) == pytest.approx(2.5e-4)  # the warm-up counts steps, in a budget too
-    assert learning_rate(10, 540.0, budget) == pytest.approx((1e-3 + 1e-8) / 2)
 
 def test_a_tiny_run_writes_every_file(run):
     ws, folder = run

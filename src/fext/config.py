@@ -78,11 +78,7 @@ class LRSchedulerConfig:
     CONSTANT_STEPS: int = _key(40000, "an integer >= 0", lambda v: v >= 0)
     """Batches at INITIAL_LR before the decay starts."""
     DECAY_STEPS: int = _key(2000, "an integer >= 1", lambda v: v >= 1)
-    """Batches of decay down to the floor of 1e-8."""
-    DECAY: str = _key("linear", 'one of "linear", "cosine"', lambda v: v in ("linear", "cosine"))
-    """Shape of the decay (and of a time budget's): a straight line, or a half cosine."""
-    WARMUP_STEPS: int = _key(0, "an integer >= 0", lambda v: v >= 0)
-    """The first batches (of the constant phase, or of a time budget) climb linearly to INITIAL_LR from INITIAL_LR / WARMUP_STEPS; 0: no warm-up."""
+    """Batches of linear decay down to the floor of 1e-8."""
 
 
 @dataclass(frozen=True)
@@ -107,12 +103,6 @@ class ViewsConfig:
     """Fraction of a view's 8x8-pixel patches replaced by grey at the input (denoising); the clean view is the target."""
     SHARED_FLIP: bool = True
     """Both views of an image share one random horizontal flip, so the latent's left and right cells are never asked to match mirror images."""
-    LOCAL_VIEWS: int = _key(0, "an integer >= 0", lambda v: v >= 0)
-    """Multi-crop: this many small views of every image besides the two (crops of LOCAL_MIN_AREA to CROP_MIN_AREA of its area, at full resolution, encoded only), whose latents (and projections) are asked to match the two views' (held fixed), with the variance and covariance terms on them too (SwAV, DINO); 0: none."""
-    LOCAL_MIN_AREA: float = _key(0.05, "a fraction 0 < x <= 1", lambda v: 0 < v <= 1)
-    """Smallest fraction of an image's area a small view of LOCAL_VIEWS keeps."""
-    TEACHER_MOMENTUM: float = _key(0.0, "a number 0 <= x < 1", lambda v: 0 <= v < 1)
-    """An EMA teacher: 0 none (each view's latent matches the other view's, both trained); else each view's latent (and projection) matches the other view's latent from a copy of the encoder (and projector) that is not trained but follows the weights, after every update, as teacher = x * teacher + (1 - x) * weights (BYOL, DINO)."""
     PROJECTOR_DIM: int = _key(1024, "an integer >= 0", lambda v: v >= 0)
     """Width of the projector, a small MLP used in training only, on whose output the invariance, variance and covariance terms act a second time (besides the latent); 0: no projector."""
     ONE_VIEW_AT_A_TIME: bool = True

@@ -71,11 +71,11 @@ def _flip_some(x: torch.Tensor, chosen: torch.Tensor, dim: int) -> None:
 
 def random_view(
     x: torch.Tensor, generator: torch.Generator | None = None, min_area: float = 0.3, jitter: float = 0.4,
-    blur: float = 0.0, flip: bool = True, max_area: float = 1.0,
+    blur: float = 0.0, flip: bool = True,
 ) -> torch.Tensor:
     """One random view of each image of ``x`` (B, 3, H, W) float in [0, 1], drawn per image.
 
-    Per sample: a random resized crop (area fraction U(min_area, max_area), aspect ratio log-uniform in
+    Per sample: a random resized crop (area fraction U(min_area, 1), aspect ratio log-uniform in
     [3/4, 4/3], position uniform, resampled bilinearly back to H × W), a horizontal flip with
     p = 0.5 (none with ``flip`` False), and brightness, contrast and saturation factors from U(1 - jitter, 1 + jitter),
     clamped to [0, 1]; with probability ``blur``, the view is then halved in resolution and scaled
@@ -87,7 +87,7 @@ def random_view(
     b = x.shape[0]
     # (B, 9): area, aspect, x position, y position, flip, brightness, contrast, saturation, blur.
     u = _uniform((b, 9), generator, x.device).float()
-    area = min_area + u[:, 0] * (max_area - min_area)
+    area = min_area + u[:, 0] * (1 - min_area)
     aspect = torch.exp((u[:, 1] * 2 - 1) * math.log(4 / 3))
     sx, sy = (area * aspect).sqrt().clamp(max=1.0), (area / aspect).sqrt().clamp(max=1.0)  # fractions of W, H
     tx, ty = (u[:, 2] * 2 - 1) * (1 - sx), (u[:, 3] * 2 - 1) * (1 - sy)  # crop centre in [-1, 1] coordinates

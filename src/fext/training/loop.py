@@ -29,7 +29,7 @@ from fext.data import CachedImages, to_float
 from fext.device import autocast, replay_rng, rng_state
 from fext.metrics import cosine, mae, psnr
 from fext.model import FeXTAutoEncoder
-from fext.training.objectives import Teacher, local_views_loss, training_inputs, training_loss, views_loss
+from fext.training.objectives import training_inputs, training_loss, views_loss
 from fext.training.schedule import learning_rate, set_lr, trained_seconds
 from fext.training.state import RunPosition
 
@@ -88,7 +88,6 @@ class Step:
     device: torch.device
     scaler: torch.amp.GradScaler
     projector: torch.nn.Module | None = None
-    teacher: Teacher | None = None
 
 
 @dataclass
@@ -119,12 +118,10 @@ class Run:
     """The recipe's projector, trained with the model and saved only in the trainer state; None without one."""
     train_projector: Any = None
     """``projector`` as the loss calls it (under DDP its wrapper, which averages its gradients)."""
-    teacher: Teacher | None = None
-    """The EMA teacher of ``training.VIEWS.TEACHER_MOMENTUM``, or None."""
 
     def step(self) -> Step:
         """What :func:`compute_gradients` runs this run's batches through."""
-        return Step(self.forward, self.model, self.cfg, self.device, self.scaler, self.train_projector, self.teacher)
+        return Step(self.forward, self.model, self.cfg, self.device, self.scaler, self.train_projector)
 
 
 @dataclass
@@ -217,8 +214,6 @@ def _update(run: Run, x: torch.Tensor, epoch: int, b: int
     # 6. Update (the scaler is a pass-through unless fp16 autocast needs it).
     run.scaler.step(run.optimizer)
     run.scaler.update()
-    if run.teacher is not None:
-        run.teacher.follow(run.model, run.projector)
     return target, loss_value, terms, reconstruction
 
 
@@ -270,46 +265,20 @@ def compute_gradients(
     ``model.JIT_COMPILE``; otherwise the batch takes one forward and one backward pass.
     """
     cfg = step.cfg
-    inputs, local_inputs = inputs[: len(target)], inputs[len(target):]  # the small views of multi-crop, if any
-    if step.teacher is not None:
-        with autocast(step.device, cfg.device.MIXED_PRECISION):
-            step.teacher.see(inputs)
     if cfg.training.RECIPE == "views" and cfg.training.VIEWS.ONE_VIEW_AT_A_TIME and not cfg.model.JIT_COMPILE:
-        loss_value, terms, reconstruction, latent = _views_one_at_a_time(step, inputs, target)
-    else:
-        with autocast(step.device, cfg.device.MIXED_PRECISION):
-            out = step.forward(inputs)
-        loss, terms = training_loss(out, target, cfg, step.projector, step.teacher)
-        step.scaler.scale(loss).backward()
-        loss_value, reconstruction, latent = loss.item(), out["reconstruction"].detach(), out["latent"].detach()
-    if len(local_inputs):
-        loss_value += _local_views(step, local_inputs, latent, terms)
-    return loss_value, terms, reconstruction
-
-
-def _local_views(step: Step, inputs: torch.Tensor, latent: torch.Tensor, terms: dict[str, torch.Tensor]) -> float:
-    """Forward (encoder only) and backward of the small views of multi-crop (``training.VIEWS.LOCAL_VIEWS``):
-    their :func:`local_views_loss` against the two views' ``latent`` (detached), or the teacher's targets.
-    Adds the loss's terms to ``terms``; returns its value."""
-    if step.teacher is not None:
-        targets = step.teacher.targets
-    else:
-        with torch.no_grad():
-            targets = (latent, step.projector(latent.float()) if step.projector is not None else None)
-    with autocast(step.device, step.cfg.device.MIXED_PRECISION):
-        local_latent = step.model.encode(inputs)
-    loss, local_terms = local_views_loss(local_latent, targets, step.cfg.training.VIEWS, step.projector)
+        return _views_one_at_a_time(step, inputs, target)
+    with autocast(step.device, cfg.device.MIXED_PRECISION):
+        out = step.forward(inputs)
+    loss, terms = training_loss(out, target, cfg, step.projector)
     step.scaler.scale(loss).backward()
-    terms.update(local_terms)
-    return loss.item()
+    return loss.item(), terms, out["reconstruction"].detach()
 
 
 def _views_one_at_a_time(
     step: Step, inputs: torch.Tensor, target: torch.Tensor
-) -> tuple[float, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+) -> tuple[float, dict[str, torch.Tensor], torch.Tensor]:
     """:func:`compute_gradients` of the "views" recipe with the activations of one view (B rows) in
-    memory at a time instead of both (2B rows): about half the memory, the same gradients; also returns
-    the two views' latents (detached).
+    memory at a time instead of both (2B rows): about half the memory, the same gradients.
 
     The VICReg terms tie the two views' latents together, so view B's latent is first computed
     without a graph (the encoder only: the extra cost). View A then goes forward and backward with
@@ -330,7 +299,7 @@ def _views_one_at_a_time(
     with autocast(device, mixed):
         out_a = forward(input_a)
     loss_a, terms = views_loss(out_a["reconstruction"], target_a, views, torch.cat([out_a["latent"], latent_b]),
-                               step.projector, share=1 / 2, teacher=step.teacher)
+                               step.projector, share=1 / 2)
     scaler.scale(loss_a).backward()
     # 3. View B forward again with its graph, and backward: its reconstruction, and through its latent the
     #    gradient of the latent terms found in 2 (already scaled).
@@ -340,7 +309,7 @@ def _views_one_at_a_time(
     torch.autograd.backward([scaler.scale(loss_b), out_b["latent"]], [None, latent_b.grad])
     terms["reconstruction"] = (terms["reconstruction"] + terms_b["reconstruction"]) / 2
     reconstruction = torch.cat([out_a["reconstruction"].detach(), out_b["reconstruction"].detach()])
-    return loss_a.item() + loss_b.item(), terms, reconstruction, torch.cat([out_a["latent"].detach(), latent_b.detach()])
+    return loss_a.item() + loss_b.item(), terms, reconstruction
 
 
 @torch.no_grad()

@@ -87,19 +87,12 @@ def recipe_projector(cfg: Config, feature_dim: int) -> Projector | None:
     return Projector(feature_dim, width)
 
 
-def vicreg_terms(z: torch.Tensor, views: ViewsConfig, teacher: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def vicreg_terms(z: torch.Tensor, views: ViewsConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted sum and the (unweighted) invariance, variance and covariance terms of ``z``
-    (2B, N): the first B rows one view of each image, the last B the other. With ``teacher`` (2B, N,
-    the EMA teacher's for the same rows, no gradient) each view matches the teacher's other view."""
+    (2B, N): the first B rows one view of each image, the last B the other."""
     z1, z2 = z.float().chunk(2)
-    if teacher is None:
-        invariance = invariance_loss(z1, z2)
-    else:
-        t1, t2 = teacher.float().chunk(2)
-        invariance = (invariance_loss(z1, t2) + invariance_loss(z2, t1)) / 2
     terms = {
-        "invariance": invariance,
+        "invariance": invariance_loss(z1, z2),
         "variance": (variance_loss(z1) + variance_loss(z2)) / 2,
         "covariance": (covariance_loss(z1) + covariance_loss(z2)) / 2,
     }
@@ -109,16 +102,14 @@ def vicreg_terms(z: torch.Tensor, views: ViewsConfig, teacher: torch.Tensor | No
 
 
 def views_latent_loss(
-    latent: torch.Tensor, views: ViewsConfig, projector: nn.Module | None = None, teacher: Teacher | None = None,
+    latent: torch.Tensor, views: ViewsConfig, projector: nn.Module | None = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted VICReg terms of the two views' latents (2B, D), first B rows one view of each
     image, and again of their ``projector`` outputs when there is one; and the unweighted terms
-    (those of the projection prefixed "projection_"). With a ``teacher`` that has seen the views,
-    invariance is to its latents and projections."""
-    targets = teacher.targets if teacher is not None else (None, None)
-    total, terms = vicreg_terms(latent, views, targets[0])
+    (those of the projection prefixed "projection_")."""
+    total, terms = vicreg_terms(latent, views)
     if projector is not None:
-        projected, projection_terms = vicreg_terms(projector(latent.float()), views, targets[1])
+        projected, projection_terms = vicreg_terms(projector(latent.float()), views)
         total = total + projected
         terms.update({f"projection_{k}": v for k, v in projection_terms.items()})
     return total, terms
@@ -126,7 +117,7 @@ def views_latent_loss(
 
 def views_loss(
     reconstruction: torch.Tensor, target: torch.Tensor, views: ViewsConfig, latent: torch.Tensor | None = None,
-    projector: nn.Module | None = None, share: float = 1.0, teacher: Teacher | None = None,
+    projector: nn.Module | None = None, share: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The "views" recipe's loss, or the share of it one pass carries.
 
@@ -142,7 +133,7 @@ def views_loss(
     total = views.RECONSTRUCTION_WEIGHT * share * reconstruction_term
     terms = {"reconstruction": reconstruction_term}
     if latent is not None:
-        latent_total, latent_terms = views_latent_loss(latent, views, projector, teacher)
+        latent_total, latent_terms = views_latent_loss(latent, views, projector)
         total = total + latent_total
         terms.update(latent_terms)
     return total, {k: v.detach() for k, v in terms.items()}
@@ -153,8 +144,7 @@ def training_inputs(x: torch.Tensor, cfg: Config, generator: torch.Generator) ->
 
     "reconstruction": the batch (augmented as a whole when ``dataset.IMG_AUGMENT``) is both, (B, ...).
     "views": two views per image, (2B, ...): the target is the clean views, the input the views
-    with ``MASK_RATIO`` of their patches greyed, followed by the ``LOCAL_VIEWS`` small views of every
-    image (L x B more rows, no target). All draws come from ``generator``.
+    with ``MASK_RATIO`` of their patches greyed. All draws come from ``generator``.
     """
     if cfg.training.RECIPE == "reconstruction":
         if cfg.dataset.IMG_AUGMENT:
@@ -165,84 +155,16 @@ def training_inputs(x: torch.Tensor, cfg: Config, generator: torch.Generator) ->
         x = flip_half(x, generator)  # the flip is drawn once per image: both views keep that orientation
     target = torch.cat([random_view(x, generator, views.CROP_MIN_AREA, views.COLOR_JITTER, views.BLUR,
                                     flip=not views.SHARED_FLIP) for _ in range(2)])
-    inputs = mask_patches(target, views.MASK_RATIO, generator)
-    if views.LOCAL_VIEWS:
-        inputs = torch.cat([inputs, *(random_view(x, generator, views.LOCAL_MIN_AREA, views.COLOR_JITTER, views.BLUR,
-                                                  flip=not views.SHARED_FLIP, max_area=views.CROP_MIN_AREA)
-                                      for _ in range(views.LOCAL_VIEWS))])
-    return inputs, target
+    return mask_patches(target, views.MASK_RATIO, generator), target
 
 
 def training_loss(
-    out: dict[str, torch.Tensor], target: torch.Tensor, cfg: Config, projector: nn.Module | None = None,
-    teacher: Teacher | None = None,
+    out: dict[str, torch.Tensor], target: torch.Tensor, cfg: Config, projector: nn.Module | None = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The recipe's loss of the model's output ``out`` for ``target`` (float32), and its terms.
 
-    ``projector``: the run's :func:`recipe_projector` (possibly wrapped for DDP), or None; ``teacher``: the
-    run's :class:`Teacher` after :meth:`Teacher.see`, or None.
+    ``projector``: the run's :func:`recipe_projector` (possibly wrapped for DDP), or None.
     """
     if cfg.training.RECIPE == "reconstruction":
         return reconstruction_loss(out["reconstruction"], target), {}
-    return views_loss(out["reconstruction"], target, cfg.training.VIEWS, out["latent"], projector, teacher=teacher)
-
-
-def local_views_loss(
-    latent: torch.Tensor, targets: tuple[torch.Tensor, torch.Tensor | None], views: ViewsConfig,
-    projector: nn.Module | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The multi-crop terms of the small views' latents ``latent`` (L x B, D; view after view): each is to
-    match both views of its image in ``targets`` (their latents (2B, D) and projections, held fixed), with
-    the variance and covariance terms on it, through the projector too; the mean over the L views."""
-    total, terms = latent.new_zeros(()), {}
-    for name, z, target in (("local_", latent.float(), targets[0]), ("local_projection_", None, targets[1])):
-        if name == "local_projection_":
-            if projector is None or target is None:
-                break
-            z = projector(latent.float())
-        t1, t2 = target.float().chunk(2)
-        parts = z.chunk(len(z) // len(t1))
-        found = {
-            "invariance": sum((invariance_loss(v, t1) + invariance_loss(v, t2)) / 2 for v in parts) / len(parts),
-            "variance": sum(variance_loss(v) for v in parts) / len(parts),
-            "covariance": sum(covariance_loss(v) for v in parts) / len(parts),
-        }
-        total = total + (views.INVARIANCE_WEIGHT * found["invariance"] + views.VARIANCE_WEIGHT * found["variance"]
-                         + views.COVARIANCE_WEIGHT * found["covariance"])
-        terms.update({name + k: v.detach() for k, v in found.items()})
-    return total, terms
-
-
-class Teacher:
-    """The EMA teacher of ``training.VIEWS.TEACHER_MOMENTUM``: copies of the model and the projector that
-    are never trained but follow their weights after every update (an exponential moving average), and
-    give each view the latent (and projection) of the other view to match: a slowly moving target
-    (Grill et al., "BYOL", 2020; Caron et al., "DINO", 2021). Dropout off in the copies."""
-
-    def __init__(self, model: nn.Module, projector: nn.Module | None, momentum: float) -> None:
-        import copy
-
-        self.modules = [copy.deepcopy(m).eval().requires_grad_(False) for m in (model, projector) if m is not None]
-        self.momentum = momentum
-        self.targets: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
-
-    @torch.no_grad()
-    def see(self, inputs: torch.Tensor) -> None:
-        """Compute the targets for a step's inputs (2B rows: the two views): latents, and projections."""
-        latent = self.modules[0].encode(inputs).float()
-        projection = self.modules[1](latent) if len(self.modules) > 1 else None
-        self.targets = (latent, projection)
-
-    @torch.no_grad()
-    def follow(self, model: nn.Module, projector: nn.Module | None) -> None:
-        """After an update: teacher = momentum x teacher + (1 - momentum) x weights, and drop the targets."""
-        for copy_, module in zip(self.modules, (model, projector)):
-            torch._foreach_lerp_(list(copy_.parameters()), list(module.parameters()), 1.0 - self.momentum)
-        self.targets = (None, None)
-
-    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
-        return {str(i): m.state_dict() for i, m in enumerate(self.modules)}
-
-    def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
-        for i, m in enumerate(self.modules):
-            m.load_state_dict(state[str(i)])
+    return views_loss(out["reconstruction"], target, cfg.training.VIEWS, out["latent"], projector)

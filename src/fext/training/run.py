@@ -27,7 +27,7 @@ from fext.training import outputs
 from fext.training.loop import EpochResult, GracefulStop, NonFiniteLoss, Run, train_one_epoch, validate
 from fext.training.schedule import BUDGET_DECAY_SHARE, budget_spent, trained_seconds
 from fext.training.start import (
-    model_and_projector, new_folder, optimizer_and_position, recipe_teacher, starting_point, training_images, wrapped_for_training,
+    model_and_projector, new_folder, optimizer_and_position, starting_point, training_images, wrapped_for_training,
 )
 from fext.training.state import RunPosition, capture_rng, seed_everything, trainer_state
 from fext.workspace import Workspace
@@ -87,7 +87,6 @@ def _train(
     listing, images, train_rows, val_rows = training_images(cfg, ws, root, resume, saved, progress)
     # 3. Model, optimizer, grad scaler, generators, position: fresh (seeded) or from the checkpoint.
     model, projector = model_and_projector(cfg, device, resume, saved, state)
-    teacher = recipe_teacher(cfg, model, projector, state)
     optimizer, scaler, augment, position = optimizer_and_position(cfg, device, model, projector, saved, state,
                                                                    train_rows)
     forward, validate_forward, train_projector = wrapped_for_training(cfg, device, model, projector, position)
@@ -107,8 +106,7 @@ def _train(
     _log_start(cfg, device, folder, fresh, len(train_rows), len(val_rows), position, epochs)
     run = Run(cfg, folder, device, model, forward, optimizer, scaler, augment, images, train_rows, val_rows,
               description, position, saved=None if fresh else outputs.describe_position(position),
-              validate_forward=validate_forward, projector=projector, train_projector=train_projector,
-              teacher=teacher)
+              validate_forward=validate_forward, projector=projector, train_projector=train_projector)
     _fit_and_tidy(run, epochs, fresh, progress)
     log.info("Done: %s", folder)
     return folder
@@ -245,7 +243,7 @@ def _save(run: Run, tensorboard: outputs.TensorBoardLog, entry: dict[str, Any] |
     keep = entry["epoch"] if entry is not None and run.cfg.training.SAVE_CHECKPOINTS else None
     save_checkpoint(folder, run.model, run.description, history=p.history, keep_epoch=keep,
                     trainer_state=trainer_state(p, run.model, run.optimizer, run.scaler, run.augment, rank_rngs,
-                                                run.projector, run.teacher))
+                                                run.projector))
     if p.history:
         outputs.plot_history(folder / PLOT, p.history, f"{folder.name}: {run.cfg.model.PRESET} preset, "
                              f"{run.cfg.model.IMG_SIZE} px, {len(run.train_rows)} training images")

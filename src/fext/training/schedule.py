@@ -1,5 +1,4 @@
-"""The learning-rate schedules: an optional warm-up, constant, then a decay to a floor (linear or a half cosine),
-over steps or over a time budget.
+"""The learning-rate schedules: constant, then a linear decay to a floor, over steps or over a time budget.
 
 Without a time budget (the original schedule) steps count optimizer updates (batches) since the start
 of training; a resumed run continues the count, so the schedule never restarts. With
@@ -8,8 +7,6 @@ decay ends when the budget does whatever the speed of the machine.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -22,56 +19,40 @@ LR_FLOOR = 1e-8
 def lr_at(step: int, schedule: LRSchedulerConfig) -> float:
     """Learning rate of the update numbered ``step`` (0-based).
 
-    INITIAL_LR for steps 0 .. CONSTANT_STEPS - 1 (the first WARMUP_STEPS of them climbing to it), then
-    a decay of the DECAY shape from INITIAL_LR at step CONSTANT_STEPS down to ``LR_FLOOR`` at step
-    CONSTANT_STEPS + DECAY_STEPS, and the floor after.
+    INITIAL_LR for steps 0 .. CONSTANT_STEPS - 1, then a straight line from INITIAL_LR at step
+    CONSTANT_STEPS down to ``LR_FLOOR`` at step CONSTANT_STEPS + DECAY_STEPS, and the floor after.
     """
     initial = schedule.INITIAL_LR
     if step < schedule.CONSTANT_STEPS or initial <= LR_FLOOR:
-        return warmed_up(initial, step, schedule)
-    return decayed(initial, (step - schedule.CONSTANT_STEPS) / schedule.DECAY_STEPS, schedule.DECAY)
-
-
-def warmed_up(lr: float, step: int, schedule: LRSchedulerConfig) -> float:
-    """``lr`` scaled by (step + 1) / WARMUP_STEPS during the warm-up, unchanged after it."""
-    if step < schedule.WARMUP_STEPS:
-        return lr * (step + 1) / schedule.WARMUP_STEPS
-    return lr
-
-
-def decayed(initial: float, done: float, shape: str) -> float:
-    """The rate ``done`` (a fraction, capped at 1) of the way from ``initial`` down to ``LR_FLOOR``:
-    along a straight line ("linear") or a half cosine ("cosine")."""
-    done = min(1.0, done)
-    fall = done if shape == "linear" else (1.0 - math.cos(math.pi * done)) / 2
-    return initial + (LR_FLOOR - initial) * fall
+        return initial
+    done = min(1.0, (step - schedule.CONSTANT_STEPS) / schedule.DECAY_STEPS)
+    return initial + (LR_FLOOR - initial) * done
 
 
 BUDGET_DECAY_SHARE = 0.2
 """Share of a time budget, at its end, over which the learning rate falls from INITIAL_LR to the floor."""
 
 
-def lr_in_budget(seconds: float, budget_minutes: float, initial: float, shape: str = "linear") -> float:
+def lr_in_budget(seconds: float, budget_minutes: float, initial: float) -> float:
     """Learning rate after ``seconds`` of training out of a budget of ``budget_minutes``.
 
-    INITIAL_LR for the first (1 - BUDGET_DECAY_SHARE) of the budget, then a decay of ``shape`` down to
+    INITIAL_LR for the first (1 - BUDGET_DECAY_SHARE) of the budget, then a straight line down to
     ``LR_FLOOR`` at its end, and the floor after (the epoch that crosses the budget finishes there).
     """
     budget = budget_minutes * 60.0
     decay_from = (1.0 - BUDGET_DECAY_SHARE) * budget
     if seconds < decay_from or initial <= LR_FLOOR:
         return initial
-    return decayed(initial, (seconds - decay_from) / (BUDGET_DECAY_SHARE * budget), shape)
+    done = min(1.0, (seconds - decay_from) / (BUDGET_DECAY_SHARE * budget))
+    return initial + (LR_FLOOR - initial) * done
 
 
 def learning_rate(step: int, seconds: float, training: TrainingConfig) -> float:
     """Learning rate of update ``step`` made after ``seconds`` of training: over the time budget when there
     is one, else :func:`lr_at` over steps (exactly as without the budget key)."""
-    schedule = training.LR_SCHEDULER
     if training.TIME_BUDGET_MINUTES > 0:
-        lr = lr_in_budget(seconds, training.TIME_BUDGET_MINUTES, schedule.INITIAL_LR, schedule.DECAY)
-        return warmed_up(lr, step, schedule)
-    return lr_at(step, schedule)
+        return lr_in_budget(seconds, training.TIME_BUDGET_MINUTES, training.LR_SCHEDULER.INITIAL_LR)
+    return lr_at(step, training.LR_SCHEDULER)
 
 
 def trained_seconds(history: list[dict]) -> float:

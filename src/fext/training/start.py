@@ -28,7 +28,7 @@ from fext.device import needs_grad_scaler
 from fext.errors import FeXTError
 from fext.machine import data_workers
 from fext.model import FeXTAutoEncoder
-from fext.training.objectives import Teacher, recipe_projector
+from fext.training.objectives import recipe_projector
 from fext.training.state import RunPosition, position_from_state, restore_rng, seed_everything
 from fext.workspace import Workspace
 
@@ -96,19 +96,6 @@ def model_and_projector(cfg: Config, device: torch.device, resume: Path | None, 
         if state and "projector" in state:
             projector.load_state_dict(state["projector"])
     return model, projector
-
-
-def recipe_teacher(cfg: Config, model: FeXTAutoEncoder, projector: torch.nn.Module | None,
-                   state: dict[str, Any] | None) -> Teacher | None:
-    """The EMA teacher of ``training.VIEWS.TEACHER_MOMENTUM`` (a copy of the model and the projector, or
-    the trainer state's when it has one), or None."""
-    momentum = cfg.training.VIEWS.TEACHER_MOMENTUM
-    if cfg.training.RECIPE != "views" or momentum == 0:
-        return None
-    teacher = Teacher(model, projector, momentum)
-    if state and "teacher" in state:
-        teacher.load_state_dict(state["teacher"])
-    return teacher
 
 
 def optimizer_and_position(

@@ -88,12 +88,11 @@ def trainer_state(
     augment: torch.Generator,
     rank_rngs: list[dict[str, Any]] | None = None,
     projector: torch.nn.Module | None = None,
-    teacher: Any = None,
 ) -> dict[str, Any]:
     """The content of trainer_state.pt (written by :func:`fext.checkpoints.save_checkpoint`).
 
     ``rank_rngs``: every rank's :func:`capture_rng`, in rank order; ``projector``: the recipe's
-    projector, and ``teacher`` its EMA teacher, whose weights only the trainer state keeps.
+    projector, whose weights only the trainer state keeps.
     """
     state = {
         "epoch": position.epoch,
@@ -110,9 +109,6 @@ def trainer_state(
         state["rng_ranks"] = rank_rngs
     if projector is not None:
         state["projector"] = {k: v.detach().to("cpu") for k, v in projector.state_dict().items()}
-    if teacher is not None:
-        state["teacher"] = {name: {k: v.detach().to("cpu") for k, v in weights.items()}
-                            for name, weights in teacher.state_dict().items()}
     return state
 
 
