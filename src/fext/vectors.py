@@ -17,7 +17,8 @@ BLOCK_BYTES = 64 * 2**20
 def normalized(block: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (all-zero rows stay zero), float32."""
     x = np.array(block, dtype=np.float32)  # a copy, scaled in place: no second (N, D) array
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    # einsum sums the squares in one pass; np.linalg.norm first writes them to an (N, D) temporary (2-3x slower).
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
     x /= np.where(norms > 0, norms, 1.0)
     return x
 
