@@ -43,9 +43,9 @@ def release_freed_memory() -> None:
 
     The collection comes first because some garbage holds megabytes outside Python's own allocator
     until the cycle collector reaches it: a matplotlib figure (every epoch's training curves) is a
-    cycle of objects that keeps its renderer's pixel buffer, 3-6 MB. Left to the collector's own
-    schedule those add up over several epochs before a full collection frees them (the sawtooth of
-    benchmarks/train_soak.py). Elsewhere than glibc only the collection runs.
+    cycle of objects that keeps its renderer's pixel buffer (4-6 MB an epoch in the soak). Left to
+    the collector's own schedule those add up over several epochs before a full collection frees
+    them (the sawtooth of benchmarks/train_soak.py). Elsewhere than glibc only the collection runs.
     """
     gc.collect()
     if not sys.platform.startswith("linux"):
