@@ -175,12 +175,10 @@ def load_folder(folder: Path) -> np.ndarray:
     return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.rglob("*.png"))])
 
 
-def photo_crop_set(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The same-photograph task: (crops uint8 (n, S, S, 3), photograph of each crop (n,)), made once and cached.
-
-    :data:`PHOTO_CROPS` overlapping square crops of each held-out photograph, at random positions and sides of
-    30-100 % of its shorter side, resized to ``size``.
-    """
+def photo_crop_folder(size: int) -> Path:
+    """The same-photograph task's images, made once and cached: one subfolder per held-out photograph holding
+    :data:`PHOTO_CROPS` overlapping square crops of it, at random positions and sides of 30-100 % of its
+    shorter side, resized to ``size``."""
     folder = bench_cache() / "feature_quality" / f"{CACHE_VERSION}_{size}px_photo_crops_{PHOTO_CROPS}"
     if not (folder / "done").is_file():
         rng = np.random.default_rng(1)
@@ -195,7 +193,13 @@ def photo_crop_set(size: int) -> tuple[np.ndarray, np.ndarray]:
                 crop = photo.crop((x, y, x + side, y + side)).resize((size, size), Image.Resampling.LANCZOS)
                 crop.save(folder / name / f"{i:03d}.png")
         (folder / "done").write_text("")
-    paths = sorted(folder.rglob("*.png"))
+    return folder
+
+
+def photo_crop_set(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The same-photograph task: (crops uint8 (n, S, S, 3), photograph of each crop (n,)) of
+    :func:`photo_crop_folder`."""
+    paths = sorted(photo_crop_folder(size).rglob("*.png"))
     names = sorted({p.parent.name for p in paths})
     groups = np.array([names.index(p.parent.name) for p in paths])
     return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths]), groups

@@ -23,6 +23,7 @@ training photographs), then, on photographs no training crop came from:
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -33,9 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_header  # noqa: E402
-from feature_quality import (  # noqa: E402
-    CACHE_VERSION, HELD_OUT, PHOTO_CROPS, bench_cache, crops, image_set, photo_crop_set, source_photos,
-)
+from feature_quality import HELD_OUT, bench_cache, crops, image_set, photo_crop_folder, source_photos  # noqa: E402
 
 from fext.config import Config, with_overrides  # noqa: E402
 from fext.encoding import encode_folder  # noqa: E402
@@ -48,8 +47,6 @@ from fext.workspace import Workspace  # noqa: E402
 def train_model(cfg: Config, train_dir: Path, steps: int, ws: Workspace) -> tuple[Path, float | None]:
     """The small preset trained for about ``steps`` batches on ``train_dir``: (checkpoint, seconds), or the one
     an earlier run trained with the same configuration and images (seconds None), kept under the benchmark cache."""
-    import shutil
-
     n = len(list(train_dir.rglob("*.png")))
     epochs = max(1, round(steps / -(-n // cfg.training.BATCH_SIZE)))
     cached = bench_cache() / "select_score" / f"{cfg.model.PRESET}_{cfg.model.IMG_SIZE}px_{cfg.training.RECIPE}_{epochs}ep"
@@ -140,9 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         ckpt, seconds = train_model(cfg, train_dir, args.steps, ws)
         print(f"model: small preset, default recipe, {args.steps} steps on crops of {n_train} training photographs, "
               f"{args.img_size} px: " + (f"{seconds:.0f} s" if seconds is not None else f"trained earlier ({ckpt})"))
-        photo_crop_set(args.img_size)  # made and cached once; the folder holds one subfolder per photograph
-        crop_dir = bench_cache() / "feature_quality" / f"{CACHE_VERSION}_{args.img_size}px_photo_crops_{PHOTO_CROPS}"
-        selection_table(ckpt, crop_dir, "crops", cfg, Path(tmp))
+        selection_table(ckpt, photo_crop_folder(args.img_size), "crops", cfg, Path(tmp))
         selection_table(ckpt, held_dir, "grid tiles", cfg, Path(tmp))
         scoring_table(ckpt, cfg, Path(tmp) / "score", args.img_size, args.per_photo, args.false_alarm_rate)
 
