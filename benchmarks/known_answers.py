@@ -46,6 +46,8 @@ from fext.workspace import Workspace  # noqa: E402
 COPIES = ("byte-identical", "JPEG 30-70", "resized 50-75%", "crop 90%", "mirrored", "brightness +-20%")
 JUNK = ("noise", "solid colour", "text page", "stripes", "gray half")
 BLANK_STD = 4.0
+TRAIN_CROPS = 50
+"""Training crops cut from each of the 20 training photographs (``--train-crops`` trains on the first N of them)."""
 WORDS = "the of image collection photo noise copy data model vector train page line text".split()
 
 
@@ -170,7 +172,9 @@ def run(epochs: int, cfg: Config, train_dir: Path, collection: Path, answers: di
     ws = Workspace(tmp / f"ws{epochs}")
     ws.ensure()
     t0 = time.perf_counter()
-    cached = bench_cache() / "known_answers" / f"{cfg.model.PRESET}_{cfg.model.IMG_SIZE}px_{cfg.training.RECIPE}_{epochs}ep"
+    crops = len(list(train_dir.rglob("*.png")))
+    cached = (bench_cache() / "known_answers" / f"{cfg.model.PRESET}_{cfg.model.IMG_SIZE}px_{cfg.training.RECIPE}_{epochs}ep"
+              f"{'' if crops == TRAIN_CROPS * 20 else f'_{crops}crops'}")
     if epochs and (cached / "model.safetensors").is_file():
         ckpt = cached  # trained by an earlier run: the same configuration and images
     elif epochs:
@@ -189,6 +193,15 @@ def run(epochs: int, cfg: Config, train_dir: Path, collection: Path, answers: di
     scores = score(result, answers)
     print(f"  distinct images grouped wrongly: {', '.join(scores['distinct']['paths']) or 'none'}", flush=True)
     return {"epochs": epochs, "scores": scores, "result": result}
+
+
+def first_crops(train_dir: Path, per_photo: int, folder: Path) -> Path:
+    """``folder`` holding the first ``per_photo`` training crops of each photograph of ``train_dir``."""
+    for photo in sorted(p for p in train_dir.iterdir() if p.is_dir()):
+        (folder / photo.name).mkdir(parents=True)
+        for crop in sorted(photo.glob("*.png"))[:per_photo]:
+            shutil.copy(crop, folder / photo.name / crop.name)
+    return folder
 
 
 def untrained(cfg: Config, folder: Path) -> Path:
@@ -233,13 +246,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="training epochs of a model (repeatable; default 3; 0: untrained, the images' signals alone)")
     parser.add_argument("--preset", default="small")
     parser.add_argument("--img-size", type=int, default=128)
+    parser.add_argument("--train-crops", type=int, default=TRAIN_CROPS,
+                        help=f"train on the first N crops of each training photograph (default all {TRAIN_CROPS})")
     parser.add_argument("--per-copy", type=int, default=10, help="planted copies of each kind")
     parser.add_argument("--per-junk", type=int, default=4, help="planted junk images of each kind")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     machine_header("cpu")
-    train_dir, held_dir, n_train, n_held = image_set(args.img_size, 50, 24)
+    train_dir, held_dir, n_train, n_held = image_set(args.img_size, TRAIN_CROPS, 24)
     cfg = with_overrides(Config(), {
         "model.PRESET": args.preset, "model.IMG_SIZE": args.img_size, "device.DEVICE": "CPU",
         "device.NUM_PROCESSORS": 0, "training.USE_TENSORBOARD": False, "dataset.VALIDATION_SIZE": 0.0,
@@ -247,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         collection = Path(tmp) / "collection"
         answers = build_collection(held_dir, collection, args.per_copy, args.per_junk, cfg.SEED)
+        if args.train_crops < TRAIN_CROPS:
+            train_dir = first_crops(train_dir, args.train_crops, Path(tmp) / "train")
         print(f"collection: {len(answers['family'])} images ({n_held} held-out photographs' tiles, "
               f"{args.per_copy} copies and {args.per_junk} junk of each kind); models: {args.preset} preset, "
               f"{args.img_size} px, default recipe, trained on {len(list(train_dir.rglob('*.png')))} crops of "
