@@ -236,6 +236,13 @@ def print_table(runs: list[dict], answers: dict) -> None:
           f"among the top {2 * planted} outliers (median rank); distinct: tiles and junk grouped with another picture; "
           f"blank: of those, tiles with no picture (gray std < {BLANK_STD:g}: paper margins) that a person groups too")
     for r in runs:
+        grouped, of, blank = (r["scores"]["distinct"][k] for k in ("wrong", "of", "blank"))
+        recall = min(r["scores"][k]["recall"] for k in COPIES[:3])
+        top = np.mean([r["scores"][k]["top"] for k in JUNK])
+        print(f"  {r['epochs']} epochs, targets: byte-identical, re-encoded and resized copies grouped {recall:.2f} "
+              f"(>= 0.95); junk among the top {2 * planted} {top:.2f} (>= 0.90); distinct images grouped "
+              f"{grouped / of:.1%} of {of} (<= 1%), {(grouped - blank) / (of - len(answers['blank'])):.1%} of the "
+              f"{of - len(answers['blank'])} with a picture")
         print(f"  {r['epochs']} epochs, junk flagged by: "
               + "; ".join(f"{k} {r['scores'][k]['by']}" for k in JUNK))
 
