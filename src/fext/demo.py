@@ -38,7 +38,7 @@ DEMO_EPOCHS = 36
 """Epochs over the crops: enough for the query's copy to score above 0.9, within the demo's two minutes."""
 DEMO_IMG_SIZE = 64
 """A step at 64 px costs about a quarter of one at 128 px, so the demo trains three times as many steps in
-the same minutes (its known answer: 0.92 against 0.88 at 128 px for 12 epochs, benchmarks/README.md)."""
+the same minutes (its known answer: 0.92-0.94 against 0.88 at 128 px for 12 epochs, benchmarks/README.md)."""
 DEMO_BATCH_SIZE = 25
 CROPS_PER_PHOTO = 36
 """Random crops cut from each bundled photo for training (side 30-90% of the photo's shorter side)."""
