@@ -18,6 +18,7 @@ at most 1 % of distinct images grouped, ≥ 90 % of the junk among the top 2 × 
 
     python benchmarks/known_answers.py                   # 3 epochs, small preset
     python benchmarks/known_answers.py --epochs 0 --epochs 3 --epochs 20   # 0: an untrained model
+    python benchmarks/known_answers.py --preset base --epochs 20 --train-crops 10   # fext train's defaults, 200 crops
 """
 
 from __future__ import annotations
