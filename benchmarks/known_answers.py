@@ -167,15 +167,15 @@ def score(result, answers: dict) -> dict:
     return out
 
 
-def run(epochs: int, cfg: Config, train_dir: Path, collection: Path, answers: dict, tmp: Path) -> dict:
-    """Train for ``epochs``, encode and explore the collection: the scores and the seconds of each step."""
+def run(epochs: int, cfg: Config, train_dir: Path, collection: Path, answers: dict, tmp: Path, subset: str = "") -> dict:
+    """Train for ``epochs``, encode and explore the collection: the scores and the seconds of each step.
+    ``subset``: what sets a model trained on part of the training crops apart in the cache (e.g. ``"_200crops"``)."""
     cfg = with_overrides(cfg, {"training.EPOCHS": max(1, epochs)})
     ws = Workspace(tmp / f"ws{epochs}")
     ws.ensure()
     t0 = time.perf_counter()
-    crops = len(list(train_dir.rglob("*.png")))
-    cached = (bench_cache() / "known_answers" / f"{cfg.model.PRESET}_{cfg.model.IMG_SIZE}px_{cfg.training.RECIPE}_{epochs}ep"
-              f"{'' if crops == TRAIN_CROPS * 20 else f'_{crops}crops'}")
+    cached = (bench_cache() / "known_answers"
+              / f"{cfg.model.PRESET}_{cfg.model.IMG_SIZE}px_{cfg.training.RECIPE}_{epochs}ep{subset}")
     if epochs and (cached / "model.safetensors").is_file():
         ckpt = cached  # trained by an earlier run: the same configuration and images
     elif epochs:
@@ -270,13 +270,15 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         collection = Path(tmp) / "collection"
         answers = build_collection(held_dir, collection, args.per_copy, args.per_junk, cfg.SEED)
+        subset = ""
         if args.train_crops < TRAIN_CROPS:
             train_dir = first_crops(train_dir, args.train_crops, Path(tmp) / "train")
+            subset = f"_{len(list(train_dir.rglob('*.png')))}crops"
         print(f"collection: {len(answers['family'])} images ({n_held} held-out photographs' tiles, "
               f"{args.per_copy} copies and {args.per_junk} junk of each kind); models: {args.preset} preset, "
               f"{args.img_size} px, default recipe, trained on {len(list(train_dir.rglob('*.png')))} crops of "
               f"{n_train} other photographs")
-        runs = [run(e, cfg, train_dir, collection, answers, Path(tmp)) for e in (args.epochs or [3])]
+        runs = [run(e, cfg, train_dir, collection, answers, Path(tmp), subset) for e in (args.epochs or [3])]
         print_table(runs, answers)
 
 
