@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vectors", type=int, default=1_000_000)
     parser.add_argument("--count", type=int, default=1000)
-    parser.add_argument("--strategy", action="append", choices=["diverse", "typical"])
+    parser.add_argument("--strategy", action="append", choices=["diverse", "farthest", "typical"])
     args = parser.parse_args(argv)
     from fext import select as selection
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         raw_mb = args.vectors * D * 4 / 2**20
         print(f"{args.vectors:,} vectors of D={D} ({raw_mb:,.0f} MB) written in {time.perf_counter() - start:.0f} s")
         print(f"{'strategy':<9} {'count':>6} {'seconds':>8} {'coverage radius':>16} {'random radius':>14} {'peak RSS MB':>12}")
-        for strategy in args.strategy or ["diverse", "typical"]:
+        for strategy in args.strategy or ["diverse", "farthest", "typical"]:
             start = time.perf_counter()
             result = selection.select(folder, args.count, strategy)
             seconds = time.perf_counter() - start

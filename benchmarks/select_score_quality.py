@@ -5,8 +5,9 @@ training photographs), then, on photographs no training crop came from:
 
 1. Selection: crops of the held-out photographs (the same-photograph set of feature_quality.py: 12
    overlapping crops of each, 30-100 % of its shorter side) are encoded and ``--count`` is the number
-   of photographs. Printed: how many photographs the subset covers with ``diverse``, ``typical``
-   and random subsets (mean of 200 seeds), and the coverage radii. Target: ``diverse`` covers at
+   of photographs. Printed: how many photographs the subset covers with ``diverse``, ``farthest``
+   (plain greedy k-center), ``typical`` and random subsets (mean of 200 seeds), and the coverage
+   radii (cosine, and relative as ``diverse`` measures distance). Target: ``diverse`` covers at
    least 90 % of them, clearly more than random. The same on the grid tiles of the copy task (24
    per photograph, no two sharing a pixel: the harder set, the first version of this table).
 2. Scoring: the reference holds random crops of half of the held-out photographs; the new images
@@ -39,7 +40,7 @@ from feature_quality import HELD_OUT, bench_cache, crops, image_set, photo_crop_
 from fext.config import Config, with_overrides  # noqa: E402
 from fext.encoding import encode_folder  # noqa: E402
 from fext.score import score  # noqa: E402
-from fext.select import distance_to_picks, select  # noqa: E402
+from fext.select import distance_to_picks, local_scale, select  # noqa: E402
 from fext.training import train  # noqa: E402
 from fext.workspace import Workspace  # noqa: E402
 
@@ -69,15 +70,18 @@ def selection_table(ckpt: Path, folder: Path, what: str, cfg: Config, out: Path)
     photo = np.array([row["path"].split("/")[0] for row in rows])
     count = len(set(photo))
     print(f"\nSelection: {len(photo)} {what} of {count} held-out photographs, --count {count}")
-    print(f"{'strategy':<10} {'photographs covered':>20} {'coverage radius':>16}")
-    for strategy in ("diverse", "typical"):
+    print(f"{'strategy':<10} {'photographs covered':>20} {'coverage radius':>16} {'relative radius':>16}")
+    for strategy in ("diverse", "farthest", "typical"):
         result = select(emb, count, strategy, seed=cfg.SEED)
-        print(f"{strategy:<10} {len(set(photo[result.rows])):>14} of {count:<3} {result.coverage_radius:16.4f}")
+        relative = "" if result.relative_radius is None else f"{result.relative_radius:16.4f}"
+        print(f"{strategy:<10} {len(set(photo[result.rows])):>14} of {count:<3} {result.coverage_radius:16.4f} {relative}")
     rng = np.random.default_rng(0)
     randoms = [rng.choice(len(photo), count, replace=False) for _ in range(200)]
     covered = np.mean([len(set(photo[r])) for r in randoms])
-    radius = np.mean([distance_to_picks(np.asarray(vectors), r).max() for r in randoms[:20]])
-    print(f"{'random':<10} {covered:>14.1f} of {count:<3} {radius:16.4f}   (mean of 200 seeds; radius of 20)")
+    vectors, scale = np.asarray(vectors), local_scale(vectors, cfg.SEED)
+    radius = np.mean([distance_to_picks(vectors, r).max() for r in randoms[:20]])
+    relative = np.mean([distance_to_picks(vectors, r, scale).max() for r in randoms[:20]])
+    print(f"{'random':<10} {covered:>14.1f} of {count:<3} {radius:16.4f} {relative:16.4f}   (mean of 200 seeds; radii of 20)")
 
 
 def scoring_table(ckpt: Path, cfg: Config, out: Path, size: int, per_photo: int, rate: float) -> None:

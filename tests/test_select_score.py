@@ -37,20 +37,52 @@ def test_diverse_picks_one_image_of_each_planted_cluster_and_beats_random(tmp_pa
     assert result.coverage_radius < result.random_radius
 
 
-def test_diverse_is_exactly_greedy_k_center_when_the_pool_is_refreshed(tmp_path, monkeypatch):
+@pytest.mark.parametrize("strategy", ["diverse", "farthest"])
+def test_picks_are_exactly_greedy_k_center_when_the_pool_is_refreshed(tmp_path, monkeypatch, strategy):
     rng = np.random.default_rng(3)
     vectors = rng.normal(size=(500, 16)).astype(np.float32)
+    vectors[:100] = vectors[0] + 0.2 * vectors[:100]  # a tight region beside a wide one
     unit = select_module.normalized(vectors)
+    if strategy == "diverse":
+        scale = select_module.local_scale(vectors)
+        assert np.median(scale[:100]) < 0.5 * np.median(scale[100:])  # the tight region's distances count more
+    else:
+        scale = np.ones(len(vectors), np.float32)
+
+    def distance(row: int) -> np.ndarray:
+        return (1 - unit @ unit[row]) / (scale * scale[row])
+
     monkeypatch.setattr(select_module, "POOL", 32)  # a pool far smaller than the collection: many refreshes
-    result = select(vectors_folder(tmp_path / "emb", vectors), 40)
-    picks, nearest = [int(result.rows[0])], 1 - unit @ unit[result.rows[0]]
+    result = select(vectors_folder(tmp_path / "emb", vectors), 40, strategy)
+    picks, nearest, justified = [int(result.rows[0])], distance(int(result.rows[0])), []
     for _ in range(39):  # plain greedy farthest-point selection from the same first pick
         candidates = nearest.copy()
         candidates[picks] = -np.inf
         picks.append(int(np.argmax(candidates)))
-        nearest = np.minimum(nearest, 1 - unit @ unit[picks[-1]])
+        justified.append(candidates.max())
+        nearest = np.minimum(nearest, distance(picks[-1]))
     assert result.rows.tolist() == picks
-    assert result.coverage_radius == pytest.approx(nearest.max(), abs=1e-6)
+    assert result.distances[1:] == pytest.approx(justified, rel=1e-5)
+    radius = (1 - unit @ unit[picks].T).min(axis=1).max()
+    assert result.coverage_radius == pytest.approx(radius, abs=1e-6)
+    if strategy == "diverse":
+        assert result.relative_radius == pytest.approx(nearest.max(), rel=1e-5)
+
+
+def test_diverse_gives_a_tight_region_its_pick_where_farthest_spends_it_on_a_wide_one(tmp_path):
+    wide, _ = planted(n_per=30, k=3, spread=0.8, seed=4)
+    rng = np.random.default_rng(0)
+    centre = wide[:30].mean(axis=0)  # a tight region of 30 near-identical images, beside the first wide one
+    step = rng.normal(size=centre.shape)
+    tight = centre + 0.5 * np.linalg.norm(centre) * (step / np.linalg.norm(step) + 0.02 * rng.normal(size=(30, len(centre))))
+    vectors = np.concatenate([wide, tight.astype(np.float32)])
+    region = np.repeat(np.arange(4), 30)
+    folder = vectors_folder(tmp_path / "emb", vectors)
+    farthest = select(folder, 4, "farthest")
+    diverse = select(folder, 4, "diverse")
+    assert len(set(region[farthest.rows])) < 4  # a second pick inside a wide region, none in the tight one
+    assert sorted(region[diverse.rows]) == [0, 1, 2, 3]
+    assert "In relative distance" in diverse.summary() and "In relative distance" not in farthest.summary()
 
 
 def test_typical_picks_the_densest_cluster(tmp_path):

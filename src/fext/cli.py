@@ -184,9 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "select", "pick a diverse or typical subset of encoded images (to label, or to keep)")
     _embeddings_argument(p)
     p.add_argument("--count", type=int, required=True, metavar="N", help="how many images to pick")
-    p.add_argument("--strategy", choices=["diverse", "typical"], default="diverse",
-                   help="diverse (default): greedy k-center, each pick the image farthest from the earlier ones, "
-                        "starting from the most central image; typical: the images of highest local density")
+    p.add_argument("--strategy", choices=["diverse", "farthest", "typical"], default="diverse",
+                   help="diverse (default): greedy k-center on distances relative to each image's neighbourhood, "
+                        "each pick the image farthest from the earlier ones, starting from the most central image: "
+                        "one pick per region, tight or wide; farthest: the same on plain cosine distances (the "
+                        "smallest worst-case distance to a pick, more picks on wide regions and outliers); "
+                        "typical: the images of highest local density")
     p.add_argument("--skip-duplicates", action="store_true",
                    help="never pick two images of one near-duplicate group (the groups of `fext explore`)")
     p.add_argument("--duplicate-threshold", type=float, metavar="SIM",

@@ -3,12 +3,21 @@
 Distances are cosine distances, ``1 - cosine similarity`` of the feature vectors as
 :func:`fext.vectors.normalized` makes them, the similarity every other command uses.
 
-- ``diverse``: greedy k-center (farthest-point) selection. The first pick is the image nearest
-  the mean direction of the collection (its most central image, so a collection always starts
-  from the same image, whatever the seed); each next pick is the image farthest from every
-  earlier pick. The largest distance from any image to its nearest pick, the *coverage radius*,
-  is within twice the best any subset of that size can reach. A pick's ``distance`` is its
-  distance to the nearest earlier pick when it was picked (the first's: to the mean direction).
+- ``diverse``: greedy k-center (farthest-point) selection on *relative* distances: the cosine
+  distance of two images over the geometric mean of their local scales, ``d(i, j) / sqrt(s_i s_j)``
+  (local scaling, Zelnik-Manor & Perona 2004), where an image's local scale ``s`` is its mean cosine
+  distance to its :data:`DENSITY_NEIGHBOURS` nearest other images (as ``typical`` measures it; no
+  scale counts as less than :data:`SCALE_FLOOR` of the median one). A region whose images are alike
+  (one star field) and one whose images differ widely (crops of one busy street) each count as one
+  region, so the picks spread over the regions of the collection rather than over the widest one.
+  The first pick is the image nearest the mean direction of the collection (its most central image,
+  so a collection always starts from the same image, whatever the seed); each next pick is the image
+  farthest, in relative distance, from every earlier pick. A pick's ``distance`` is that relative
+  distance to the nearest earlier pick when it was picked (the first's: its cosine distance to the
+  mean direction).
+- ``farthest``: the same greedy k-center on plain cosine distances. Its *coverage radius* (the
+  largest distance from any image to its nearest pick) is within twice the best any subset of that
+  size can reach, but it spends picks on the widest regions and on lone outliers.
 - ``typical``: the images of highest local density, i.e. the highest mean cosine similarity to
   their :data:`DENSITY_NEIGHBOURS` nearest other images (above :data:`DENSITY_SAMPLE` images,
   nearest among a seeded sample of that many, scanned exactly). ``distance``: 1 - that mean.
@@ -37,11 +46,11 @@ import numpy as np
 from fext.encoding.files import Encoding, open_encoding
 from fext.errors import FeXTError
 from fext.search import paths_of_rows
-from fext.vectors import exact_top_k, normalized, seeded_rows
+from fext.vectors import normalized, seeded_rows
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("diverse", "typical")
+STRATEGIES = ("diverse", "farthest", "typical")
 POOL = 65536
 """Farthest images updated at every pick (the rest at each refresh)."""
 BLOCK_ROWS = 16384
@@ -51,13 +60,17 @@ CENTRE_BLOCK = 2048
 DENSITY_NEIGHBOURS = 10
 DENSITY_SAMPLE = 10_000
 """Above this many images, local density is measured against a seeded sample of this many."""
+SCALE_FLOOR = 0.1
+"""The smallest local scale ``diverse`` uses, as a share of the median one: a group of identical
+copies is one region picked early, not a region infinitely far from everything."""
 QUERY_BLOCK = 2048
 
 
 @dataclass(frozen=True)
 class Selection:
     """The picks in pick order: ``rows`` (int64), ``paths``, ``distances`` (see the module docstring);
-    ``coverage_radius`` of the picks and ``random_radius`` of a seeded random subset of the same size."""
+    ``coverage_radius`` of the picks and ``random_radius`` of a seeded random subset of the same size
+    (cosine distances); for ``diverse``, the same two radii in relative distance."""
 
     strategy: str
     rows: np.ndarray
@@ -69,6 +82,8 @@ class Selection:
     collection: int
     duplicates_note: str = ""
     output: Path | None = None
+    relative_radius: float | None = None
+    random_relative_radius: float | None = None
 
     def summary(self) -> str:
         """What ``fext select`` prints."""
@@ -79,6 +94,10 @@ class Selection:
             lines.append(self.duplicates_note)
         lines.append(f"Coverage radius (largest cosine distance from any image to its nearest pick): "
                      f"{self.coverage_radius:.4f}; a random subset of the same size: {self.random_radius:.4f}")
+        if self.relative_radius is not None:
+            lines.append(f"In relative distance (cosine distance over the local scales of both images, what diverse "
+                         f"spreads its picks by): {self.relative_radius:.4f}; the random subset: "
+                         f"{self.random_relative_radius:.4f}")
         if self.output is not None:
             lines.append(f"Selection: {self.output}")
         return "\n".join(lines)
@@ -113,20 +132,24 @@ def select(
         raise FeXTError(f"{encoding.folder} holds no image; encode a folder with images first")
     groups, note = duplicate_groups(encoding, duplicate_threshold) if skip_duplicates else (None, "")
     picker = _Picker(n, groups)
-    if strategy == "diverse":
-        picks, distances, nearest = farthest_first(rows, count, picker)
-    else:
+    scale = relative = random_relative = None
+    if strategy == "typical":
         picks, distances = most_typical(rows, count, picker, seed)
-        nearest = distance_to_picks(rows, np.asarray(picks))
+    else:
+        scale = local_scale(rows, seed) if strategy == "diverse" else None
+        picks, distances, nearest = farthest_first(rows, count, picker, scale)
     if skip_duplicates:
         note = f"Skipped {picker.skipped} image(s) of duplicate groups already picked from ({note})"
     picks_arr = np.asarray(picks, np.int64)
     names = paths_of_rows(encoding.rows_csv, picks_arr)
     paths = [names[r] for r in picks]
     random = seeded_rows(n, len(picks), seed)
+    if scale is not None:
+        relative, random_relative = float(nearest.max()), float(distance_to_picks(rows, random, scale).max())
     written = write_selection(output, paths, distances) if output is not None else None
-    return Selection(strategy, picks_arr, paths, np.asarray(distances, np.float32), float(nearest.max()),
-                     float(distance_to_picks(rows, random).max()), count, n, note, written)
+    return Selection(strategy, picks_arr, paths, np.asarray(distances, np.float32),
+                     float(distance_to_picks(rows, picks_arr).max()), float(distance_to_picks(rows, random).max()),
+                     count, n, note, written, relative, random_relative)
 
 
 class _Picker:
@@ -151,10 +174,12 @@ class _Picker:
             self.eligible[others] = False
 
 
-def farthest_first(rows: np.ndarray, count: int, picker: _Picker) -> tuple[list[int], list[float], np.ndarray]:
+def farthest_first(rows: np.ndarray, count: int, picker: _Picker,
+                   scale: np.ndarray | None = None) -> tuple[list[int], list[float], np.ndarray]:
     """Greedy k-center picks, their distances, and every row's final distance to its nearest pick (N,).
 
-    ``rows``: (N, D) vectors (an array or a RowReader), normalised a block at a time.
+    ``rows``: (N, D) vectors (an array or a RowReader), normalised a block at a time; ``scale``:
+    (N,) the square root of each row's local scale, for relative distances (None: cosine distances).
     """
     mean = _mean_direction(rows)
     first = _most_central(rows, mean, picker.eligible)
@@ -164,7 +189,7 @@ def farthest_first(rows: np.ndarray, count: int, picker: _Picker) -> tuple[list[
     nearest = np.full(len(rows), np.inf, np.float32)
     pending = [first]
     while pending:
-        _lower(nearest, rows, normalized(_take(rows, np.array(pending))))  # refresh: the rest catch up
+        _lower(nearest, rows, np.array(pending), scale)  # refresh: the rest catch up
         pending = []
         if len(picks) >= count:
             break
@@ -172,6 +197,7 @@ def farthest_first(rows: np.ndarray, count: int, picker: _Picker) -> tuple[list[
         if not len(pool):
             break
         vectors, pool_nearest = normalized(_take(rows, pool)), nearest[pool]
+        pool_scale = np.ones(len(pool), np.float32) if scale is None else scale[pool]
         while len(picks) < count:
             live = np.where(picker.eligible[pool], pool_nearest, -np.inf)
             j = int(np.argmax(live))
@@ -181,7 +207,7 @@ def farthest_first(rows: np.ndarray, count: int, picker: _Picker) -> tuple[list[
             distances.append(float(live[j]))
             pending.append(int(pool[j]))
             picker.pick(int(pool[j]))
-            np.minimum(pool_nearest, 1.0 - vectors @ vectors[j], out=pool_nearest)
+            np.minimum(pool_nearest, (1.0 - vectors @ vectors[j]) / (pool_scale * pool_scale[j]), out=pool_nearest)
     return picks, distances, nearest
 
 
@@ -201,6 +227,8 @@ def most_typical(rows: np.ndarray, count: int, picker: _Picker, seed: int) -> tu
 
 def local_density(rows: np.ndarray, k: int = DENSITY_NEIGHBOURS, seed: int = 42) -> np.ndarray:
     """float32 (N,) mean cosine similarity of each row to its ``k`` nearest other rows (see the module docstring)."""
+    import torch
+
     from fext.explore.neighbours import nearest_neighbours
 
     n = len(rows)
@@ -209,31 +237,45 @@ def local_density(rows: np.ndarray, k: int = DENSITY_NEIGHBOURS, seed: int = 42)
     if n <= DENSITY_SAMPLE:
         return nearest_neighbours(normalized(rows[0:n]), k, seed).similarities.mean(axis=1).astype(np.float32)
     sample = seeded_rows(n, DENSITY_SAMPLE, seed)
-    reference = normalized(_take(rows, sample))
+    sampled = np.zeros(n, dtype=bool)
+    sampled[sample] = True
+    reference = torch.from_numpy(normalized(_take(rows, sample)))
     density = np.empty(n, np.float32)
     for lo in range(0, n, QUERY_BLOCK):
-        queries = normalized(rows[lo:lo + QUERY_BLOCK])
-        found, sims = exact_top_k(reference, queries, k + 1)
-        own = sample[found] == np.arange(lo, lo + len(queries))[:, None]  # a sampled row is not its own neighbour
-        sims = np.where(own, -np.inf, sims)
-        density[lo:lo + len(queries)] = -np.sort(-sims, axis=1)[:, :k].mean(axis=1)
+        queries = torch.from_numpy(normalized(rows[lo:lo + QUERY_BLOCK]))
+        top = torch.topk(queries @ reference.T, k + 1, dim=1).values.numpy()  # (q, k + 1), largest first
+        own = sampled[lo:lo + len(queries)]  # a sampled row's largest similarity is its own: not a neighbour
+        density[lo:lo + len(queries)] = np.where(own, top[:, 1:].mean(axis=1), top[:, :k].mean(axis=1))
     return density
 
 
-def distance_to_picks(rows: np.ndarray, picks: np.ndarray) -> np.ndarray:
-    """float32 (N,) cosine distance of every row to its nearest row of ``picks``."""
+def local_scale(rows: np.ndarray, seed: int = 42) -> np.ndarray:
+    """float32 (N,) square root of each row's local scale, ``diverse``'s (see the module docstring)."""
+    distance = np.maximum(1.0 - local_density(rows, DENSITY_NEIGHBOURS, seed), 0.0)
+    return np.sqrt(np.maximum(distance, max(SCALE_FLOOR * float(np.median(distance)), 1e-6)))
+
+
+def distance_to_picks(rows: np.ndarray, picks: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
+    """float32 (N,) distance of every row to its nearest row of ``picks``: cosine, or relative with ``scale``."""
     nearest = np.full(len(rows), np.inf, np.float32)
-    _lower(nearest, rows, normalized(_take(rows, np.asarray(picks))))
+    _lower(nearest, rows, np.asarray(picks), scale)
     return nearest
 
 
-def _lower(nearest: np.ndarray, rows: np.ndarray, centres: np.ndarray) -> None:
-    """``nearest`` (N,) lowered, in place, to each row's cosine distance to the unit ``centres`` (C, D)."""
+def _lower(nearest: np.ndarray, rows: np.ndarray, centres: np.ndarray, scale: np.ndarray | None) -> None:
+    """``nearest`` (N,) lowered, in place, to each row's distance to its nearest row of ``centres`` (C,):
+    cosine, or relative with ``scale`` (see :func:`farthest_first`)."""
+    unit = normalized(_take(rows, centres))
     for lo in range(0, len(rows), BLOCK_ROWS):
         block = normalized(rows[lo:lo + BLOCK_ROWS])
         for c in range(0, len(centres), CENTRE_BLOCK):
-            closest = (block @ centres[c:c + CENTRE_BLOCK].T).max(axis=1)  # (b,)
-            np.minimum(nearest[lo:lo + len(block)], 1.0 - closest, out=nearest[lo:lo + len(block)])
+            distance = 1.0 - block @ unit[c:c + CENTRE_BLOCK].T  # (b, c)
+            if scale is not None:
+                distance /= scale[centres[c:c + CENTRE_BLOCK]]
+            closest = distance.min(axis=1)
+            if scale is not None:
+                closest /= scale[lo:lo + len(block)]
+            np.minimum(nearest[lo:lo + len(block)], closest, out=nearest[lo:lo + len(block)])
 
 
 def _pool(nearest: np.ndarray, eligible: np.ndarray) -> tuple[np.ndarray, float]:
