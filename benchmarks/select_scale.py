@@ -42,13 +42,16 @@ def main(argv: list[str] | None = None) -> None:
         write_folder(folder, args.vectors)
         raw_mb = args.vectors * D * 4 / 2**20
         print(f"{args.vectors:,} vectors of D={D} ({raw_mb:,.0f} MB) written in {time.perf_counter() - start:.0f} s")
-        print(f"{'strategy':<9} {'count':>6} {'seconds':>8} {'coverage radius':>16} {'random radius':>14} {'peak RSS MB':>12}")
+        print(f"{'strategy':<9} {'count':>6} {'seconds':>8} {'coverage radius':>16} {'random radius':>14} {'peak RSS MB':>12}"
+              "  relative radius, random's")
         for strategy in args.strategy or ["diverse", "farthest", "typical"]:
             start = time.perf_counter()
             result = selection.select(folder, args.count, strategy)
             seconds = time.perf_counter() - start
             print(f"{strategy:<9} {len(result.rows):>6} {seconds:8.1f} {result.coverage_radius:16.4f} "
-                  f"{result.random_radius:14.4f} {peak_rss_mb():12.0f}", flush=True)
+                  f"{result.random_radius:14.4f} {peak_rss_mb():12.0f}"
+                  + ("" if result.relative_radius is None
+                     else f"  {result.relative_radius:.4f}, {result.random_relative_radius:.4f}"), flush=True)
 
 
 if __name__ == "__main__":

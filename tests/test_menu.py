@@ -24,8 +24,11 @@ from fext.errors import FeXTError
 from fext.workspace import Workspace, init_workspace
 
 PROMPT = r"Select an option \(1-(\d)\): "
+N_MAIN = 8
 MAIN_ENTRIES = ["1) Analyze image dataset", "2) Model training and evaluation", "3) Encode images",
-                "4) Setup and Maintenance", "5) Exit", f"6) {menu.ATLAS_LABEL}"]
+                "4) Setup and Maintenance", "5) Exit", f"6) {menu.ATLAS_LABEL}",
+                "7) Select a subset of encoded images, to label or to keep",
+                "8) Score new images by how unlike an encoded collection they are"]
 TRAINING_ENTRIES = ["1) Train from scratch", "2) Train from checkpoint", "3) Model evaluation", "4) Back"]
 SETUP_ENTRIES = ["1) Install project in editable mode", "2) Update project", "3) Remove logs", "4) Back"]
 
@@ -66,12 +69,12 @@ def assert_entries(text: str, entries: list[str]) -> None:
 def test_navigation_invalid_choices_back_and_exit(ws):
     m = Menu(ws)
     text, n = m.prompt()
-    assert n == 6 and f"Workspace: {ws.root}" in text
+    assert n == N_MAIN and f"Workspace: {ws.root}" in text
     assert_entries(text, MAIN_ENTRIES)
-    for bad in ("", "0", "7", "abc", "1.5"):
+    for bad in ("", "0", "9", "abc", "1.5"):
         m.choose(bad)
         text, n = m.prompt()
-        assert f"Invalid choice {bad!r}: enter a number from 1 to 6." in text and n == 6
+        assert f"Invalid choice {bad!r}: enter a number from 1 to 8." in text and n == N_MAIN
         assert "1) Analyze" not in text  # asked again, not re-shown
     m.choose("2")
     text, n = m.prompt()
@@ -82,7 +85,7 @@ def test_navigation_invalid_choices_back_and_exit(ws):
     assert "Invalid choice '5': enter a number from 1 to 4." in text
     m.choose("4")
     text, n = m.prompt()
-    assert n == 6
+    assert n == N_MAIN
     assert_entries(text, MAIN_ENTRIES)
     m.choose(" 4 ")
     text, n = m.prompt()
@@ -90,7 +93,7 @@ def test_navigation_invalid_choices_back_and_exit(ws):
     assert_entries(text, SETUP_ENTRIES)
     m.choose("4")
     text, n = m.prompt()
-    assert n == 6
+    assert n == N_MAIN
     m.choose("5")
     assert m.finish() == 0
     assert "Goodbye." in m.seen and "Traceback" not in m.seen
@@ -121,7 +124,7 @@ def test_every_action_runs_and_checkpoints_are_chosen_by_number(ws):
     m.prompt()
     m.choose("1")
     text, n = m.prompt()
-    assert n == 6 and "Analyze image dataset: done" in text and (ws.validation_dataset / "report.html").is_file(), text
+    assert n == N_MAIN and "Analyze image dataset: done" in text and (ws.validation_dataset / "report.html").is_file(), text
 
     m.choose("3")  # Encode images: two checkpoints, so the numbered choice
     m.child.expect(r"Checkpoint number \(1-2\): ")
@@ -181,6 +184,43 @@ def test_every_action_runs_and_checkpoints_are_chosen_by_number(ws):
 
 
 @pytest.mark.slow
+def test_select_and_score_ask_what_they_need(ws, tmp_path):
+    """Select asks a count and a strategy, score a folder of new images; a novel image is a result, not a failure."""
+    configuration = tiny_workspace(ws)
+    make_images(ws.extraction_images, 6, seed=1)
+    fabricate_checkpoint(ws, "FeXT_20240101T000000", configuration)
+    assert run_fext("--workspace", str(ws.root), "encode").returncode == 0
+    encoded = ws.extraction / "FeXT_20240101T000000"
+    make_images(tmp_path / "new", 2, seed=7)
+    m = Menu(ws, timeout=120)
+    m.prompt()
+    m.choose("7")
+    m.child.expect(r"How many images to pick: ")
+    m.child.sendline("0")
+    m.child.expect(r"Invalid number '0': enter a whole number of at least 1\.")
+    m.child.expect(r"How many images to pick: ")
+    m.child.sendline("3")
+    m.child.expect(r"Strategy \(1-3\): ")
+    assert "1) diverse: one pick per region" in m.child.before
+    m.child.sendline("2")
+    text, n = m.prompt()
+    assert "Select a subset of encoded images, to label or to keep: done" in text, text
+    assert "Selected 3 of 6 images (farthest)" in text
+    assert len((encoded / "selection.csv").read_text().splitlines()) == 4
+    m.choose("8")
+    m.child.expect(r"Folder of the new images to score: ")
+    m.child.sendline(str(tmp_path / "missing"))
+    m.child.expect(r"is not a folder: enter the path of a folder\.")
+    m.child.sendline(str(tmp_path / "new"))
+    text, n = m.prompt()
+    assert "Score new images by how unlike an encoded collection they are: done" in text, text
+    assert "stopped with status" not in text and (encoded / "scores" / "new" / "scores.csv").is_file()
+    m.choose("5")
+    assert m.finish() == 0
+    assert "Traceback" not in m.seen and "unexpectedly" not in m.seen
+
+
+@pytest.mark.slow
 def test_ctrl_c_during_training_returns_to_the_menu(ws):
     tiny_workspace(ws, epochs=500)
     m = Menu(ws, timeout=120)
@@ -206,7 +246,7 @@ def test_failing_actions_keep_the_menu_and_ctrl_d_leaves(ws):
     m.prompt()
     m.choose("1")
     text, n = m.prompt()
-    assert n == 6 and "error:" in text and str(ws.dataset) in text, text
+    assert n == N_MAIN and "error:" in text and str(ws.dataset) in text, text
     m.choose("2")
     m.prompt()
     for entry in ("2", "3"):
@@ -217,7 +257,7 @@ def test_failing_actions_keep_the_menu_and_ctrl_d_leaves(ws):
     m.prompt()
     m.choose("3")
     text, n = m.prompt()
-    assert n == 6 and "error: No checkpoint in" in text
+    assert n == N_MAIN and "error: No checkpoint in" in text
     m.child.sendeof()
     assert m.finish() == 0
     assert "Goodbye." in m.seen and "Traceback" not in m.seen
@@ -274,10 +314,10 @@ def test_without_a_terminal_fext_prints_help_and_menu_reads_a_pipe(tmp_path):
     proc = run_fext("--workspace", str(tmp_path))
     assert proc.returncode == 0 and proc.stdout.startswith("usage: fext") and "Select an option" not in proc.stdout
     env = {k: v for k, v in os.environ.items() if k != "FEXT_WORKSPACE"}
-    proc = subprocess.run([sys.executable, "-m", "fext", "--workspace", str(tmp_path), "menu"], input="7\n4\n4\n5\n",
+    proc = subprocess.run([sys.executable, "-m", "fext", "--workspace", str(tmp_path), "menu"], input="9\n4\n4\n5\n",
                           capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert "Invalid choice '7'" in proc.stdout and "3) Remove logs" in proc.stdout and "Goodbye." in proc.stdout
+    assert "Invalid choice '9'" in proc.stdout and "3) Remove logs" in proc.stdout and "Goodbye." in proc.stdout
 
 
 @pytest.fixture
@@ -333,13 +373,15 @@ def test_every_menu_entry_maps_to_a_cli_command():
             if isinstance(action, tuple):
                 walk(action)
             elif action is not None:
-                actions[label] = parser.parse_args(action).func.__name__
+                answers = {menu.COUNT: "3", menu.STRATEGY: "diverse"}  # what the user would answer
+                actions[label] = parser.parse_args([answers.get(a, a) for a in action]).func.__name__
 
     walk(menu.MAIN_MENU)
     assert actions == {
         "Analyze image dataset": "cmd_analyze", "Train from scratch": "cmd_train",
         "Train from checkpoint": "cmd_train", "Model evaluation": "cmd_evaluate", "Encode images": "cmd_encode",
         "Install project in editable mode": "cmd_setup", "Update project": "cmd_setup", "Remove logs": "cmd_setup",
-        menu.ATLAS_LABEL: "cmd_atlas",
+        menu.ATLAS_LABEL: "cmd_atlas", "Select a subset of encoded images, to label or to keep": "cmd_select",
+        "Score new images by how unlike an encoded collection they are": "cmd_score",
     }
     assert [label for label, _ in menu.MAIN_MENU[1]] == [e.split(") ")[1] for e in MAIN_ENTRIES]

@@ -70,8 +70,8 @@ HELP: dict[str, tuple[str, str]] = {
         "(default EMBEDDINGS_DIR/explore).",
         "fext explore --neighbors 8"),
     "select": (
-        "Reads an encoded folder. Writes selection.csv (path, rank, distance): a diverse or typical subset of\n"
-        "--count images.",
+        "Reads an encoded folder. Writes selection.csv (path, rank, distance): a diverse, farthest-point or\n"
+        "typical subset of --count images.",
         "fext select --count 3"),
     "score": (
         "Reads a folder of new images and a reference encoded folder (--reference). Writes scores.csv,\n"

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Protocol, Union
 
 from fext.errors import FeXTError
-from fext.prompts import ask_number, ask_yes_no
+from fext.prompts import ask_count, ask_folder, ask_number, ask_yes_no, choose
 from fext.workspace import Workspace
 
 
@@ -37,9 +37,16 @@ log = logging.getLogger(__name__)
 TITLE = "FeXT AutoEncoder: Extraction of Images Features"
 
 # A menu entry is (label, action): the ``fext`` arguments it runs, a sub-menu, or None (Back/Exit).
-# CHECKPOINT in the arguments is replaced by the checkpoint the user picks (the only one is used and
-# said), so that a repeated run (see OFFERED_FLAGS) does not ask again.
+# The placeholders in the arguments are replaced by the user's answers before the command runs:
+# CHECKPOINT by the checkpoint the user picks (the only one is used and said), so that a repeated
+# run (see OFFERED_FLAGS) does not ask again; COUNT, STRATEGY and NEW_IMAGES by what they ask for.
 CHECKPOINT = "<checkpoint>"
+COUNT = "<count>"
+STRATEGY = "<strategy>"
+NEW_IMAGES = "<new images>"
+STRATEGIES = [("diverse", "diverse: one pick per region of the collection, tight or wide (for labelling)"),
+              ("farthest", "farthest: every image as close as possible to a pick (plain k-center)"),
+              ("typical", "typical: the most typical images, from the densest regions")]
 Entry = tuple[str, Union[list[str], "Menu", None]]
 Menu = tuple[str, list[Entry]]
 
@@ -67,7 +74,12 @@ MAIN_MENU: Menu = (TITLE, [
     ("Setup and Maintenance", SETUP_MENU),
     ("Exit", None),
     (ATLAS_LABEL, ["atlas"]),
+    ("Select a subset of encoded images, to label or to keep", ["select", "--count", COUNT, "--strategy", STRATEGY]),
+    ("Score new images by how unlike an encoded collection they are", ["score", NEW_IMAGES]),
 ])
+
+# Exit statuses that are a result, not a failure: `fext score` says 3 when it found novel images.
+RESULT_STATUSES = {"score": 3}
 
 
 # A command whose error message suggests one of its flags: the menu offers to run it again with it,
@@ -85,16 +97,12 @@ def run_action(ctx: MenuContext, label: str, argv: list[str], new_parser: NewPar
     Errors are shown and swallowed so the menu carries on; EOFError (input ended at a prompt
     inside the action, e.g. the checkpoint choice) propagates so the menu can leave.
     """
-    from fext.checkpoint_catalog import resolve_checkpoint
-
     # Re-read configurations.json at each action: the user may edit it while the menu is open.
     ctx.reload_config()
-    print(f"\n--- {label} (fext {' '.join(a for a in argv if a != CHECKPOINT)}) ---", flush=True)
+    print(f"\n--- {label} (fext {' '.join(a for a in argv if a not in ASKED)}) ---", flush=True)
     started = time.monotonic()
     try:
-        if CHECKPOINT in argv:
-            chosen = str(resolve_checkpoint(ctx.workspace, None, interactive=ctx.interactive))
-            argv = [chosen if a == CHECKPOINT else a for a in argv]
+        argv = [str(ASKED[a](ctx)) if a in ASKED else a for a in argv]
         args = new_parser().parse_args(argv)
         status = args.func(ctx, args)
     except FeXTError as e:
@@ -117,11 +125,26 @@ def run_action(ctx: MenuContext, label: str, argv: list[str], new_parser: NewPar
     if status == 130:  # the handler caught Ctrl-C itself (training saves a resumable checkpoint first)
         print(f"{label} interrupted; back to the menu.", flush=True)
         return False
-    if status:
+    if status and status != RESULT_STATUSES.get(argv[0]):
         print(f"{label} stopped with status {status}.", flush=True)
         return False
     print(f"{label}: done in {_format_seconds(time.monotonic() - started)}.", flush=True)
     return True
+
+
+def _checkpoint(ctx: MenuContext) -> str:
+    from fext.checkpoint_catalog import resolve_checkpoint
+
+    return str(resolve_checkpoint(ctx.workspace, None, interactive=ctx.interactive))
+
+
+ASKED: dict[str, Callable[[MenuContext], str | int]] = {
+    CHECKPOINT: _checkpoint,
+    COUNT: lambda ctx: ask_count("How many images to pick"),
+    STRATEGY: lambda ctx: STRATEGIES[choose([text for _, text in STRATEGIES], "Strategy")][0],
+    NEW_IMAGES: lambda ctx: ask_folder("Folder of the new images to score"),
+}
+"""What each placeholder asks the user, in the order of the arguments."""
 
 
 def _show(menu: Menu, workspace: str | None = None) -> None:

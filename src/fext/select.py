@@ -146,10 +146,10 @@ def select(
     random = seeded_rows(n, len(picks), seed)
     if scale is not None:
         relative, random_relative = float(nearest.max()), float(distance_to_picks(rows, random, scale).max())
+    coverage = nearest.max() if strategy == "farthest" else distance_to_picks(rows, picks_arr).max()
     written = write_selection(output, paths, distances) if output is not None else None
-    return Selection(strategy, picks_arr, paths, np.asarray(distances, np.float32),
-                     float(distance_to_picks(rows, picks_arr).max()), float(distance_to_picks(rows, random).max()),
-                     count, n, note, written, relative, random_relative)
+    return Selection(strategy, picks_arr, paths, np.asarray(distances, np.float32), float(coverage),
+                     float(distance_to_picks(rows, random).max()), count, n, note, written, relative, random_relative)
 
 
 class _Picker:
