@@ -82,7 +82,7 @@ def test_diverse_gives_a_tight_region_its_pick_where_farthest_spends_it_on_a_wid
     diverse = select(folder, 4, "diverse")
     assert len(set(region[farthest.rows])) < 4  # a second pick inside a wide region, none in the tight one
     assert sorted(region[diverse.rows]) == [0, 1, 2, 3]
-    assert "In relative distance" in diverse.summary() and "In relative distance" not in farthest.summary()
+    assert "Relative coverage radius" in diverse.summary() and "Relative" not in farthest.summary()
 
 
 def test_typical_picks_the_densest_cluster(tmp_path):

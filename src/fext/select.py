@@ -92,12 +92,15 @@ class Selection:
                     f"{'the collection holds fewer' if not self.duplicates_note else 'no more without duplicates'}")]
         if self.duplicates_note:
             lines.append(self.duplicates_note)
-        lines.append(f"Coverage radius (largest cosine distance from any image to its nearest pick): "
-                     f"{self.coverage_radius:.4f}; a random subset of the same size: {self.random_radius:.4f}")
-        if self.relative_radius is not None:
-            lines.append(f"In relative distance (cosine distance over the local scales of both images, what diverse "
-                         f"spreads its picks by): {self.relative_radius:.4f}; the random subset: "
-                         f"{self.random_relative_radius:.4f}")
+        if self.relative_radius is None:
+            lines.append(f"Coverage radius (largest cosine distance from any image to its nearest pick): "
+                         f"{self.coverage_radius:.4f}; a random subset of the same size: {self.random_radius:.4f}")
+        else:
+            lines.append(f"Relative coverage radius (largest distance from any image to its nearest pick, each distance "
+                         f"over the local scales of both images; what diverse makes small): {self.relative_radius:.4f}; "
+                         f"a random subset of the same size: {self.random_relative_radius:.4f}")
+            lines.append(f"Coverage radius in cosine distance: {self.coverage_radius:.4f}; the random subset: "
+                         f"{self.random_radius:.4f} (--strategy farthest makes this one small)")
         if self.output is not None:
             lines.append(f"Selection: {self.output}")
         return "\n".join(lines)
