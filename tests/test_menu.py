@@ -53,6 +53,13 @@ class Menu:
     def choose(self, answer: str) -> None:
         self.child.sendline(answer)
 
+    def answer(self, question: str, reply: str) -> str:
+        """Wait for ``question`` (a regular expression), send ``reply``; the text printed before the question."""
+        self.child.expect(question)
+        before = self.child.before
+        self.child.sendline(reply)
+        return before
+
     def finish(self) -> int:
         self.child.expect(pexpect.EOF)
         self.seen += self.child.before.replace("\r\n", "\n")
@@ -195,23 +202,17 @@ def test_select_and_score_ask_what_they_need(ws, tmp_path):
     m = Menu(ws, timeout=120)
     m.prompt()
     m.choose("7")
-    m.child.expect(r"How many images to pick: ")
-    m.child.sendline("0")
-    m.child.expect(r"Invalid number '0': enter a whole number of at least 1\.")
-    m.child.expect(r"How many images to pick: ")
-    m.child.sendline("3")
-    m.child.expect(r"Strategy \(1-3\): ")
-    assert "1) diverse: one pick per region" in m.child.before
-    m.child.sendline("2")
+    m.answer(r"How many images to pick: ", "0")
+    assert "Invalid number '0': enter a whole number of at least 1." in m.answer(r"How many images to pick: ", "3")
+    assert "1) diverse: one pick per region" in m.answer(r"Strategy \(1-3\): ", "2")
     text, n = m.prompt()
     assert "Select a subset of encoded images, to label or to keep: done" in text, text
     assert "Selected 3 of 6 images (farthest)" in text
     assert len((encoded / "selection.csv").read_text().splitlines()) == 4
     m.choose("8")
-    m.child.expect(r"Folder of the new images to score: ")
-    m.child.sendline(str(tmp_path / "missing"))
-    m.child.expect(r"is not a folder: enter the path of a folder\.")
-    m.child.sendline(str(tmp_path / "new"))
+    m.answer(r"Folder of the new images to score: ", str(tmp_path / "missing"))
+    refused = m.answer(r"Folder of the new images to score: ", str(tmp_path / "new"))
+    assert "is not a folder: enter the path of a folder." in refused
     text, n = m.prompt()
     assert "Score new images by how unlike an encoded collection they are: done" in text, text
     assert "stopped with status" not in text and (encoded / "scores" / "new" / "scores.csv").is_file()
