@@ -40,7 +40,7 @@ from feature_quality import HELD_OUT, bench_cache, crops, image_set, photo_crop_
 from fext.config import Config, with_overrides  # noqa: E402
 from fext.encoding import encode_folder  # noqa: E402
 from fext.score import score  # noqa: E402
-from fext.select import distance_to_picks, local_scale, select  # noqa: E402
+from fext.select import distance_to_picks, local_density, local_scale, select  # noqa: E402
 from fext.training import train  # noqa: E402
 from fext.workspace import Workspace  # noqa: E402
 
@@ -78,7 +78,8 @@ def selection_table(ckpt: Path, folder: Path, what: str, cfg: Config, out: Path)
     rng = np.random.default_rng(0)
     randoms = [rng.choice(len(photo), count, replace=False) for _ in range(200)]
     covered = np.mean([len(set(photo[r])) for r in randoms])
-    vectors, scale = np.asarray(vectors), local_scale(vectors, cfg.SEED)
+    vectors = np.asarray(vectors)
+    scale = local_scale(local_density(vectors, seed=cfg.SEED))
     radius = np.mean([distance_to_picks(vectors, r).max() for r in randoms[:20]])
     relative = np.mean([distance_to_picks(vectors, r, scale).max() for r in randoms[:20]])
     print(f"{'random':<10} {covered:>14.1f} of {count:<3} {radius:16.4f} {relative:16.4f}   (mean of 200 seeds; radii of 20)")

@@ -44,7 +44,7 @@ def test_picks_are_exactly_greedy_k_center_when_the_pool_is_refreshed(tmp_path, 
     vectors[:100] = vectors[0] + 0.2 * vectors[:100]  # a tight region beside a wide one
     unit = select_module.normalized(vectors)
     if strategy == "diverse":
-        scale = select_module.local_scale(vectors)
+        scale = select_module.local_scale(select_module.local_density(vectors))
         assert np.median(scale[:100]) < 0.5 * np.median(scale[100:])  # the tight region's distances count more
     else:
         scale = np.ones(len(vectors), np.float32)
@@ -85,20 +85,25 @@ def test_diverse_gives_a_tight_region_its_pick_where_farthest_spends_it_on_a_wid
     assert "Relative coverage radius" in diverse.summary() and "Relative" not in farthest.summary()
 
 
-def test_typical_picks_the_densest_cluster(tmp_path):
-    tight, _ = planted(n_per=30, k=1, spread=0.05, seed=1)
-    loose, _ = planted(n_per=30, k=3, spread=0.8, seed=2)
-    result = select(vectors_folder(tmp_path / "emb", np.concatenate([loose, tight])), 10, "typical")
-    assert (result.rows >= len(loose)).all()
-    assert np.all(np.diff(result.distances) >= 0)  # densest first
+def test_typical_picks_the_densest_image_of_each_region_largest_first(tmp_path):
+    sizes = [50, 20, 35, 25]
+    parts = [planted(n_per=n, k=1, spread=spread, seed=seed)[0]
+             for seed, (n, spread) in enumerate(zip(sizes, [0.3, 0.05, 0.6, 0.2]))]
+    vectors, region = np.concatenate(parts), np.repeat(np.arange(4), sizes)
+    density = select_module.local_density(vectors)
+    result = select(vectors_folder(tmp_path / "emb", vectors), 4, "typical")
+    assert region[result.rows].tolist() == [0, 2, 3, 1]  # one image of each region, the largest region first
+    for row in result.rows:
+        assert density[row] == density[region == region[row]].max()  # its region's most typical image
+    assert result.distances == pytest.approx(1 - density[result.rows])
 
 
 def test_skip_duplicates_never_picks_two_identical_images(tmp_path, ws):
     distinct, _ = planted(n_per=1, k=8, spread=0.0)
     vectors = np.concatenate([distinct, distinct, distinct])  # rows i, i + 8, i + 16 are identical
     folder = vectors_folder(tmp_path / "emb", vectors)
-    plain = select(folder, 8, "typical")
-    assert len(set(plain.rows % 8)) < 8  # the densest images are copies of each other
+    plain = select(folder, 10, "typical")
+    assert len(plain.rows) == 10 and len(set(plain.rows % 8)) == 8  # two copies of one image among the picks
     proc = run_fext("--workspace", str(ws.root), "select", str(folder), "--count", "10", "--strategy", "typical",
                     "--skip-duplicates", "--duplicate-threshold", "0.999", "--output", str(tmp_path / "pick.csv"))
     assert proc.returncode == 0, proc.stderr

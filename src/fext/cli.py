@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "each pick the image farthest from the earlier ones, starting from the most central image: "
                         "one pick per region, tight or wide; farthest: the same on plain cosine distances (the "
                         "smallest worst-case distance to a pick, more picks on wide regions and outliers); "
-                        "typical: the images of highest local density")
+                        "typical: the most typical image (highest local density) of each of the regions around "
+                        "the diverse picks, the largest region first")
     p.add_argument("--skip-duplicates", action="store_true",
                    help="never pick two images of one near-duplicate group (the groups of `fext explore`)")
     p.add_argument("--duplicate-threshold", type=float, metavar="SIM",

@@ -46,7 +46,7 @@ STRATEGY = "<strategy>"
 NEW_IMAGES = "<new images>"
 STRATEGIES = [("diverse", "diverse: one pick per region of the collection, tight or wide (for labelling)"),
               ("farthest", "farthest: every image as close as possible to a pick (plain k-center)"),
-              ("typical", "typical: the most typical images, from the densest regions")]
+              ("typical", "typical: the most typical image of each region, the largest region first")]
 Entry = tuple[str, Union[list[str], "Menu", None]]
 Menu = tuple[str, list[Entry]]
 

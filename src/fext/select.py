@@ -18,9 +18,13 @@ Distances are cosine distances, ``1 - cosine similarity`` of the feature vectors
 - ``farthest``: the same greedy k-center on plain cosine distances. Its *coverage radius* (the
   largest distance from any image to its nearest pick) is within twice the best any subset of that
   size can reach, but it spends picks on the widest regions and on lone outliers.
-- ``typical``: the images of highest local density, i.e. the highest mean cosine similarity to
-  their :data:`DENSITY_NEIGHBOURS` nearest other images (above :data:`DENSITY_SAMPLE` images,
-  nearest among a seeded sample of that many, scanned exactly). ``distance``: 1 - that mean.
+- ``typical``: the most typical image of each region: the collection is split into ``count``
+  regions around the ``diverse`` picks (each image joins its nearest pick, in relative distance),
+  and each region gives its image of highest local density, the largest region first. Local
+  density is the mean cosine similarity to the :data:`DENSITY_NEIGHBOURS` nearest other images
+  (above :data:`DENSITY_SAMPLE` images, nearest among a seeded sample of that many, scanned
+  exactly). ``diverse`` picks the far edges of the regions, ``typical`` their centres.
+  ``distance``: 1 - that density.
 
 ``--skip-duplicates`` never picks two members of one near-duplicate group: the groups of
 ``fext explore`` (its duplicates.csv), or groups found at ``--duplicate-threshold``.
@@ -96,9 +100,9 @@ class Selection:
             lines.append(f"Coverage radius (largest cosine distance from any image to its nearest pick): "
                          f"{self.coverage_radius:.4f}; a random subset of the same size: {self.random_radius:.4f}")
         else:
-            lines.append(f"Relative coverage radius (largest distance from any image to its nearest pick, each distance "
-                         f"over the local scales of both images; what diverse makes small): {self.relative_radius:.4f}; "
-                         f"a random subset of the same size: {self.random_relative_radius:.4f}")
+            lines.append(f"Relative coverage radius (largest distance from any image to its nearest pick, each "
+                         f"distance over the local scales of both images; what diverse makes small): "
+                         f"{self.relative_radius:.4f}; a random subset of the same size: {self.random_relative_radius:.4f}")
             lines.append(f"Coverage radius in cosine distance: {self.coverage_radius:.4f}; the random subset: "
                          f"{self.random_radius:.4f} (--strategy farthest makes this one small)")
         if self.output is not None:
@@ -135,19 +139,23 @@ def select(
         raise FeXTError(f"{encoding.folder} holds no image; encode a folder with images first")
     groups, note = duplicate_groups(encoding, duplicate_threshold) if skip_duplicates else (None, "")
     picker = _Picker(n, groups)
-    scale = relative = random_relative = None
-    if strategy == "typical":
-        picks, distances = most_typical(rows, count, picker, seed)
+    relative = random_relative = None
+    if strategy == "farthest":
+        picks, distances, nearest = farthest_first(rows, count, picker)
     else:
-        scale = local_scale(rows, seed) if strategy == "diverse" else None
-        picks, distances, nearest = farthest_first(rows, count, picker, scale)
+        density = local_density(rows, DENSITY_NEIGHBOURS, seed)
+        scale = local_scale(density)
+        if strategy == "diverse":
+            picks, distances, nearest = farthest_first(rows, count, picker, scale)
+        else:
+            picks, distances = most_typical(rows, count, picker, density, scale, groups)
     if skip_duplicates:
         note = f"Skipped {picker.skipped} image(s) of duplicate groups already picked from ({note})"
     picks_arr = np.asarray(picks, np.int64)
     names = paths_of_rows(encoding.rows_csv, picks_arr)
     paths = [names[r] for r in picks]
     random = seeded_rows(n, len(picks), seed)
-    if scale is not None:
+    if strategy == "diverse":
         relative, random_relative = float(nearest.max()), float(distance_to_picks(rows, random, scale).max())
     coverage = nearest.max() if strategy == "farthest" else distance_to_picks(rows, picks_arr).max()
     written = write_selection(output, paths, distances) if output is not None else None
@@ -214,17 +222,24 @@ def farthest_first(rows: np.ndarray, count: int, picker: _Picker,
     return picks, distances, nearest
 
 
-def most_typical(rows: np.ndarray, count: int, picker: _Picker, seed: int) -> tuple[list[int], list[float]]:
-    """The ``count`` eligible rows of highest local density, densest first, and their distances."""
-    density = local_density(rows, DENSITY_NEIGHBOURS, seed)
+def most_typical(rows: np.ndarray, count: int, picker: _Picker, density: np.ndarray, scale: np.ndarray,
+                 groups: np.ndarray | None = None) -> tuple[list[int], list[float]]:
+    """The eligible row of highest ``density`` in each region around ``count`` diverse picks (made with
+    the duplicate ``groups``, if any), largest region first, and their distances (see the module docstring)."""
+    centres, _, _ = farthest_first(rows, count, _Picker(len(rows), groups), scale)
+    region = np.full(len(rows), -1, np.int64)
+    _lower(np.full(len(rows), np.inf, np.float32), rows, np.asarray(centres), scale, owner=region)
+    region[centres] = np.arange(len(centres))  # each pick in its own region, even one identical to another
+    by_region = np.lexsort((-density, region))  # each region's rows, densest first
+    starts = np.searchsorted(region[by_region], np.arange(len(centres) + 1))
     picks, distances = [], []
-    for r in np.argsort(-density, kind="stable").tolist():
-        if len(picks) >= count:
-            break
-        if picker.eligible[r]:
-            picks.append(r)
-            distances.append(float(1.0 - density[r]))
-            picker.pick(r)
+    for c in np.argsort(-np.diff(starts), kind="stable"):  # the largest region first
+        members = by_region[starts[c]:starts[c + 1]]
+        eligible = members[picker.eligible[members]]
+        if len(eligible):
+            picks.append(int(eligible[0]))
+            distances.append(float(1.0 - density[eligible[0]]))
+            picker.pick(int(eligible[0]))
     return picks, distances
 
 
@@ -252,10 +267,10 @@ def local_density(rows: np.ndarray, k: int = DENSITY_NEIGHBOURS, seed: int = 42)
     return density
 
 
-def local_scale(rows: np.ndarray, seed: int = 42) -> np.ndarray:
-    """float32 (N,) square root of each row's local scale, ``diverse``'s (see the module docstring)."""
-    distance = np.maximum(1.0 - local_density(rows, DENSITY_NEIGHBOURS, seed), 0.0)
-    return np.sqrt(np.maximum(distance, max(SCALE_FLOOR * float(np.median(distance)), 1e-6)))
+def local_scale(density: np.ndarray) -> np.ndarray:
+    """float32 (N,) square root of each row's local scale, from its :func:`local_density` (see the module docstring)."""
+    distance = np.maximum(1.0 - density, 0.0)
+    return np.sqrt(np.maximum(distance, max(SCALE_FLOOR * float(np.median(distance)), 1e-6))).astype(np.float32)
 
 
 def distance_to_picks(rows: np.ndarray, picks: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
@@ -265,20 +280,27 @@ def distance_to_picks(rows: np.ndarray, picks: np.ndarray, scale: np.ndarray | N
     return nearest
 
 
-def _lower(nearest: np.ndarray, rows: np.ndarray, centres: np.ndarray, scale: np.ndarray | None) -> None:
+def _lower(nearest: np.ndarray, rows: np.ndarray, centres: np.ndarray, scale: np.ndarray | None,
+           owner: np.ndarray | None = None) -> None:
     """``nearest`` (N,) lowered, in place, to each row's distance to its nearest row of ``centres`` (C,):
-    cosine, or relative with ``scale`` (see :func:`farthest_first`)."""
+    cosine, or relative with ``scale`` (see :func:`farthest_first`); ``owner`` (N,), if given, set to
+    the position in ``centres`` of each row's nearest one where it lowered."""
     unit = normalized(_take(rows, centres))
     for lo in range(0, len(rows), BLOCK_ROWS):
         block = normalized(rows[lo:lo + BLOCK_ROWS])
+        here = slice(lo, lo + len(block))
         for c in range(0, len(centres), CENTRE_BLOCK):
             distance = 1.0 - block @ unit[c:c + CENTRE_BLOCK].T  # (b, c)
             if scale is not None:
                 distance /= scale[centres[c:c + CENTRE_BLOCK]]
-            closest = distance.min(axis=1)
+            which = distance.argmin(axis=1)
+            closest = distance[np.arange(len(block)), which]
             if scale is not None:
-                closest /= scale[lo:lo + len(block)]
-            np.minimum(nearest[lo:lo + len(block)], closest, out=nearest[lo:lo + len(block)])
+                closest /= scale[here]
+            lower = closest < nearest[here]
+            nearest[here][lower] = closest[lower]
+            if owner is not None:
+                owner[here][lower] = c + which[lower]
 
 
 def _pool(nearest: np.ndarray, eligible: np.ndarray) -> tuple[np.ndarray, float]:
