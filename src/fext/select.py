@@ -293,14 +293,13 @@ def _lower(nearest: np.ndarray, rows: np.ndarray, centres: np.ndarray, scale: np
             distance = 1.0 - block @ unit[c:c + CENTRE_BLOCK].T  # (b, c)
             if scale is not None:
                 distance /= scale[centres[c:c + CENTRE_BLOCK]]
-            which = distance.argmin(axis=1)
-            closest = distance[np.arange(len(block)), which]
+            which = distance.argmin(axis=1) if owner is not None else None
+            closest = distance.min(axis=1) if which is None else distance[np.arange(len(block)), which]
             if scale is not None:
                 closest /= scale[here]
-            lower = closest < nearest[here]
-            nearest[here][lower] = closest[lower]
             if owner is not None:
-                owner[here][lower] = c + which[lower]
+                owner[here] = np.where(closest < nearest[here], c + which, owner[here])
+            np.minimum(nearest[here], closest, out=nearest[here])
 
 
 def _pool(nearest: np.ndarray, eligible: np.ndarray) -> tuple[np.ndarray, float]:
