@@ -17,6 +17,7 @@ import pytest
 import fext
 from conftest import make_checkpoint, make_images, run_fext, tiny_config
 from fext import cli, commands, menu
+from fext import select as select_module
 from fext._io import write_text
 from fext.checkpoints import read_checkpoint
 from fext.config import config_from_dict, config_to_dict
@@ -386,3 +387,4 @@ def test_every_menu_entry_maps_to_a_cli_command():
         "Score new images by how unlike an encoded collection they are": "cmd_score",
     }
     assert [label for label, _ in menu.MAIN_MENU[1]] == [e.split(") ")[1] for e in MAIN_ENTRIES]
+    assert [name for name, _ in menu.STRATEGIES] == list(select_module.STRATEGIES)  # the menu offers every strategy

@@ -78,9 +78,6 @@ MAIN_MENU: Menu = (TITLE, [
     ("Score new images by how unlike an encoded collection they are", ["score", NEW_IMAGES]),
 ])
 
-# Exit statuses that are a result, not a failure: `fext score` says 3 when it found novel images.
-RESULT_STATUSES = {"score": 3}
-
 
 # A command whose error message suggests one of its flags: the menu offers to run it again with it,
 # since a menu user cannot type flags (e.g. encode refuses to mix checkpoints without --overwrite).
@@ -125,11 +122,20 @@ def run_action(ctx: MenuContext, label: str, argv: list[str], new_parser: NewPar
     if status == 130:  # the handler caught Ctrl-C itself (training saves a resumable checkpoint first)
         print(f"{label} interrupted; back to the menu.", flush=True)
         return False
-    if status and status != RESULT_STATUSES.get(argv[0]):
+    if status and not _is_result(argv[0], status):
         print(f"{label} stopped with status {status}.", flush=True)
         return False
     print(f"{label}: done in {_format_seconds(time.monotonic() - started)}.", flush=True)
     return True
+
+
+def _is_result(command: str, status: int) -> bool:
+    """Whether exit ``status`` of ``command`` is a result, not a failure: `fext score` found novel images."""
+    if command != "score":
+        return False
+    from fext.score import NOVEL_EXIT  # already imported by the command that just ran
+
+    return status == NOVEL_EXIT
 
 
 def _checkpoint(ctx: MenuContext) -> str:
